@@ -1,0 +1,10 @@
+"""Default hyper-parameters of GQ, chosen by the ablation in ``docs/defaults.md``.
+
+Change them only together with that document (re-run ``python -m gq_tf.ablation``).
+"""
+
+MU = 8.0
+SOFT_WINDOW = 4
+TAU0 = 1.0
+GAMMA = 0.5
+TAU_MIN = 0.01

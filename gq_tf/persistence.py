@@ -1,0 +1,124 @@
+"""Saving and restoring QAT models: float architecture + policy + TF checkpoint.
+
+tfmot wrappers with custom quantizers do not round-trip through ``.keras``,
+``.h5`` or SavedModel (see FINDINGS.md), so a saved QAT model is a directory:
+
+    gq_model.json        {"format": "gq_tf.qat/1", "float_model": <model JSON>,
+                          "policy": <serialized policy>}
+    weights.index, weights.data-*   TF checkpoint of every QAT variable: float
+                          weights, centroids, scales, annealing state.
+
+``load_qat`` rebuilds the float architecture, re-applies the policy and
+restores the checkpoint, so outputs and annealing state are identical.
+"""
+
+import json
+import os
+import shutil
+
+from gq_tf._keras import keras
+from gq_tf.configs import _ORIGINS, quantize_model, quantize_scope
+from gq_tf.quantizers import _KernelQuantizer
+
+__all__ = ["save_qat", "load_qat"]
+
+FORMAT = "gq_tf.qat/1"
+_META = "gq_model.json"
+_WEIGHTS = "weights"
+
+
+def _spec_to_json(spec):
+    if isinstance(spec, _KernelQuantizer):
+        return {"quantizer": keras.utils.serialize_keras_object(spec)}
+    if isinstance(spec, dict):
+        return {"weights": {k: _spec_to_json(v) for k, v in spec.items()}}
+    return spec  # int or None
+
+
+def _spec_from_json(obj):
+    if isinstance(obj, dict) and "quantizer" in obj:
+        with quantize_scope():
+            return keras.utils.deserialize_keras_object(obj["quantizer"])
+    if isinstance(obj, dict) and "weights" in obj:
+        return {k: _spec_from_json(v) for k, v in obj["weights"].items()}
+    return obj
+
+
+def policy_to_json(policy):
+    """A policy as JSON-able data (ordered list of [pattern, spec])."""
+    if isinstance(policy, dict):
+        return {"rules": [[p, _spec_to_json(s)] for p, s in policy.items()]}
+    return {"bits": policy}
+
+
+def policy_from_json(obj):
+    """Inverse of ``policy_to_json``."""
+    if "rules" in obj:
+        return {p: _spec_from_json(s) for p, s in obj["rules"]}
+    return obj["bits"]
+
+
+def save_qat(qat_model, directory):
+    """Saves a QAT model made by ``gq_tf.quantize_model`` to ``directory``.
+
+    Writes to a temporary directory and renames it into place, so an
+    interrupted save never leaves a half-written model where a good one was.
+
+    Raises:
+      ValueError: the model was not made by ``gq_tf.quantize_model`` in this process.
+    """
+    origin = _ORIGINS.get(qat_model)
+    if origin is None:
+        raise ValueError(
+            f"Expected a QAT model returned by gq_tf.quantize_model (or load_qat). "
+            f"Received model '{qat_model.name}', whose policy gq_tf does not know."
+        )
+    directory = os.fspath(directory)
+    tmp = directory.rstrip("/") + ".tmp-saving"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    qat_model.save_weights(os.path.join(tmp, _WEIGHTS), save_format="tf")
+    meta = {"format": FORMAT, "float_model": json.loads(origin["float_model"]),
+            "policy": policy_to_json(origin["policy"])}
+    with open(os.path.join(tmp, _META), "w") as f:
+        json.dump(meta, f, indent=1)
+    if os.path.exists(directory):
+        old = directory.rstrip("/") + ".old"
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        os.rename(directory, old)
+        os.rename(tmp, directory)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, directory)
+
+
+def load_qat(directory, custom_objects=None):
+    """Restores a QAT model saved by ``save_qat``.
+
+    Args:
+      directory: the directory ``save_qat`` wrote.
+      custom_objects: the user's own custom layers/objects, if any.
+
+    Returns:
+      The QAT model with every weight and the annealing state restored.
+
+    Raises:
+      FileNotFoundError, ValueError: missing or foreign files.
+    """
+    meta_path = os.path.join(os.fspath(directory), _META)
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(
+            f"Expected a directory written by gq_tf.save_qat containing {_META}. "
+            f"Received {directory!r}, which has no {_META}."
+        )
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"Expected format {FORMAT!r} in {meta_path}. Received {meta.get('format')!r}.")
+    with quantize_scope(custom_objects or {}):
+        model = keras.models.model_from_json(json.dumps(meta["float_model"]))
+    qat = quantize_model(model, policy_from_json(meta["policy"]))
+    qat.load_weights(os.path.join(os.fspath(directory), _WEIGHTS)).expect_partial()
+    return qat

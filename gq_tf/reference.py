@@ -1,0 +1,173 @@
+"""NumPy reference of the General Quantizer: the numerical truth of the project.
+
+Everything here follows ``GQ_SPEC.md`` literally and favours clarity over speed
+(full distance matrices, float64). The TensorFlow quantizer, the codebook export
+and later the converter and C kernels are tested against these functions.
+
+Packing of b-bit indices (``pack_indices``): the indices are laid out as one
+little-endian bit stream. Index ``i`` occupies stream bits ``[i*b, (i+1)*b)``,
+least significant bit first; stream bit ``k`` is bit ``k % 8`` of byte
+``k // 8``. The last byte is zero-padded. ``n`` indices take
+``ceil(n*b/8)`` bytes (see ``packed_nbytes``).
+"""
+
+import numpy as np
+
+__all__ = [
+    "SOFT_WINDOW_MIN_K",
+    "compress",
+    "expand",
+    "soft_assign",
+    "hard_assign",
+    "gq_forward",
+    "codebook",
+    "uniform_codebook",
+    "pack_indices",
+    "unpack_indices",
+    "packed_nbytes",
+]
+
+# For K > SOFT_WINDOW_MIN_K centroids the softmax runs over a window (spec 3).
+SOFT_WINDOW_MIN_K = 16
+
+
+def compress(x, mu):
+    """mu-law compressor F(x) = sign(x) log(1 + mu|x|) / log(1 + mu); mu=0 is identity."""
+    x = np.asarray(x, np.float64)
+    if mu == 0:
+        return x
+    return np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+
+
+def expand(y, mu):
+    """mu-law expander F_inv(y) = sign(y) ((1 + mu)^|y| - 1) / mu; mu=0 is identity."""
+    y = np.asarray(y, np.float64)
+    if mu == 0:
+        return y
+    return np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu
+
+
+def _companded(w, s, mu):
+    return compress(np.clip(np.asarray(w, np.float64) / s, -1.0, 1.0), mu)
+
+
+def _window_mask(d, soft_window):
+    """True for the `soft_window` smallest distances of each row (K > 16 only)."""
+    k = d.shape[-1]
+    if k <= SOFT_WINDOW_MIN_K:
+        return np.ones_like(d, dtype=bool)
+    nearest = np.argsort(d, axis=-1, kind="stable")[..., :soft_window]
+    mask = np.zeros_like(d, dtype=bool)
+    np.put_along_axis(mask, nearest, True, axis=-1)
+    return mask
+
+
+def soft_assign(w, theta, s, mu, tau, soft_window=4):
+    """Soft assignment probabilities p[..., j] of every weight (spec section 3).
+
+    Returns:
+      float64 array of shape ``w.shape + (K,)``; for K > 16 only the
+      ``soft_window`` nearest centroids have non-zero probability.
+    """
+    theta = np.asarray(theta, np.float64)
+    k = theta.shape[0]
+    delta = 2.0 / k
+    z = _companded(w, s, mu)
+    d = (z[..., None] - theta) ** 2
+    logits = -d / (tau * delta**2)
+    logits = np.where(_window_mask(d, soft_window), logits, -np.inf)
+    logits -= logits.max(axis=-1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def hard_assign(w, theta, s, mu):
+    """Index j* of the nearest centroid (in theta's own order) of every weight."""
+    z = _companded(w, s, mu)
+    d = (z[..., None] - np.asarray(theta, np.float64)) ** 2
+    return np.argmin(d, axis=-1)
+
+
+def gq_forward(w, theta, s, mu, tau, hard, soft_window=4):
+    """Forward value W_hat of spec section 3 (hard=True: the hard value)."""
+    theta = np.asarray(theta, np.float64)
+    if hard:
+        z_q = theta[hard_assign(w, theta, s, mu)]
+    else:
+        z_q = np.sum(soft_assign(w, theta, s, mu, tau, soft_window) * theta, axis=-1)
+    return s * expand(z_q, mu)
+
+
+def codebook(w, theta, s, mu):
+    """Export of one kernel (spec section 4).
+
+    Returns:
+      (centroids, indices): centroids ``s * F_inv(theta)`` sorted ascending
+      (float64), indices uint8 into the sorted table, shape of ``w``.
+    """
+    theta = np.asarray(theta, np.float64)
+    order = np.argsort(theta, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    centroids = s * expand(theta[order], mu)
+    return centroids, rank[hard_assign(w, theta, s, mu)].astype(np.uint8)
+
+
+def uniform_codebook(w, bits):
+    """Uniform symmetric per-kernel quantization as a codebook (``gq_tf.Uniform``).
+
+    bits >= 2: narrow-range grid ``q * scale``, ``q`` in ``[-(2^(b-1)-1), 2^(b-1)-1]``,
+    ``scale = max|W| / (2^(b-1)-1)``; index ``q + 2^(b-1)`` (index 0 unused, as
+    -128 in int8). bits == 1: ``{-a, +a}`` with ``a = mean|W|``, index 1 for
+    ``W >= 0``.
+
+    Returns:
+      (centroids, indices) as in ``codebook``.
+    """
+    w = np.asarray(w, np.float64)
+    if bits == 1:
+        a = np.mean(np.abs(w))
+        return np.array([-a, a]), (w >= 0).astype(np.uint8)
+    qmax = 2 ** (bits - 1) - 1
+    scale = max(np.max(np.abs(w)), 1e-30) / qmax
+    q = np.clip(np.round(w / scale), -qmax, qmax)
+    centroids = (np.arange(2**bits) - 2 ** (bits - 1)) * scale
+    return centroids, (q + 2 ** (bits - 1)).astype(np.uint8)
+
+
+def packed_nbytes(n, bits):
+    """Bytes taken by ``n`` densely packed ``bits``-bit indices."""
+    return (int(n) * int(bits) + 7) // 8
+
+
+def _check_bits(bits):
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
+        raise ValueError(f"Expected bits in 1..8. Received: bits={bits!r}")
+
+
+def pack_indices(indices, bits):
+    """Packs b-bit indices into a little-endian bit stream (layout: module doc)."""
+    _check_bits(bits)
+    idx = np.asarray(indices).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= 2**bits):
+        raise ValueError(
+            f"Expected indices in [0, {2**bits - 1}] for bits={bits}. "
+            f"Received values in [{idx.min()}, {idx.max()}]."
+        )
+    # bits[i, k] = bit k of index i; flattening gives the stream in order.
+    stream = ((idx.astype(np.uint16)[:, None] >> np.arange(bits)) & 1).astype(np.uint8)
+    return np.packbits(stream.reshape(-1), bitorder="little")
+
+
+def unpack_indices(packed, bits, n):
+    """Inverse of ``pack_indices``: the first ``n`` indices as uint8."""
+    _check_bits(bits)
+    packed = np.asarray(packed, np.uint8).reshape(-1)
+    need = packed_nbytes(n, bits)
+    if packed.size < need:
+        raise ValueError(
+            f"Expected at least {need} bytes for {n} indices of {bits} bits. "
+            f"Received {packed.size} bytes."
+        )
+    stream = np.unpackbits(packed, bitorder="little")[: n * bits].reshape(n, bits)
+    return (stream.astype(np.uint16) << np.arange(bits)).sum(axis=1).astype(np.uint8)
