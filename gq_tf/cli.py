@@ -1,0 +1,26 @@
+"""The ``gq-tf`` command: ``gq-tf demo``, ``gq-tf ablation``."""
+
+import argparse
+import sys
+
+_COMMANDS = {
+    "demo": ("gq_tf.demo", "float vs uniform 8-bit QAT vs GQ on the built-in task"),
+    "ablation": ("gq_tf.ablation", "the ablation behind the default hyper-parameters"),
+}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in _COMMANDS:
+        p = argparse.ArgumentParser(prog="gq-tf")
+        p.add_argument("command", choices=sorted(_COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in _COMMANDS.items()))
+        p.parse_args(argv[:1])
+        return 2
+    import importlib
+
+    module = importlib.import_module(_COMMANDS[argv[0]][0])
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""The main job runs end to end (in its --quick mode) and writes readable results."""
+
+import json
+import os
+import subprocess
+import sys
+
+import gq_tf
+from gq_tf import demo
+
+
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert demo.main(["--quick", "--verbose", "0", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for stage in range(1, 6):
+        assert f"[{stage}/5]" in text
+    assert "float KB -> packed KB" in text and "centroids used" in text
+    for name in ("float", "uniform 8-bit QAT", "GQ mixed"):
+        assert name in text
+    res = json.loads((out / "results.json").read_text())
+    kernels = {(k["layer"], k["weight"]): k for k in res["results"]["GQ mixed"]["kernels"]}
+    assert kernels[("hidden", "kernel")]["bits"] == 1
+    assert kernels[("head", "kernel")]["bits"] == 8
+    assert kernels[("lstm", "recurrent_kernel")]["bits"] == 3
+    for k in kernels.values():
+        assert 1 <= k["used"] <= 2 ** k["bits"]
+        assert k["packed_kb"] < k["float_kb"]
+    for r in res["results"].values():
+        assert 0.0 <= r["accuracy"] <= 1.0
+    qat = gq_tf.load_qat(out / "gq_mixed")
+    assert len(gq_tf.extract_codebooks(qat)) == len(kernels)
+
+
+def test_console_script_lists_commands():
+    exe = os.path.join(os.path.dirname(sys.executable), "gq-tf")
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert "demo" in proc.stdout and "ablation" in proc.stdout

@@ -1,0 +1,101 @@
+"""save_qat / load_qat, and serialization round trips of every registered class."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import gq_tf
+from gq_tf import keras
+from gq_tf.codebooks import quantized_weights
+from gq_tf.configs import GQQuantizeConfig
+from gq_tf.persistence import policy_from_json, policy_to_json
+from gq_tf.quantizers import ClipConstraint
+from tests.conftest import sequence_inputs, sequence_model
+
+POLICY = {
+    "lstm": {"kernel": gq_tf.GQ(4, mu=32.0, soft_window=2), "recurrent_kernel": gq_tf.Uniform(2)},
+    "mha": {"query": 1, "value": gq_tf.GQ(8, trainable_mu=True)},
+    "dense": None,
+    ".*": 5,
+}
+
+
+def _train_a_little(qat):
+    x = sequence_inputs(8)
+    y = np.zeros((8, 12, 7), "float32")
+    qat.compile(keras.optimizers.Adam(0.01), "mse")
+    qat.fit(x, y, epochs=2, batch_size=4, verbose=0,
+            callbacks=[gq_tf.GQAnnealing(anneal_every=1, tau_min=0.1)])
+
+
+def test_save_and_load_restore_outputs_weights_and_annealing(tmp_path):
+    qat = gq_tf.quantize_model(sequence_model(), POLICY)
+    _train_a_little(qat)
+    gq_tf.save_qat(qat, tmp_path / "m")
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+    restored = gq_tf.load_qat(tmp_path / "m")
+
+    x = sequence_inputs()
+    np.testing.assert_array_equal(qat(x, training=False), restored(x, training=False))
+    a, b = quantized_weights(qat), quantized_weights(restored)
+    assert [q.key for q in a] == [q.key for q in b]
+    for qa, qb in zip(a, b):
+        assert qa.quantizer == qb.quantizer
+        np.testing.assert_array_equal(qa.variable.numpy(), qb.variable.numpy())
+        for name in qa.qvars:
+            np.testing.assert_array_equal(qa.qvars[name].numpy(), qb.qvars[name].numpy())
+    assert a[0].qvars["state"].numpy()[0] == 4  # 2 epochs x 2 batches
+    for k, book in gq_tf.extract_codebooks(qat).items():
+        np.testing.assert_array_equal(book.decode(), gq_tf.extract_codebooks(restored)[k].decode())
+
+
+def test_save_overwrites_an_existing_save(tmp_path):
+    qat = gq_tf.quantize_model(sequence_model(), 3)
+    gq_tf.save_qat(qat, tmp_path / "m")
+    _train_a_little(qat)
+    gq_tf.save_qat(qat, tmp_path / "m")
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+    x = sequence_inputs()
+    np.testing.assert_array_equal(qat(x, training=False), gq_tf.load_qat(tmp_path / "m")(x, training=False))
+
+
+def test_save_needs_a_gq_model(tmp_path):
+    from tensorflow_model_optimization.quantization.keras import quantize_model
+
+    tfmot_qat = quantize_model(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+    with pytest.raises(ValueError, match="gq_tf.quantize_model"):
+        gq_tf.save_qat(tfmot_qat, tmp_path / "m")
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="gq_model.json"):
+        gq_tf.load_qat(tmp_path)
+    (tmp_path / "gq_model.json").write_text(json.dumps({"format": "other/9"}))
+    with pytest.raises(ValueError, match="gq_tf.qat/1.*other/9"):
+        gq_tf.load_qat(tmp_path)
+
+
+def test_policy_json_round_trip():
+    back = policy_from_json(json.loads(json.dumps(policy_to_json(POLICY))))
+    assert back == POLICY and list(back) == list(POLICY)
+    assert policy_from_json(policy_to_json(6)) == 6
+
+
+@pytest.mark.parametrize("obj", [
+    gq_tf.GQ(3),
+    gq_tf.GQ(8, mu=255.0, trainable_mu=True, soft_window=7),
+    gq_tf.Uniform(1),
+    gq_tf.Uniform(8),
+    GQQuantizeConfig({"kernel": gq_tf.GQ(2, mu=0.0), "recurrent_kernel": gq_tf.Uniform(4)}),
+    ClipConstraint(-1.0, 1.0),
+])
+def test_registered_classes_round_trip(obj):
+    config = keras.utils.serialize_keras_object(obj)
+    assert config["registered_name"].startswith("gq_tf>")
+    with gq_tf.quantize_scope():
+        back = keras.utils.deserialize_keras_object(json.loads(json.dumps(config)))
+    assert type(back) is type(obj)
+    assert back.get_config() == obj.get_config()
+    assert type(obj).from_config(obj.get_config()).get_config() == obj.get_config()
