@@ -48,7 +48,7 @@ def run(args):
            "qat_epochs": args.epochs, "seeds": args.seeds, "mu": [], "schedule": [], "soft_window": []}
     print(f"float accuracy {out['float_accuracy']:.4f}", flush=True)
 
-    for bits in (2, 4):
+    for bits in (2, 4) if "A" in args.grids else ():
         for mu in (0.0, 8.0, 32.0, 255.0):
             accs = [_variant(float_model, data, bits, args.epochs, s, mu=mu)[0] for s in range(args.seeds)]
             m, sd = _mean_std(accs)
@@ -59,13 +59,13 @@ def run(args):
     variants = [dict(base)]
     for key, values in (("tau0", (0.3, 3.0)), ("gamma", (0.3, 0.8)), ("tau_min", (0.003, 0.03))):
         variants += [dict(base, **{key: v}) for v in values]
-    for sched in variants:
+    for sched in variants if "B" in args.grids else ():
         accs = [_variant(float_model, data, 2, args.epochs, s, **sched)[0] for s in range(args.seeds)]
         m, sd = _mean_std(accs)
         out["schedule"].append(dict(sched, accuracy=m, std=sd, runs=accs))
         print(f"B {sched}: {m:.4f} +- {sd:.4f}", flush=True)
 
-    for window in (2, 4, 8):
+    for window in (2, 4, 8) if "C" in args.grids else ():
         res = [_variant(float_model, data, 5, args.epochs, s, soft_window=window) for s in range(args.seeds)]
         m, sd = _mean_std([r[0] for r in res])
         secs = float(np.mean([r[1] for r in res]))
@@ -75,19 +75,27 @@ def run(args):
 
 
 def markdown(res):
-    """The ablation tables as markdown."""
+    """The ablation tables (of the grids that ran) as markdown."""
     lines = [f"Float model: {res['float_accuracy'] * 100:.2f}% test accuracy. "
-             f"Each cell: mean +- std over {res['seeds']} fine-tuning seeds, {res['qat_epochs']} epochs.", "",
-             "A. mu x bits (GQ on every kernel)", "", "| bits | mu=0 | mu=8 | mu=32 | mu=255 |", "|---|---|---|---|---|"]
-    for bits in (2, 4):
-        cells = [f"{r['accuracy'] * 100:.2f} +- {r['std'] * 100:.2f}" for r in res["mu"] if r["bits"] == bits]
-        lines.append(f"| {bits} | " + " | ".join(cells) + " |")
-    lines += ["", "B. annealing schedule (2 bits)", "", "| tau0 | gamma | tau_min | accuracy % |", "|---|---|---|---|"]
-    for r in res["schedule"]:
-        lines.append(f"| {r['tau0']:g} | {r['gamma']:g} | {r['tau_min']:g} | {r['accuracy'] * 100:.2f} +- {r['std'] * 100:.2f} |")
-    lines += ["", "C. soft_window (5 bits, K = 32)", "", "| soft_window | accuracy % | fine-tune seconds |", "|---|---|---|"]
-    for r in res["soft_window"]:
-        lines.append(f"| {r['soft_window']} | {r['accuracy'] * 100:.2f} +- {r['std'] * 100:.2f} | {r['seconds']:.1f} |")
+             f"Each cell: mean +- std over {res['seeds']} fine-tuning seeds, {res['qat_epochs']} epochs."]
+
+    def cell(r):
+        return f"{r['accuracy'] * 100:.2f} +- {r['std'] * 100:.2f}"
+
+    if res["mu"]:
+        lines += ["", "A. mu x bits (GQ on every kernel)", "", "| bits | mu=0 | mu=8 | mu=32 | mu=255 |",
+                  "|---|---|---|---|---|"]
+        for bits in sorted({r["bits"] for r in res["mu"]}):
+            lines.append(f"| {bits} | " + " | ".join(cell(r) for r in res["mu"] if r["bits"] == bits) + " |")
+    if res["schedule"]:
+        lines += ["", "B. annealing schedule (2 bits)", "", "| tau0 | gamma | tau_min | accuracy % |", "|---|---|---|---|"]
+        for r in res["schedule"]:
+            lines.append(f"| {r['tau0']:g} | {r['gamma']:g} | {r['tau_min']:g} | {cell(r)} |")
+    if res["soft_window"]:
+        lines += ["", "C. soft_window (5 bits, K = 32)", "", "| soft_window | accuracy % | fine-tune seconds |",
+                  "|---|---|---|"]
+        for r in res["soft_window"]:
+            lines.append(f"| {r['soft_window']} | {cell(r)} | {r['seconds']:.1f} |")
     return "\n".join(lines)
 
 
@@ -96,6 +104,7 @@ def main(argv=None):
     p.add_argument("--float-epochs", type=int, default=10)
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs per variant")
     p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--grids", default="ABC", help="which grids to run, e.g. 'A' or 'BC'")
     p.add_argument("--out", default="docs/ablation.json")
     args = p.parse_args(argv)
     res = run(args)

@@ -8,7 +8,7 @@ import numpy as np
 from gq_tf import defaults
 from gq_tf._keras import keras, tf
 from gq_tf.codebooks import quantized_weights
-from gq_tf.quantizers import STATE_HARD, STATE_STEP, STATE_TAU, GeneralQuantizer
+from gq_tf.quantizers import STATE_STEP, GeneralQuantizer
 
 __all__ = ["GQAnnealing", "anneal_schedule"]
 

@@ -10,6 +10,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapp
 from gq_tf._keras import keras, tf
 from gq_tf.configs import GQQuantizeConfig, _get_path, quantize_scope, table_row
 from gq_tf.quantizers import GeneralQuantizer
+from gq_tf.reference import packed_nbytes
 
 __all__ = ["Codebook", "QuantizedWeight", "quantized_weights", "extract_codebooks", "strip_quantization"]
 
@@ -81,8 +82,6 @@ class Codebook:
     @property
     def packed_nbytes(self):
         """Bytes of the densely packed indices plus the float32 centroid table."""
-        from gq_tf.reference import packed_nbytes
-
         return packed_nbytes(self.indices.size, self.bits) + 4 * self.centroids.size
 
 

@@ -5,6 +5,6 @@ Change them only together with that document (re-run ``python -m gq_tf.ablation`
 
 MU = 8.0
 SOFT_WINDOW = 4
-TAU0 = 1.0
+TAU0 = 0.3
 GAMMA = 0.5
 TAU_MIN = 0.01

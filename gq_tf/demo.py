@@ -20,9 +20,8 @@ import time
 import numpy as np
 
 import gq_tf
-from gq_tf import keras
-from gq_tf._keras import tf
-from gq_tf.reference import packed_nbytes
+from gq_tf import defaults, keras
+from gq_tf.codebooks import quantized_weights
 
 __all__ = ["TaskConfig", "make_task", "build_model", "mixed_policy", "finetune", "main"]
 
@@ -114,8 +113,6 @@ def train_float(cfg, data, epochs, verbose=2, width=64):
 
 def annealing_for(steps, tau0=None, gamma=None, tau_min=None, hard_fraction=0.6, hard_every=0):
     """A GQAnnealing whose hard phase starts after ``hard_fraction`` of ``steps``."""
-    from gq_tf import defaults
-
     tau0 = defaults.TAU0 if tau0 is None else tau0
     gamma = defaults.GAMMA if gamma is None else gamma
     tau_min = defaults.TAU_MIN if tau_min is None else tau_min
@@ -132,17 +129,11 @@ def finetune(float_model, policy, data, epochs, verbose=2, lr=1e-3, annealing=No
     _compile(qat, lr)
     steps = epochs * math.ceil(len(x_train) / 64)
     callbacks = []
-    has_gq = any(isinstance(qw.quantizer, gq_tf.GeneralQuantizer) for qw in _qws(qat))
+    has_gq = any(isinstance(qw.quantizer, gq_tf.GeneralQuantizer) for qw in quantized_weights(qat))
     if has_gq:
         callbacks.append(annealing if annealing is not None else annealing_for(steps))
     qat.fit(x_train, y_train, batch_size=64, epochs=epochs, verbose=verbose, callbacks=callbacks)
     return qat
-
-
-def _qws(qat):
-    from gq_tf.codebooks import quantized_weights
-
-    return quantized_weights(qat)
 
 
 def evaluate(model, data):

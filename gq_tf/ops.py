@@ -4,6 +4,8 @@ The tfmot ``Quantizer`` classes in ``gq_tf.quantizers`` are thin adapters over
 these. ``gq_tf.reference`` is the NumPy truth they are tested against.
 """
 
+import math
+
 from gq_tf._keras import tf
 from gq_tf.reference import SOFT_WINDOW_MIN_K
 
@@ -18,11 +20,15 @@ __all__ = [
 
 
 def compress(x, mu):
-    """mu-law compressor; ``mu`` a Python number or a scalar tensor (> 0 if a tensor)."""
+    """mu-law compressor; ``mu`` a Python number (0: identity) or a scalar tensor > 0.
+
+    Works in the dtype of ``x`` (constants follow it).
+    """
     if isinstance(mu, (int, float)):
         if mu == 0:
             return x
-        return tf.sign(x) * tf.math.log1p(mu * tf.abs(x)) / tf.math.log1p(float(mu))
+        return tf.sign(x) * tf.math.log1p(mu * tf.abs(x)) / math.log1p(mu)
+    mu = tf.cast(mu, x.dtype)
     return tf.sign(x) * tf.math.log1p(mu * tf.abs(x)) / tf.math.log1p(mu)
 
 
@@ -31,7 +37,8 @@ def expand(y, mu):
     if isinstance(mu, (int, float)):
         if mu == 0:
             return y
-        return tf.sign(y) * tf.math.expm1(tf.abs(y) * tf.math.log1p(float(mu))) / float(mu)
+        return tf.sign(y) * tf.math.expm1(tf.abs(y) * math.log1p(mu)) / mu
+    mu = tf.cast(mu, y.dtype)
     return tf.sign(y) * tf.math.expm1(tf.abs(y) * tf.math.log1p(mu)) / mu
 
 
@@ -147,7 +154,9 @@ def uniform_quantize(w, bits):
         return tf.stack([-a, a]), tf.cast(w >= 0, tf.int32)
     half = 2 ** (bits - 1)
     qmax = half - 1
+    # 1e-30 keeps an all-zero kernel finite (float32/float64; quantizers never
+    # call this in half precision, see quantizers._KernelQuantizer.compute_dtype).
     scale = tf.maximum(tf.reduce_max(tf.abs(w)), 1e-30) / qmax
     q = tf.clip_by_value(tf.round(w / scale), -qmax, qmax)
-    centroids = tf.range(-half, half, dtype=w.dtype) * scale
+    centroids = tf.cast(tf.range(-half, half), w.dtype) * scale
     return centroids, tf.cast(q, tf.int32) + half

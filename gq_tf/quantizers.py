@@ -84,9 +84,19 @@ class _KernelQuantizer(_Quantizer):
             )
         return value
 
+    @staticmethod
+    def compute_dtype(x):
+        """GQ math runs in float32 (float64 for float64 kernels), never in half
+        precision: under ``mixed_float16`` the wrapper hands us float16 kernels,
+        whose log1p/softmax at low temperature would lose the assignment."""
+        return tf.float64 if x.dtype == tf.float64 else tf.float32
+
+    def _cast_vars(self, qvars, dtype):
+        return {k: tf.cast(v, dtype) if v.dtype.is_floating and k != "state" else v for k, v in qvars.items()}
+
     def quantize_for_inference(self, weight, qvars):
         centroids, indices = self.codebook_tensors(weight, qvars)
-        return tf.gather(centroids, indices)
+        return tf.cast(tf.gather(centroids, indices), weight.dtype)
 
     def get_config(self):
         return {"bits": self.bits}
@@ -208,20 +218,25 @@ class GeneralQuantizer(_KernelQuantizer):
     def __call__(self, inputs, training, weights, **kwargs):
         if not training:
             return self.quantize_for_inference(inputs, weights)
-        state = tf.cast(weights["state"], inputs.dtype)
-        return ops.gq_quantize(
-            inputs,
-            weights["theta"],
-            weights["scale"],
-            self._mu(weights),
+        dtype = self.compute_dtype(inputs)
+        qv = self._cast_vars(weights, dtype)
+        state = tf.cast(weights["state"], dtype)
+        w_hat = ops.gq_quantize(
+            tf.cast(inputs, dtype),
+            qv["theta"],
+            qv["scale"],
+            self._mu(qv),
             tau=state[STATE_TAU],
             hard=state[STATE_HARD],
             soft_window=self.soft_window,
         )
+        return tf.cast(w_hat, inputs.dtype)
 
     def codebook_tensors(self, weight, qvars):
         """(sorted centroids [K], int32 indices) of the current hard assignment."""
-        return ops.gq_hard_assign(weight, qvars["theta"], qvars["scale"], self._mu(qvars))
+        dtype = self.compute_dtype(weight)
+        qv = self._cast_vars(qvars, dtype)
+        return ops.gq_hard_assign(tf.cast(weight, dtype), qv["theta"], qv["scale"], self._mu(qv))
 
     def hardness(self, weight, qvars):
         """Mean max_j p_j at the current temperature (1.0 means hard)."""
@@ -270,4 +285,4 @@ class Uniform(_KernelQuantizer):
         return inputs + tf.stop_gradient(w_hat - inputs)
 
     def codebook_tensors(self, weight, qvars):
-        return ops.uniform_quantize(weight, self.bits)
+        return ops.uniform_quantize(tf.cast(weight, self.compute_dtype(weight)), self.bits)

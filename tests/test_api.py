@@ -78,3 +78,17 @@ def test_cli_without_command_prints_usage(capsys):
     with pytest.raises(SystemExit):
         main(["nonsense"])
     assert "demo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weight_at_build_time(bad):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
+    kernel = model.get_layer("dense").kernel
+    kernel.assign(kernel.numpy() * 0 + 1)
+    value = kernel.numpy()
+    value[1, 2] = bad
+    kernel.assign(value)
+    with pytest.raises(ValueError, match=r"finite values in weight 'dense/kernel'.*1 non-finite"):
+        gq_tf.quantize_model(model, {"dense": gq_tf.Uniform(8)})
+    with pytest.raises(ValueError, match=r"finite values in weight 'dense/kernel'"):
+        gq_tf.quantize_model(model, 4)

@@ -35,7 +35,6 @@ def test_strip_matches_qat_inference_every_layer_type(bits):
         np.testing.assert_allclose(stripped(inputs).numpy(), expected, atol=ATOL, rtol=ATOL)
         books = gq_tf.extract_codebooks(qat)
         for key, book in books.items():
-            layer, weight = key.split("/")
             assert len(np.unique(book.decode())) <= 2**bits, key
             assert book.bits == bits and book.centroids.shape == (2**bits,)
             assert book.centroids.dtype == np.float32 and book.indices.dtype == np.uint8
