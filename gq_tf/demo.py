@@ -74,8 +74,8 @@ def mixed_policy():
     """The demo's mixed GQ policy: 1 to 8 bits, per kernel, layer and module."""
     return {
         "conv": 4,
-        "lstm": {"kernel": 4, "recurrent_kernel": 3},
-        "attention": {"query": 3, "key": 3, "value": 4, "output": 4},
+        "lstm": {"kernel": 3, "recurrent_kernel": 2},
+        "attention": {"query": 2, "key": 2, "value": 3, "output": 3},
         "hidden": 1,
         "head": 8,
     }
@@ -252,7 +252,7 @@ def parser():
     p = argparse.ArgumentParser(prog="gq-tf demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds, meaningless numbers)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--float-epochs", type=int, default=12)
+    p.add_argument("--float-epochs", type=int, default=10)
     p.add_argument("--qat-epochs", type=int, default=6)
     p.add_argument("--train", type=int, default=TaskConfig.train)
     p.add_argument("--test", type=int, default=TaskConfig.test)

