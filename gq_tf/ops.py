@@ -117,7 +117,8 @@ def gq_quantize(w, theta, s, mu, tau, hard, soft_window=4):
 
 
 def gq_hardness(w, theta, s, mu, tau, soft_window=4):
-    """Mean over weights of max_j p_j: 1/K for a uniform assignment, 1 when hard."""
+    """Mean over weights of max_j p_j: 1 when hard; its floor (uniform p) is 1/K,
+    or 1/soft_window for K > 16, where p spans only the window."""
     _, _, p_max = _soft_and_hard(w, theta, s, mu, tau, soft_window)
     return tf.reduce_mean(p_max)
 
