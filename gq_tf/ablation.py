@@ -13,7 +13,6 @@ It writes the JSON and prints the markdown tables that docs/defaults.md shows.
 
 import argparse
 import json
-import math
 import sys
 import time
 
@@ -26,11 +25,10 @@ __all__ = ["main"]
 
 
 def _variant(float_model, data, bits, epochs, seed, mu=defaults.MU, soft_window=defaults.SOFT_WINDOW, **sched):
-    steps = epochs * math.ceil(len(data[0]) / 64)
     policy = {".*": gq_tf.GQ(bits, mu=mu, soft_window=soft_window)}
     t0 = time.time()
     qat = demo.finetune(float_model, policy, data, epochs, verbose=0, seed=seed,
-                        annealing=demo.annealing_for(steps, **sched))
+                        schedule=sched)
     seconds = time.time() - t0
     return demo.evaluate(qat, data)["accuracy"], seconds
 

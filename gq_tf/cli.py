@@ -1,7 +1,6 @@
 """The ``gq-tf`` command: ``gq-tf demo``, ``gq-tf ablation``."""
 
 import argparse
-import os
 import sys
 
 _COMMANDS = {
@@ -18,10 +17,6 @@ def main(argv=None):
         p.parse_args(argv[:1])
         return 2
     import importlib
-
-    # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) hides the
-    # demo's own progress; users can still ask for it with TF_CPP_MIN_LOG_LEVEL=0.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     module = importlib.import_module(_COMMANDS[argv[0]][0])
     return module.main(argv[1:])

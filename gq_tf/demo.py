@@ -25,6 +25,8 @@ from gq_tf.codebooks import quantized_weights
 
 __all__ = ["TaskConfig", "make_task", "build_model", "mixed_policy", "finetune", "main"]
 
+BATCH_SIZE = 64
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
@@ -107,7 +109,7 @@ def train_float(cfg, data, epochs, verbose=2, width=64):
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg, width)
     _compile(model, 3e-3)
-    model.fit(x_train, y_train, batch_size=64, epochs=epochs, verbose=verbose)
+    model.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=epochs, verbose=verbose)
     return model
 
 
@@ -116,23 +118,26 @@ def annealing_for(steps, tau0=None, gamma=None, tau_min=None, hard_fraction=0.6,
     tau0 = defaults.TAU0 if tau0 is None else tau0
     gamma = defaults.GAMMA if gamma is None else gamma
     tau_min = defaults.TAU_MIN if tau_min is None else tau_min
-    decays = max(1, math.ceil(math.log(tau_min / tau0) / math.log(gamma)))
+    # With anneal_every=1 the hard step is the number of decays to reach tau_min.
+    decays = max(1, gq_tf.GQAnnealing(tau0=tau0, gamma=gamma, anneal_every=1, tau_min=tau_min).hard_step)
     every = max(1, int(hard_fraction * steps / decays))
     return gq_tf.GQAnnealing(tau0=tau0, gamma=gamma, anneal_every=every, tau_min=tau_min, hard_every=hard_every)
 
 
-def finetune(float_model, policy, data, epochs, verbose=2, lr=1e-3, annealing=None, seed=0):
-    """quantize_model + fit with annealing; returns the QAT model."""
+def finetune(float_model, policy, data, epochs, verbose=2, lr=1e-3, schedule=None, seed=0):
+    """quantize_model + fit with annealing; returns the QAT model.
+
+    ``schedule``: keyword arguments of ``annealing_for`` (tau0, gamma, ...).
+    """
     x_train, y_train, _, _ = data
     keras.utils.set_random_seed(seed)
     qat = gq_tf.quantize_model(float_model, policy)
     _compile(qat, lr)
-    steps = epochs * math.ceil(len(x_train) / 64)
     callbacks = []
-    has_gq = any(isinstance(qw.quantizer, gq_tf.GeneralQuantizer) for qw in quantized_weights(qat))
-    if has_gq:
-        callbacks.append(annealing if annealing is not None else annealing_for(steps))
-    qat.fit(x_train, y_train, batch_size=64, epochs=epochs, verbose=verbose, callbacks=callbacks)
+    if any(isinstance(qw.quantizer, gq_tf.GeneralQuantizer) for qw in quantized_weights(qat)):
+        steps = epochs * math.ceil(len(x_train) / BATCH_SIZE)
+        callbacks.append(annealing_for(steps, **(schedule or {})))
+    qat.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=epochs, verbose=verbose, callbacks=callbacks)
     return qat
 
 
@@ -163,10 +168,14 @@ def kernel_rows(qat):
     return rows
 
 
+def float_kb(model):
+    """KB of all weights of ``model`` in float32."""
+    return sum(int(np.prod(w.shape)) * 4 for w in model.weights) / 1024
+
+
 def model_kb(float_model, rows):
     """Weight KB of the deployed model: packed kernels + everything else float32."""
-    total_float = sum(int(np.prod(w.shape)) * 4 for w in float_model.weights) / 1024
-    return total_float - sum(r["float_kb"] for r in rows) + sum(r["packed_kb"] for r in rows)
+    return float_kb(float_model) - sum(r["float_kb"] for r in rows) + sum(r["packed_kb"] for r in rows)
 
 
 def format_table(headers, rows, align=None):
@@ -209,7 +218,7 @@ def run(args):
     _stage(2, stages, f"training the float model ({args.float_epochs} epochs)")
     float_model = train_float(cfg, data, args.float_epochs, verbose=args.verbose)
     results = {"float": evaluate(float_model, data)}
-    results["float"]["model_kb"] = sum(int(np.prod(w.shape)) * 4 for w in float_model.weights) / 1024
+    results["float"]["model_kb"] = float_kb(float_model)
     print(f"float accuracy {results['float']['accuracy']:.4f}", flush=True)
 
     policy = mixed_policy()
