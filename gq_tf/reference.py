@@ -171,3 +171,32 @@ def unpack_indices(packed, bits, n):
         )
     stream = np.unpackbits(packed, bitorder="little")[: n * bits].reshape(n, bits)
     return (stream.astype(np.uint16) << np.arange(bits)).sum(axis=1).astype(np.uint8)
+
+
+_ACTIVATIONS = {
+    "NONE": lambda y: y,
+    "RELU": lambda y: np.maximum(y, 0.0),
+    "RELU_N1_TO_1": lambda y: np.clip(y, -1.0, 1.0),
+    "RELU6": lambda y: np.clip(y, 0.0, 6.0),
+}
+
+
+def fully_connected(x, indices, centroids, bias=None, activation="NONE"):
+    """Reference GEMV/GEMM of ``GQ_FULLY_CONNECTED``, in float64.
+
+    ``y = act(x @ centroids[indices]^T + bias)`` with ``indices`` [out, in]
+    and ``x`` [..., in]; the C kernels are tested against it.
+
+    Raises:
+      ValueError: unknown activation or mismatched shapes.
+    """
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"Expected activation in {sorted(_ACTIVATIONS)}. Received: {activation!r}")
+    x = np.asarray(x, np.float64)
+    w = np.asarray(centroids, np.float64)[np.asarray(indices)]
+    if w.ndim != 2 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"Expected x [..., {w.shape[-1]}] for indices {w.shape}. Received x {x.shape}.")
+    y = x @ w.T
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    return _ACTIVATIONS[activation](y)
