@@ -1,5 +1,46 @@
-"""converters: lowering GQ codebooks to TFLite custom ops, and the C kernels that run them.
+"""converters: gq_tf QAT models to .tflite with packed GQ custom ops, and running them.
 
-Not built yet (export issue). The packed index layout it will start from is the
-bit stream of ``gq_tf.reference.pack_indices``.
+``export_tflite`` writes the file (``GQ_FULLY_CONNECTED`` custom ops with
+packed b-bit weights, layout in ``converters.layout``); ``make_interpreter``
+opens it in LiteRT or ``tf.lite`` with the project's delegate library
+(``delegate_path()``), which runs the custom ops with its C kernels.
+
+Example:
+  >>> import converters
+  >>> report = converters.export_tflite(qat, "model.tflite")
+  >>> interpreter = converters.make_interpreter("model.tflite")
 """
+
+import importlib
+
+# Names resolve on first use, so that ``converters.layout`` (pure NumPy, used
+# by tools and tests) does not pull in TensorFlow.
+_WHERE = {
+    "export_tflite": "converters.export",
+    "export_baseline": "converters.export",
+    "ExportReport": "converters.export",
+    "KernelRow": "converters.export",
+    "NotPackedWarning": "converters.export",
+    "delegate_path": "converters.runtime",
+    "make_interpreter": "converters.runtime",
+}
+
+__all__ = [
+    "export_tflite",
+    "export_baseline",
+    "ExportReport",
+    "KernelRow",
+    "NotPackedWarning",
+    "delegate_path",
+    "make_interpreter",
+]
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'converters' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_WHERE))

@@ -1,4 +1,4 @@
-"""The ``gq-tf`` command: ``gq-tf demo``, ``gq-tf ablation``."""
+"""The ``gq-tf`` command: ``gq-tf demo``, ``gq-tf ablation``, ``gq-tf export``."""
 
 import argparse
 import sys
@@ -6,6 +6,7 @@ import sys
 _COMMANDS = {
     "demo": ("gq_tf.demo", "float vs uniform 8-bit QAT vs GQ on the built-in task"),
     "ablation": ("gq_tf.ablation", "the ablation behind the default hyper-parameters"),
+    "export": ("converters.cli", "a saved QAT model to .tflite with packed GQ custom ops"),
 }
 
 

@@ -1,0 +1,458 @@
+"""Exporting a gq_tf QAT model to a .tflite file with packed GQ custom ops.
+
+The QAT graph itself is never converted (its quantizer math would be baked
+into the file and LSTM fusion lost). Instead:
+
+1. the learned codebooks are read (``gq_tf.extract_codebooks``) and the model
+   is rebuilt in float with the hard-quantized weights (``strip_quantization``);
+2. in that deployment graph every GQ Dense kernel and every GQ Conv1D with a
+   kernel size of 1 is replaced by a call of ``tfops.gq_fully_connected``
+   with the packed indices, which the converter fuses into one
+   ``GQ_FULLY_CONNECTED`` custom op (no float copy of the kernel is left);
+3. the TFLite converter runs on it (fixed batch size, builtin ops only);
+4. weight tensors that should be int8 (``gq_tf.Uniform`` kernels, and with
+   ``weights="dynamic_int8"`` the remaining float weights of layers without
+   a quantizer) are rewritten to int8 with the exact QAT grid, and their ops
+   run as TFLite's dynamic-range ("hybrid") kernels.
+
+GQ kernels of other layers (LSTM, Conv1D with k > 1, Conv2D, depthwise,
+Embedding, attention) have no packed op yet: they are exported as builtin ops
+with their decoded (hard) float weights, with a warning and a report row.
+"""
+
+import dataclasses
+import os
+import tempfile
+import warnings
+
+import numpy as np
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import (
+    QuantizeWrapper,
+)
+
+from converters import flatbuf, layout, tfops
+from gq_tf._keras import check_keras_model, keras, tf
+from gq_tf.codebooks import extract_codebooks, quantized_weights, strip_quantization
+from gq_tf.configs import quantize_scope
+
+__all__ = ["export_tflite", "export_baseline", "ExportReport", "KernelRow", "WEIGHTS_MODES", "NotPackedWarning"]
+
+WEIGHTS_MODES = ("float", "dynamic_int8")
+# Like the TFLite converter's dynamic-range quantization: smaller weight
+# tensors are not worth an int8 kernel.
+DYNAMIC_MIN_ELEMENTS = 1024
+
+PACKED = "packed GQ_FULLY_CONNECTED"
+INT8 = "builtin, int8 weights"
+FLOAT_DECODED = "builtin, decoded float weights (not packed)"
+FLOAT = "builtin, float weights"
+
+
+class NotPackedWarning(UserWarning):
+    """A GQ kernel was exported with decoded float weights, not packed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelRow:
+    """How one quantized kernel (or, with dynamic_int8, one float kernel) was deployed."""
+
+    key: str  # "<layer>/<weight>"
+    bits: int  # 32 for float kernels
+    method: str  # "gq", "uniform" or "float"
+    deployed: str  # PACKED, INT8, FLOAT_DECODED or FLOAT
+    nbytes: int  # bytes of the kernel in the file (indices + centroids, int8 + scales, or float)
+    shape: tuple
+
+
+@dataclasses.dataclass
+class ExportReport:
+    """What ``export_tflite`` wrote."""
+
+    path: str
+    size_bytes: int
+    op_counts: dict
+    kernels: list
+    weights: str = "float"
+    warnings: list = dataclasses.field(default_factory=list)
+
+    @property
+    def packed_bytes(self):
+        """Bytes of packed indices + centroid tables of the GQ custom ops."""
+        return sum(k.nbytes for k in self.kernels if k.deployed == PACKED)
+
+    def table(self):
+        """The kernels as a Markdown table, then the op counts and file size."""
+        rows = [("kernel", "shape", "method", "bits", "deployed as", "bytes")]
+        rows += [(k.key, "x".join(map(str, k.shape)), k.method, str(k.bits), k.deployed, f"{k.nbytes:,}")
+                 for k in self.kernels]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+        lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        ops = ", ".join(f"{k} x{v}" for k, v in self.op_counts.items())
+        lines += ["", f"ops: {ops}", f"file: {self.path} ({self.size_bytes:,} bytes)"]
+        return "\n".join(lines)
+
+
+def _fused_activation(activation):
+    """(fused op activation, activation to apply after the op or None)."""
+    if activation in (None, keras.activations.linear):
+        return "NONE", None
+    if activation is keras.activations.relu:
+        return "RELU", None
+    return "NONE", activation
+
+
+class _PackedFullyConnected(keras.layers.Layer):
+    """Deployment-graph layer: one GQ_FULLY_CONNECTED with packed weights."""
+
+    def __init__(self, packed, centroids, bias, bits, in_features, out_features, activation,
+                 stride=1, **kwargs):
+        super().__init__(**kwargs)
+        self._packed, self._centroids, self._bias = packed, centroids, bias
+        self._bits, self._in, self._out = bits, in_features, out_features
+        self._fused, self._after = _fused_activation(activation)
+        self._stride = stride
+
+    def call(self, x):
+        if self._stride > 1:  # a k=1 convolution with stride s reads every s-th step
+            x = x[:, :: self._stride]
+        y = tfops.gq_fully_connected(
+            tf.cast(x, tf.float32), tf.constant(self._packed), tf.constant(self._centroids),
+            None if self._bias is None else tf.constant(self._bias),
+            bits=self._bits, in_features=self._in, out_features=self._out, activation=self._fused)
+        return y if self._after is None else self._after(y)
+
+
+def _packable(layer):
+    """Why ``layer``'s kernel cannot become GQ_FULLY_CONNECTED, or None if it can."""
+    if type(layer) is keras.layers.Dense:
+        return None
+    if type(layer) is keras.layers.Conv1D:
+        if layer.kernel_size != (1,):
+            return f"Conv1D with kernel_size {layer.kernel_size} (only 1 is packed)"
+        if layer.groups != 1 or layer.data_format != "channels_last":
+            return "Conv1D with groups > 1 or channels_first"
+        return None
+    return f"{type(layer).__name__} has no packed op yet"
+
+
+def _plan(qat_model):
+    """{layer name: (kernel key, codebook)} of the layers to pack, and the warnings."""
+    books = extract_codebooks(qat_model)
+    packs, notes = {}, []
+    for qw in quantized_weights(qat_model):
+        book = books[qw.key]
+        if book.method != "gq":
+            continue
+        wrapper = next(l for l in qat_model.layers
+                       if isinstance(l, QuantizeWrapper) and l.layer.name == qw.layer_name)
+        why = _packable(wrapper.layer) if qw.weight_name == "kernel" else (
+            f"{type(wrapper.layer).__name__} {qw.weight_name} has no packed op yet")
+        if why is None:
+            packs[qw.layer_name] = (qw.key, book)
+        else:
+            notes.append((qw.key, why))
+    return books, packs, notes
+
+
+def _deployment_model(float_model, packs):
+    """Clone of the float model with the packed layers swapped in."""
+
+    def clone(layer):
+        if layer.name not in packs:
+            return layer  # reuse: the float model is ours and thrown away afterwards
+        _, book = packs[layer.name]
+        kernel_idx = book.indices.reshape(-1, book.indices.shape[-1])  # [in, out] (Conv1D: [1, in, out])
+        w_idx = np.ascontiguousarray(kernel_idx.T)  # [out, in]
+        out_f, in_f = w_idx.shape
+        bias = layer.bias.numpy().astype(np.float32) if layer.use_bias else None
+        stride = layer.strides[0] if isinstance(layer, keras.layers.Conv1D) else 1
+        return _PackedFullyConnected(
+            layout.pack(w_idx, book.bits), book.centroids.astype(np.float32), bias, book.bits,
+            in_f, out_f, layer.activation, stride=stride, name=layer.name)
+
+    with quantize_scope():
+        return keras.models.clone_model(float_model, clone_function=clone)
+
+
+def _signature(model, input_signature, batch_size):
+    if input_signature is not None:
+        specs = list(input_signature) if isinstance(input_signature, (list, tuple)) else [input_signature]
+        if not all(isinstance(s, tf.TensorSpec) for s in specs) or len(specs) != len(model.inputs):
+            raise ValueError(
+                f"Expected input_signature as {len(model.inputs)} tf.TensorSpec (one per model "
+                f"input). Received {input_signature!r}.")
+        return specs
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"Expected batch_size >= 1. Received: batch_size={batch_size!r}")
+    specs = []
+    for inp in model.inputs:
+        shape = [int(batch_size)] + list(inp.shape[1:])
+        if any(d is None for d in shape):
+            raise ValueError(
+                f"Expected static input shapes apart from the batch. Input '{inp.name}' has shape "
+                f"{tuple(inp.shape)}: pass input_signature=[tf.TensorSpec(...)] with every size set.")
+        specs.append(tf.TensorSpec(shape, inp.dtype, name=inp.name.split(":")[0]))
+    return specs
+
+
+def _convert(model, specs, optimize=False):
+    single = len(specs) == 1
+
+    @tf.function(input_signature=specs, autograph=False)
+    def serve(*xs):
+        return model(xs[0] if single else list(xs), training=False)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if optimize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    try:
+        return converter.convert()
+    except Exception as e:  # the converter raises ConverterError and plain Exceptions
+        raise ValueError(
+            f"The TFLite converter could not convert the deployment graph of '{model.name}': "
+            f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}") from e
+
+
+def _value_sets(books):
+    """{kernel key: (sorted unique values, method, codebook or None)} for provenance matching.
+
+    The converter moves weights around (transposes, splits LSTM gates) but does
+    not change their values, so a weight tensor in the file belongs to the
+    kernel whose value set contains all of its values.
+    """
+    sets = {}
+    for key, book in books.items():
+        if book.method == "gq":
+            sets[key] = (np.unique(book.centroids.astype(np.float32)), "gq", book)
+        else:
+            sets[key] = (np.unique(book.decode().astype(np.float32)), "uniform", book)
+    return sets
+
+
+def _uniform_scale(book):
+    """Step of a gq_tf.Uniform grid (its int8 scale): values are q * scale, |q| <= 127."""
+    c = book.centroids.astype(np.float64)
+    return float(c[1]) if book.bits == 1 else float(c[2 ** (book.bits - 1) + 1])
+
+
+def _float_kernels(float_model, books):
+    """{key: values} of the float (unquantized) kernels, for dynamic_int8."""
+    out = {}
+    quantized_layers = {k.split("/")[0] for k in books}
+    for layer in float_model.layers:
+        if layer.name in quantized_layers:
+            continue
+        for w in layer.weights:
+            if w.shape.rank is not None and w.shape.rank >= 2:
+                out[f"{layer.name}/{w.name.split('/')[-1].split(':')[0]}"] = w.numpy()
+    return out
+
+
+def _int8_pass(model, books, float_kernels, weights):
+    """Rewrites int8-bound weight tensors; returns {key: [(tensor bytes, int8?)]}."""
+    value_sets = _value_sets(books)
+    float_sets = {k: np.unique(v.astype(np.float32)) for k, v in float_kernels.items()}
+    found = {}
+    for sub in model.subgraphs:
+        for op in sub.operators or []:
+            code = flatbuf._code(model.operatorCodes[op.opcodeIndex])
+            if code not in flatbuf.WEIGHT_INPUTS:
+                continue
+            slots, axis = flatbuf.WEIGHT_INPUTS[code]
+            matches = []
+            for slot in slots:
+                if slot >= len(op.inputs) or op.inputs[slot] < 0:
+                    continue
+                t = sub.tensors[op.inputs[slot]]
+                data = flatbuf.tensor_data(model, t)
+                if data is None or t.type != flatbuf.schema.TensorType.FLOAT32:
+                    continue
+                u = np.unique(data)
+                owner = next((k for k, (vals, _, _) in value_sets.items()
+                              if u.size <= vals.size and np.isin(u, vals).all()), None)
+                if owner is not None:
+                    matches.append((slot, op.inputs[slot], data, owner, value_sets[owner][1]))
+                    continue
+                owner = next((k for k, vals in float_sets.items() if np.isin(u, vals).all()), None)
+                if owner is not None:
+                    matches.append((slot, op.inputs[slot], data, owner, "float"))
+            if not matches:
+                continue
+            # TFLite's hybrid kernels need every weight of an op in int8 (LSTM):
+            # quantize an op only if all of its weights are meant to be int8.
+            want = [m[4] == "uniform" or (m[4] == "float" and weights == "dynamic_int8"
+                                          and m[2].size >= DYNAMIC_MIN_ELEMENTS) for m in matches]
+            all_int8 = all(want) and len(matches) == sum(
+                1 for s in slots if s < len(op.inputs) and op.inputs[s] >= 0)
+            for (slot, ti, data, owner, method), w in zip(matches, want):
+                if all_int8:
+                    if method == "uniform":
+                        scale = _uniform_scale(value_sets[owner][2])
+                        q = np.round(data.astype(np.float64) / scale)
+                        scales, qaxis = [scale], None
+                    else:
+                        qaxis = axis
+                        red = tuple(i for i in range(data.ndim) if i != axis) if axis is not None else None
+                        amax = np.max(np.abs(data), axis=red, keepdims=True) if red is not None else np.max(np.abs(data))
+                        scale = np.maximum(amax, 1e-30) / 127.0
+                        q = np.round(data / scale)
+                        scales = np.reshape(scale, -1)
+                    flatbuf.quantize_tensor_int8(model, sub, ti, np.clip(q, -127, 127), scales, qaxis)
+                    found.setdefault(owner, []).append((data.size + 4 * len(scales), True, method))
+                else:
+                    found.setdefault(owner, []).append((4 * data.size, False, method))
+            if all_int8:
+                _set_asymmetric_inputs(op)
+    return found
+
+
+def _set_asymmetric_inputs(op):
+    # The converter's dynamic-range mode quantizes activations per batch row
+    # with a zero point ("asymmetric"), which is more accurate than symmetric.
+    opts = op.builtinOptions
+    if opts is not None and hasattr(opts, "asymmetricQuantizeInputs"):
+        opts.asymmetricQuantizeInputs = True
+
+
+def _atomic_write(path, data):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".gq_export_", suffix=".tflite.part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _check_destination(path):
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise ValueError(f"Expected a file path for the .tflite file. Received a directory: {path}")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Expected an existing directory for {path}. '{directory}' does not exist.")
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"Expected a writable directory for {path}. '{directory}' is not writable.")
+    return path
+
+
+def export_tflite(qat_model, path, *, input_signature=None, batch_size=1, weights="float"):
+    """Exports a gq_tf QAT model to ``path`` (.tflite) with packed GQ custom ops.
+
+    Args:
+      qat_model: a model made by ``gq_tf.quantize_model`` (trained or not).
+      path: where to write the .tflite file; written atomically (a failed
+        export leaves no partial file).
+      input_signature: optional list of ``tf.TensorSpec``, one per model
+        input, with every size set; default: the model's input shapes with
+        the batch set to ``batch_size``.
+      batch_size: the fixed batch of the exported graph (TFLite's LSTM needs
+        a static batch).
+      weights: "float" keeps the weights of unquantized layers in float32;
+        "dynamic_int8" stores them in int8 (dynamic-range ops), as a uniform
+        8-bit deployment would.
+
+    Returns:
+      ExportReport (path, size, op counts, one row per kernel).
+
+    Raises:
+      TypeError, ValueError: not a built gq_tf QAT model, bad arguments, or a
+        graph the converter cannot convert.
+      FileNotFoundError, PermissionError: the destination cannot be written.
+
+    Example:
+      >>> report = converters.export_tflite(qat, "model.tflite")
+      >>> print(report.table())
+    """
+    check_keras_model(qat_model, "qat_model")
+    if weights not in WEIGHTS_MODES:
+        raise ValueError(f"Expected weights in {WEIGHTS_MODES}. Received: weights={weights!r}")
+    path = _check_destination(path)
+    specs = _signature(qat_model, input_signature, batch_size)
+    books, packs, notes = _plan(qat_model)
+
+    float_model = strip_quantization(qat_model)
+    float_kernels = _float_kernels(float_model, books)
+    deploy = _deployment_model(float_model, packs)
+    model = flatbuf.read(_convert(deploy, specs))
+    found = _int8_pass(model, books, float_kernels, weights)
+    data = flatbuf.write(model)
+
+    packed_inputs = _packed_sizes(model)
+    rows, messages = [], []
+    for key, book in books.items():
+        shape = tuple(book.indices.shape)
+        layer_name = key.split("/")[0]
+        if layer_name in packs and packs[layer_name][0] == key:
+            nbytes = layout.packed_size(book.bits, int(np.prod(shape[:-1])), shape[-1]) + 4 * 2**book.bits
+            if nbytes - 4 * 2**book.bits not in packed_inputs:
+                raise RuntimeError(f"Internal error: the packed op of {key} is missing from the converted model.")
+            rows.append(KernelRow(key, book.bits, "gq", PACKED, nbytes, shape))
+            continue
+        parts = found.get(key, [])
+        int8 = bool(parts) and all(p[1] for p in parts)
+        nbytes = sum(p[0] for p in parts) if parts else 4 * int(np.prod(shape))
+        deployed = INT8 if int8 else (FLOAT_DECODED if book.method == "gq" else FLOAT)
+        rows.append(KernelRow(key, book.bits, book.method, deployed, nbytes, shape))
+    for key, values in float_kernels.items():
+        parts = found.get(key)
+        if parts:
+            int8 = all(p[1] for p in parts)
+            rows.append(KernelRow(key, 32 if not int8 else 8, "float", INT8 if int8 else FLOAT,
+                                  sum(p[0] for p in parts), tuple(values.shape)))
+    for key, why in notes:
+        messages.append(f"{key}: exported with decoded float weights, not packed ({why}).")
+    for key, book in books.items():
+        if book.method == "uniform" and not any(r.key == key and r.deployed == INT8 for r in rows):
+            messages.append(f"{key}: uniform {book.bits}-bit kernel kept in float (no int8 builtin op for it).")
+    for m in messages:
+        warnings.warn(m, NotPackedWarning, stacklevel=2)
+
+    _atomic_write(path, data)
+    return ExportReport(path=path, size_bytes=len(data), op_counts=flatbuf.op_counts(model),
+                        kernels=rows, weights=weights, warnings=messages)
+
+
+BASELINES = ("float", "int8")
+
+
+def export_baseline(model, path, *, kind="int8", input_signature=None, batch_size=1):
+    """Exports a plain model the usual way, as the peer a GQ export is measured against.
+
+    Args:
+      model: a float tf_keras model, or a gq_tf QAT model (its hard-quantized
+        weights are then exported as plain floats, ``strip_quantization``).
+      path: the .tflite file to write (atomically).
+      kind: "float" (float32 weights) or "int8" (the TFLite converter's
+        dynamic-range quantization: int8 weights for every kernel).
+      input_signature, batch_size: as in ``export_tflite``.
+
+    Returns:
+      ExportReport (no kernel rows).
+    """
+    check_keras_model(model, "model")
+    if kind not in BASELINES:
+        raise ValueError(f"Expected kind in {BASELINES}. Received: kind={kind!r}")
+    path = _check_destination(path)
+    specs = _signature(model, input_signature, batch_size)
+    if any(isinstance(l, QuantizeWrapper) for l in model.layers):
+        model = strip_quantization(model)
+    data = _convert(model, specs, optimize=kind == "int8")
+    _atomic_write(path, data)
+    return ExportReport(path=path, size_bytes=len(data), op_counts=flatbuf.op_counts(flatbuf.read(data)),
+                        kernels=[], weights=kind)
+
+
+def _packed_sizes(model):
+    sizes = set()
+    for sub in model.subgraphs:
+        for op in sub.operators or []:
+            if flatbuf.op_name(model, op) == tfops.GQ_FC_NAME:
+                t = sub.tensors[op.inputs[1]]
+                sizes.add(int(np.prod(t.shape)))
+    return sizes
