@@ -103,73 +103,140 @@ def _fused_activation(activation):
 
 
 class _PackedFullyConnected(keras.layers.Layer):
-    """Deployment-graph layer: one GQ_FULLY_CONNECTED with packed weights."""
+    """Deployment-graph layer: one GQ_FULLY_CONNECTED with packed weights.
+
+    ``merge`` trailing input axes are flattened into the op's input features
+    and the output features are split back into ``out_shape`` (attention's
+    EinsumDense projections); ``stride`` subsamples time (a k=1 Conv1D).
+    """
 
     def __init__(self, packed, centroids, bias, bits, in_features, out_features, activation,
-                 stride=1, **kwargs):
+                 stride=1, merge=1, out_shape=None, **kwargs):
         super().__init__(**kwargs)
         self._packed, self._centroids, self._bias = packed, centroids, bias
         self._bits, self._in, self._out = bits, in_features, out_features
         self._fused, self._after = _fused_activation(activation)
-        self._stride = stride
+        self._stride, self._merge = stride, merge
+        self._out_shape = tuple(out_shape) if out_shape is not None else (out_features,)
 
     def call(self, x):
         if self._stride > 1:  # a k=1 convolution with stride s reads every s-th step
             x = x[:, :: self._stride]
+        lead = tf.shape(x)[: x.shape.rank - self._merge]
+        if self._merge > 1:
+            x = tf.reshape(x, tf.concat([lead, [self._in]], 0))
         y = tfops.gq_fully_connected(
             tf.cast(x, tf.float32), tf.constant(self._packed), tf.constant(self._centroids),
             None if self._bias is None else tf.constant(self._bias),
             bits=self._bits, in_features=self._in, out_features=self._out, activation=self._fused)
+        if len(self._out_shape) > 1 or self._merge > 1:
+            y = tf.reshape(y, tf.concat([lead, self._out_shape], 0))
         return y if self._after is None else self._after(y)
 
 
-def _packable(layer):
-    """Why ``layer``'s kernel cannot become GQ_FULLY_CONNECTED, or None if it can."""
-    if type(layer) is keras.layers.Dense:
+def _einsum_split(dense):
+    """(contracted axes, output axes) if the EinsumDense is a plain matmul, else None.
+
+    True when the kernel's leading axes are the input's trailing axes (summed
+    away) and its other axes are appended to the output, as in every
+    projection of keras.layers.MultiHeadAttention ("abc,cde->abde",
+    "abcd,cde->abe").
+    """
+    try:
+        lhs, out = dense.equation.replace(" ", "").split("->")
+        x, k = lhs.split(",")
+    except ValueError:
         return None
-    if type(layer) is keras.layers.Conv1D:
+    for c in range(1, len(k)):
+        contracted, free = k[:c], k[c:]
+        if x.endswith(contracted) and out == x[: len(x) - c] + free and not set(free) & set(x):
+            return c, len(free)
+    return None
+
+
+_MHA_SUBLAYERS = {"query": "_query_dense", "key": "_key_dense", "value": "_value_dense",
+                  "output": "_output_dense"}
+
+
+def _packable(layer, weight_name):
+    """Why this kernel cannot become GQ_FULLY_CONNECTED, or None if it can."""
+    kind = type(layer).__name__
+    if type(layer) is keras.layers.Dense and weight_name == "kernel":
+        return None
+    if type(layer) is keras.layers.Conv1D and weight_name == "kernel":
         if layer.kernel_size != (1,):
             return f"Conv1D with kernel_size {layer.kernel_size} (only 1 is packed)"
         if layer.groups != 1 or layer.data_format != "channels_last":
             return "Conv1D with groups > 1 or channels_first"
         return None
-    return f"{type(layer).__name__} has no packed op yet"
+    if type(layer) is keras.layers.MultiHeadAttention and weight_name in _MHA_SUBLAYERS:
+        dense = getattr(layer, _MHA_SUBLAYERS[weight_name])
+        if _einsum_split(dense) is None or dense.activation not in (None, keras.activations.linear):
+            return f"attention {weight_name} projection '{dense.equation}' is not a plain matmul"
+        return None
+    return f"{kind} {weight_name} has no packed op yet"
 
 
 def _plan(qat_model):
-    """{layer name: (kernel key, codebook)} of the layers to pack, and the warnings."""
+    """Codebooks, {layer name: {weight name: (key, codebook)}} to pack, and the warnings."""
     books = extract_codebooks(qat_model)
+    wrappers = {l.layer.name: l.layer for l in qat_model.layers if isinstance(l, QuantizeWrapper)}
     packs, notes = {}, []
     for qw in quantized_weights(qat_model):
         book = books[qw.key]
         if book.method != "gq":
             continue
-        wrapper = next(l for l in qat_model.layers
-                       if isinstance(l, QuantizeWrapper) and l.layer.name == qw.layer_name)
-        why = _packable(wrapper.layer) if qw.weight_name == "kernel" else (
-            f"{type(wrapper.layer).__name__} {qw.weight_name} has no packed op yet")
+        why = _packable(wrappers[qw.layer_name], qw.weight_name)
         if why is None:
-            packs[qw.layer_name] = (qw.key, book)
+            packs.setdefault(qw.layer_name, {})[qw.weight_name] = (qw.key, book)
         else:
             notes.append((qw.key, why))
     return books, packs, notes
 
 
-def _deployment_model(float_model, packs):
-    """Clone of the float model with the packed layers swapped in."""
+def _packed_layer(source, book, *, merge, out_shape, stride=1, name):
+    """The _PackedFullyConnected that replaces kernel ``book`` of layer ``source``."""
+    # Kernel axes are [contracted..., output...] (Conv1D k=1: [1, in, out]).
+    kernel_idx = book.indices.reshape(-1, int(np.prod(out_shape)))
+    w_idx = np.ascontiguousarray(kernel_idx.T)  # [out, in]
+    out_f, in_f = w_idx.shape
+    bias = source.bias.numpy().astype(np.float32).reshape(-1) if getattr(source, "bias", None) is not None else None
+    return _PackedFullyConnected(
+        layout.pack(w_idx, book.bits), book.centroids.astype(np.float32), bias, book.bits,
+        in_f, out_f, source.activation, stride=stride, merge=merge, out_shape=out_shape, name=name)
+
+
+def _deployment_model(float_model, packs, ops=None):
+    """Clone of the float model with the packed layers swapped in.
+
+    ``ops`` (a dict) receives {kernel key: (bits, in, out)} of each packed op.
+    """
+    ops = {} if ops is None else ops
+
+    def packed(source, key, book, **kw):
+        layer = _packed_layer(source, book, **kw)
+        ops[key] = (book.bits, layer._in, layer._out)
+        return layer
 
     def clone(layer):
         if layer.name not in packs:
             return layer  # reuse: the float model is ours and thrown away afterwards
-        _, book = packs[layer.name]
-        kernel_idx = book.indices.reshape(-1, book.indices.shape[-1])  # [in, out] (Conv1D: [1, in, out])
-        w_idx = np.ascontiguousarray(kernel_idx.T)  # [out, in]
-        out_f, in_f = w_idx.shape
-        bias = layer.bias.numpy().astype(np.float32) if layer.use_bias else None
+        kernels = packs[layer.name]
+        if isinstance(layer, keras.layers.MultiHeadAttention):
+            # The attention layer keeps its own call (masks, softmax, dropout);
+            # only its projections change.
+            for weight_name, (key, book) in kernels.items():
+                attr = _MHA_SUBLAYERS[weight_name]
+                dense = getattr(layer, attr)
+                merge, n_free = _einsum_split(dense)
+                out_shape = book.indices.shape[-n_free:]
+                setattr(layer, attr, packed(dense, key, book, merge=merge, out_shape=out_shape,
+                                            name=f"{layer.name}_{weight_name}"))
+            return layer
+        ((key, book),) = kernels.values()
         stride = layer.strides[0] if isinstance(layer, keras.layers.Conv1D) else 1
-        return _PackedFullyConnected(
-            layout.pack(w_idx, book.bits), book.centroids.astype(np.float32), bias, book.bits,
-            in_f, out_f, layer.activation, stride=stride, name=layer.name)
+        return packed(layer, key, book, merge=1, out_shape=book.indices.shape[-1:], stride=stride,
+                      name=layer.name)
 
     with quantize_scope():
         return keras.models.clone_model(float_model, clone_function=clone)
@@ -378,20 +445,22 @@ def export_tflite(qat_model, path, *, input_signature=None, batch_size=1, weight
 
     float_model = strip_quantization(qat_model)
     float_kernels = _float_kernels(float_model, books)
-    deploy = _deployment_model(float_model, packs)
+    deploy_ops = {}  # key -> (bits, in, out) of its GQ_FULLY_CONNECTED
+    deploy = _deployment_model(float_model, packs, deploy_ops)
     model = flatbuf.read(_convert(deploy, specs))
     found = _int8_pass(model, books, float_kernels, weights)
     data = flatbuf.write(model)
 
-    packed_inputs = _packed_sizes(model)
+    packed_ops = _packed_ops(model)
     rows, messages = [], []
     for key, book in books.items():
         shape = tuple(book.indices.shape)
-        layer_name = key.split("/")[0]
-        if layer_name in packs and packs[layer_name][0] == key:
-            nbytes = layout.packed_size(book.bits, int(np.prod(shape[:-1])), shape[-1]) + 4 * 2**book.bits
-            if nbytes - 4 * 2**book.bits not in packed_inputs:
-                raise RuntimeError(f"Internal error: the packed op of {key} is missing from the converted model.")
+        layer_name, weight_name = key.split("/", 1)
+        if weight_name in packs.get(layer_name, {}):
+            op = deploy_ops[key]
+            if op not in packed_ops:
+                raise RuntimeError(f"Internal error: the packed op of {key} {op} is missing from the converted model.")
+            nbytes = layout.packed_size(*op) + 4 * 2**book.bits
             rows.append(KernelRow(key, book.bits, "gq", PACKED, nbytes, shape))
             continue
         parts = found.get(key, [])
@@ -448,11 +517,12 @@ def export_baseline(model, path, *, kind="int8", input_signature=None, batch_siz
                         kernels=[], weights=kind)
 
 
-def _packed_sizes(model):
-    sizes = set()
+def _packed_ops(model):
+    """{(bits, in, out)} of the GQ_FULLY_CONNECTED ops in the converted model."""
+    ops = set()
     for sub in model.subgraphs:
         for op in sub.operators or []:
             if flatbuf.op_name(model, op) == tfops.GQ_FC_NAME:
-                t = sub.tensors[op.inputs[1]]
-                sizes.add(int(np.prod(t.shape)))
-    return sizes
+                o = flatbuf.custom_options(op)
+                ops.add((o["bits"], o["in_features"], o["out_features"]))
+    return ops

@@ -307,3 +307,20 @@ def test_export_command_prints_the_report_and_baselines(tmp_path, capsys):
     assert out.exists() and (tmp_path / "m.float.tflite").exists() and (tmp_path / "m.int8.tflite").exists()
     assert cli.main(["export", str(tmp_path / "nothing_here")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_attention_projections_are_packed(tmp_path, runtime):
+    inp = keras.Input((6, 32))
+    x = keras.layers.MultiHeadAttention(num_heads=2, key_dim=8, value_dim=12, name="mha")(inp, inp)
+    x = keras.layers.LayerNormalization(name="norm")(x + inp)
+    qat = gq_tf.quantize_model(keras.Model(inp, x), {"mha": {"query": 2, "key": 3, "value": 4, "output": 5}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", export.NotPackedWarning)
+        report = converters.export_tflite(qat, str(tmp_path / "mha.tflite"))
+    assert {r.deployed for r in report.kernels} == {export.PACKED}
+    assert report.op_counts["GQ_FULLY_CONNECTED"] == 4
+    x = np.random.default_rng(3).normal(size=(1, 6, 32)).astype(np.float32)
+    want = qat(x, training=False).numpy()
+    # float32 reordering only (see test_tflite_matches_qat_inference).
+    np.testing.assert_allclose(run_tflite(report.path, x, runtime), want, rtol=0, atol=2e-4 * max(1, np.abs(want).max()))
