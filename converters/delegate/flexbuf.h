@@ -35,11 +35,16 @@ typedef struct gq_flexmap {
 int gq_flexmap_open(gq_flexmap* map, const uint8_t* buf, size_t len);
 
 /* Key of entry i (0 <= i < map->count), NUL-terminated inside the buffer;
- * *key_len excludes the NUL. */
+ * *key_len excludes the NUL. i >= map->count gives GQ_FLEX_MISSING. */
 int gq_flexmap_key_at(const gq_flexmap* map, size_t i, const char** key, size_t* key_len);
 
-/* Integer value of key: accepts int, uint, bool (and their indirect forms);
- * a uint above INT64_MAX is GQ_FLEX_WRONG_TYPE. */
+/* Lookups by key are binary searches, as in TFLite's own reader: every
+ * flexbuffer writer sorts the keys bytewise. In a map with unsorted keys a
+ * present key may be reported GQ_FLEX_MISSING (but nothing is read unsafely). */
+
+/* Integer value of key: accepts int, uint, bool and indirect int/uint (the
+ * format has no indirect bool); a bool gives 0 or 1; a uint above INT64_MAX
+ * is GQ_FLEX_WRONG_TYPE. */
 int gq_flexmap_get_int(const gq_flexmap* map, const char* key, int64_t* out);
 
 /* String value of key (type string or key): pointer into the buffer, NUL

@@ -32,7 +32,8 @@ enum gq_activation {
   GQ_ACT_RELU6 = 3,
 };
 
-/* Bytes of one packed row; 0 when bits is not in 1..8 or in_features == 0. */
+/* Bytes of one packed row; 0 when bits is not in 1..8, in_features == 0, or
+ * the size does not fit in size_t. */
 size_t gq_fc_row_bytes(int bits, size_t in_features);
 
 /* Bytes of the whole packed matrix; 0 on bad arguments or size_t overflow. */
@@ -40,7 +41,9 @@ size_t gq_fc_packed_size(int bits, size_t in_features, size_t out_features);
 
 /* Portable reference kernel. x is [batch, in] row-major, y is [batch, out].
  * bias may be NULL. Decodes each weight on the fly: it never materialises a
- * decoded copy of W. The caller has validated every argument. */
+ * decoded copy of W. The caller has validated every argument. y must not
+ * overlap any input (the kernel uses it as its accumulator); an activation
+ * outside enum gq_activation is applied as GQ_ACT_NONE. */
 void gq_f32_fc_ukernel__ref(size_t batch, size_t in_features, size_t out_features, int bits,
                             const float* x, const uint8_t* packed, const float* centroids,
                             const float* bias, int activation, float* y);
