@@ -160,7 +160,7 @@ def test_uniform_8bit_baseline_exports_to_dynamic_range_int8(tmp_path):
     x = keras.layers.Dense(64, activation="relu", name="a")(inp)
     x = keras.layers.LSTM(32, name="lstm")(x)
     out = keras.layers.Dense(10, name="head")(x)
-    qat = gq_tf.quantize_model(keras.Model(inp, out), gq_tf.Uniform(8))
+    qat = gq_tf.quantize_model(keras.Model(inp, out), {".*": gq_tf.Uniform(8)})
     report = converters.export_tflite(qat, str(tmp_path / "u8.tflite"))
     assert {r.deployed for r in report.kernels} == {export.INT8}
     assert "GQ_FULLY_CONNECTED" not in report.op_counts
@@ -213,7 +213,8 @@ def test_dynamic_int8_quantizes_only_the_float_layers(tmp_path):
     assert rows["gq/kernel"].deployed == export.PACKED
     assert rows["float_a/kernel"].deployed == export.INT8
     assert rows["float_b/kernel"].deployed == export.INT8
-    assert mixed.size_bytes < plain.size_bytes - 3 * (64 * 64 + 64 * 32)
+    # 4 -> 1 byte per weight, less the per-channel scales and alignment.
+    assert mixed.size_bytes < plain.size_bytes - 2.5 * (64 * 64 + 64 * 32)
     x = np.random.default_rng(0).normal(size=(1, 64)).astype(np.float32)
     want = qat(x, training=False).numpy()
     np.testing.assert_allclose(run_tflite(mixed.path, x), want, rtol=0, atol=0.03 * np.abs(want).max())
