@@ -1,6 +1,71 @@
 """gq-tf: sub-8-bit General Quantizer QAT for tf_keras/tfmot, exported to TFLite."""
 
-from setuptools import find_packages, setup
+import os
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+# The delegate plugin: a plain C shared library (no Python module inside),
+# loaded by TFLite/LiteRT with load_delegate and found by
+# converters.runtime.delegate_path() next to converters/__init__.py.
+DELEGATE = "converters.libgq_delegate"
+DELEGATE_SOURCES = [
+    "converters/kernels/gq_fc_ref.c",
+    "converters/delegate/flexbuf.c",
+    "converters/delegate/gq_delegate.c",
+]
+DELEGATE_HEADERS = [
+    "converters/kernels/gq_fc.h",
+    "converters/delegate/flexbuf.h",
+    "converters/delegate/tflite_abi.h",
+]
+C_FLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden", "-fPIC"]
+
+
+class BuildDelegate(build_ext):
+    """build_ext that builds ``converters/libgq_delegate.so`` with its own flags.
+
+    The library is built with the compiler alone (not Python's CFLAGS and
+    LDSHARED, which add -fwrapv, -O3 and an rpath into the interpreter's
+    prefix), so it is the same plain C library an NDK build gives, needing
+    only libc. ``CC`` is honoured as usual. Editable installs get the
+    file copied next to the sources by setuptools (via get_ext_filename).
+    """
+
+    def get_ext_filename(self, fullname):
+        # Called with the full dotted name and (by get_ext_fullpath) with its
+        # last component only: both must lose the Python ABI suffix.
+        parts = fullname.split(".")
+        if parts[-1] == DELEGATE.split(".")[-1]:
+            return os.path.join(*parts[:-1], "libgq_delegate.so")
+        return super().get_ext_filename(fullname)
+
+    def get_export_symbols(self, ext):
+        # Not a Python extension: there is no PyInit_ symbol to export.
+        return [] if ext.name == DELEGATE else super().get_export_symbols(ext)
+
+    def build_extension(self, ext):
+        if ext.name != DELEGATE:
+            return super().build_extension(ext)
+        cc = self.compiler.compiler_so[0] if getattr(self.compiler, "compiler_so", None) else "cc"
+        cc = os.environ.get("CC", cc).split()
+        os.makedirs(self.build_temp, exist_ok=True)
+        objects = []
+        for src in ext.sources:
+            obj = os.path.join(self.build_temp, src.replace("/", "_").replace(".c", ".o"))
+            flags = list(C_FLAGS)
+            if src.startswith("converters/kernels/"):
+                # The kernels' API (gq_fc.h) is the library's second public
+                # interface (ctypes tests, benchmarks) and its header carries
+                # no export macro; their internals are all static.
+                flags.append("-fvisibility=default")
+            self.spawn(cc + flags + ["-c", src, "-o", obj])
+            objects.append(obj)
+        out = self.get_ext_fullpath(ext.name)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        self.spawn(cc + ["-shared", "-o", out] + objects)
+        return None
+
 
 setup(
     name="gq-tf",
@@ -21,7 +86,10 @@ setup(
         "tf-keras==2.21.*",
         "tensorflow-model-optimization==0.8.*",
         "numpy>=1.26",
+        "ai-edge-litert==2.3.*",
     ],
+    ext_modules=[Extension(DELEGATE, sources=DELEGATE_SOURCES, depends=DELEGATE_HEADERS)],
+    cmdclass={"build_ext": BuildDelegate},
     extras_require={"test": ["pytest>=8", "pytest-timeout"]},
     entry_points={"console_scripts": ["gq-tf=gq_tf.cli:main"]},
 )

@@ -1,0 +1,186 @@
+"""Running GQ .tflite models: an interpreter with the project's delegate loaded.
+
+The ``GQ_*`` custom ops are executed by ``libgq_delegate.so``, a TFLite
+delegate plugin built from ``converters/delegate`` and ``converters/kernels``
+by ``setup.py`` (``pip install -e .``). Both supported runtimes load it the
+same way (``load_delegate``): LiteRT (``ai_edge_litert``, the default) and
+TensorFlow's ``tf.lite``. Importing this module does not import TensorFlow;
+only ``runtime="tflite"`` does.
+
+Example:
+  >>> from converters.runtime import make_interpreter
+  >>> interpreter = make_interpreter("model.tflite")
+  >>> interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+  >>> interpreter.invoke()
+"""
+
+import mmap
+import os
+import warnings
+from pathlib import Path
+
+__all__ = ["KERNELS", "RUNTIMES", "delegate_path", "make_interpreter"]
+
+RUNTIMES = ("litert", "tflite")
+KERNELS = ("auto", "reference")
+
+_LIBRARY = "libgq_delegate.so"
+_TFLITE_IDENTIFIER = b"TFL3"
+# Op versions this delegate implements, by custom op name. The runtimes give
+# a delegate no way to see the version of an unresolved custom op (their
+# placeholder registration always says 1), so it is checked here.
+_OP_VERSIONS = {"GQ_FULLY_CONNECTED": (1,)}
+_BUILTIN_CUSTOM = 32
+
+
+def delegate_path():
+    """Absolute path of the built delegate library.
+
+    Returns:
+      ``str``: the path of ``converters/libgq_delegate.so``.
+
+    Raises:
+      FileNotFoundError: the library has not been built.
+    """
+    path = Path(__file__).resolve().parent / _LIBRARY
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The GQ delegate library was not found at {path}. It is built by the package "
+            "install: run `pip install -e .` (or `pip install .`) in the gq-tf source tree "
+            "(needs a C11 compiler, e.g. gcc)."
+        )
+    return str(path)
+
+
+def _runtime_module(runtime):
+    """(Interpreter class, load_delegate function) of a runtime name."""
+    if runtime == "litert":
+        from ai_edge_litert import interpreter as litert
+
+        return litert.Interpreter, litert.load_delegate
+    if runtime == "tflite":
+        from gq_tf._keras import tf  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
+
+        return tf.lite.Interpreter, tf.lite.experimental.load_delegate
+    raise ValueError(f"Expected runtime in {RUNTIMES}. Received: runtime={runtime!r}")
+
+
+def _model_source(model):
+    """Returns (kwargs for the Interpreter, display name, model bytes-like)."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        data = bytes(model)
+        name = f"<{len(data)} bytes>"
+        if len(data) < 8 or data[4:8] != _TFLITE_IDENTIFIER:
+            raise ValueError(
+                f"Expected the bytes of a TFLite model (file identifier {_TFLITE_IDENTIFIER!r} "
+                f"at offset 4). Received {name} starting with {data[:8]!r}."
+            )
+        return {"model_content": data}, name, data
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"TFLite model not found: {str(path)!r}")
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8 or head[4:8] != _TFLITE_IDENTIFIER:
+                raise ValueError(
+                    f"Expected a TFLite model file (file identifier {_TFLITE_IDENTIFIER!r} at "
+                    f"offset 4). Received {str(path)!r} starting with {head!r}."
+                )
+            # A read-only map: big models are not read into memory twice.
+            view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return {"model_path": str(path)}, repr(str(path)), view
+    raise TypeError(
+        "Expected a model path (str or os.PathLike) or the model's bytes. "
+        f"Received an object of type {type(model).__name__}."
+    )
+
+
+def _check_op_versions(buf, name):
+    """Rejects GQ custom ops of a version this delegate does not implement.
+
+    Runs after the runtime has verified the flatbuffer, so reading it is safe.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(buf, 0)
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        custom = code.CustomCode()
+        if builtin != _BUILTIN_CUSTOM or custom is None:
+            continue
+        op = custom.decode("utf-8", "replace")
+        if op in _OP_VERSIONS and code.Version() not in _OP_VERSIONS[op]:
+            raise RuntimeError(
+                f"Model {name}: custom op {op} has version {code.Version()}; this delegate "
+                f"implements version(s) {', '.join(map(str, _OP_VERSIONS[op]))}. The model was "
+                "written by a newer gq-tf: update the package or re-export the model."
+            )
+
+
+def make_interpreter(model_path_or_bytes, *, num_threads=1, runtime="litert", kernel="auto"):
+    """Opens a .tflite model with the GQ delegate loaded and tensors allocated.
+
+    Args:
+      model_path_or_bytes: path of a .tflite file (``str`` or ``os.PathLike``),
+        or the model's bytes.
+      num_threads: threads for the runtime's own kernels (1 gives reproducible
+        timings on small machines).
+      runtime: ``"litert"`` (``ai_edge_litert.interpreter``) or ``"tflite"``
+        (TensorFlow's ``tf.lite.Interpreter``).
+      kernel: GQ kernel of the delegate: ``"auto"`` (the best available for this
+        CPU) or ``"reference"`` (the portable reference kernel).
+
+    Returns:
+      The runtime's ``Interpreter``, ``allocate_tensors()`` already called.
+
+    Raises:
+      ValueError: unknown ``runtime`` or ``kernel``, bad ``num_threads``, bytes
+        or a file that are not a TFLite model, or a model the runtime refuses
+        to load (its message is included).
+      FileNotFoundError: the model file or the delegate library is missing.
+      TypeError: ``model_path_or_bytes`` is neither a path nor bytes.
+      RuntimeError: the model loads but cannot be prepared: an unsupported GQ
+        op version, or tensor allocation failed, e.g. the delegate rejected a
+        malformed GQ op (the runtime's message, which contains the delegate's,
+        and the model name are included).
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"Expected runtime in {RUNTIMES}. Received: runtime={runtime!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"Expected kernel in {KERNELS}. Received: kernel={kernel!r}")
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"Expected num_threads >= 1. Received: num_threads={num_threads!r}")
+    source, name, buf = _model_source(model_path_or_bytes)
+    try:
+        return _open(source, name, buf, num_threads, runtime, kernel)
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
+
+
+def _open(source, name, buf, num_threads, runtime, kernel):
+    library = delegate_path()
+    interpreter_cls, load_delegate = _runtime_module(runtime)
+    delegate = load_delegate(library, {"kernel": kernel})
+    try:
+        with warnings.catch_warnings():
+            # tf.lite.Interpreter warns that it is deprecated on every
+            # construction; runtime="tflite" is an explicit, supported choice.
+            warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+            interpreter = interpreter_cls(
+                **source, experimental_delegates=[delegate], num_threads=num_threads
+            )
+    except ValueError as e:
+        raise ValueError(f"The {runtime} runtime could not load model {name}: {e}") from e
+    except RuntimeError as e:
+        raise RuntimeError(f"The {runtime} runtime could not load model {name}: {e}") from e
+    _check_op_versions(buf, name)
+    try:
+        interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as e:
+        raise RuntimeError(
+            f"The {runtime} runtime could not prepare model {name} (allocate_tensors): {e}"
+        ) from e
+    return interpreter
