@@ -4,7 +4,9 @@
 two 2048x2048 Dense kernels, 32 MiB of float weights) as GQ 4-bit, float32
 and int8 (dynamic range), runs each in its own process through
 ``make_interpreter`` and prints how much the peak RSS grew over the process's
-RSS just before the interpreter was made.
+RSS just before the interpreter was made. The same model with 64-wide layers
+is measured the same way: its growth is the runtime's fixed cost (arena,
+delegates, XNNPACK set-up), and the difference is what the weights cost.
 
 The measurement resets the kernel's peak counter (``/proc/self/clear_refs``
 with 5) once the runtime is imported, so the import itself is not counted.
@@ -89,21 +91,30 @@ def main(argv=None):
     float_mib = 4 * args.width * args.width * args.layers / 2**20
     print(f"model: {args.layers} x Dense {args.width}x{args.width} ({float_mib:.1f} MiB float weights), "
           f"GQ {args.bits}-bit", flush=True)
+    tiny = large_qat_model(64, args.layers, args.bits)
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        exports = [("GQ", export.export_tflite(qat, os.path.join(d, "gq.tflite")))]
-        for kind in ("float", "int8"):
-            exports.append((kind, export.export_baseline(qat, os.path.join(d, f"{kind}.tflite"), kind=kind)))
-        for name, report in exports:
-            m = peak_rss_growth(report.path, runtime=args.runtime)
-            rows.append({"model": name, "file_bytes": report.size_bytes, **m})
+        for name in ("GQ", "float", "int8"):
+            paths = []
+            for tag, model in (("large", qat), ("tiny", tiny)):
+                path = os.path.join(d, f"{name}.{tag}.tflite")
+                if name == "GQ":
+                    export.export_tflite(model, path)
+                else:
+                    export.export_baseline(model, path, kind=name)
+                paths.append(path)
+            large = peak_rss_growth(paths[0], runtime=args.runtime)
+            fixed = peak_rss_growth(paths[1], runtime=args.runtime)
+            rows.append({"model": name, "file_bytes": os.path.getsize(paths[0]), **large,
+                         "fixed_growth": fixed["growth"], "net_growth": large["growth"] - fixed["growth"]})
             print(f"  measured {name}", flush=True)
     print()
-    print("| model | file MiB | peak RSS growth MiB | growth / file |")
-    print("|---|---|---|---|")
+    print("| model | file MiB | peak RSS growth MiB | fixed cost MiB (64-wide model) | growth for the weights MiB | / file size |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['file_bytes'] / 2**20:.2f} | {r['growth'] / 2**20:.2f} | "
-              f"{r['growth'] / r['file_bytes']:.2f} |")
+              f"{r['fixed_growth'] / 2**20:.2f} | {r['net_growth'] / 2**20:.2f} | "
+              f"{r['net_growth'] / r['file_bytes']:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=2)
