@@ -317,61 +317,101 @@ def _float_kernels(float_model, books):
     return out
 
 
-def _int8_pass(model, books, float_kernels, weights):
-    """Rewrites int8-bound weight tensors; returns {key: [(tensor bytes, int8?)]}."""
+def _scaled_uniform_step(values, book):
+    """Grid step if ``values`` are a gq_tf.Uniform grid times one constant, else None.
+
+    The converter folds constant scalings into a kernel (attention multiplies
+    the query by 1/sqrt(key_dim)); a scaled grid is still a grid, so it stays
+    exactly representable in int8.
+    """
+    # The largest used grid point (index 0, -128 steps, is never used).
+    umax, gmax = float(np.abs(values).max()), float(np.abs(book.decode()).max())
+    if umax == 0.0 or gmax == 0.0:
+        return None
+    step = _uniform_scale(book) * umax / gmax
+    q = values.astype(np.float64) / step
+    if np.abs(np.round(q)).max() <= 127 and np.all(np.abs(q - np.round(q)) < 1e-3):
+        return step
+    return None
+
+
+def _match_weights(model, books, float_kernels):
+    """[(op, axis, [(tensor index, data, owner key, method, step)])] of the weight ops.
+
+    A slot that matches no kernel has owner None.
+    """
     value_sets = _value_sets(books)
     float_sets = {k: np.unique(v.astype(np.float32)) for k, v in float_kernels.items()}
-    found = {}
+    ops = []
     for sub in model.subgraphs:
         for op in sub.operators or []:
             code = flatbuf._code(model.operatorCodes[op.opcodeIndex])
             if code not in flatbuf.WEIGHT_INPUTS:
                 continue
             slots, axis = flatbuf.WEIGHT_INPUTS[code]
-            matches = []
+            entries = []
             for slot in slots:
                 if slot >= len(op.inputs) or op.inputs[slot] < 0:
                     continue
                 t = sub.tensors[op.inputs[slot]]
                 data = flatbuf.tensor_data(model, t)
                 if data is None or t.type != flatbuf.schema.TensorType.FLOAT32:
+                    entries.append((op.inputs[slot], None, None, None, None))
                     continue
                 u = np.unique(data)
                 owner = next((k for k, (vals, _, _) in value_sets.items()
                               if u.size <= vals.size and np.isin(u, vals).all()), None)
-                if owner is not None:
-                    matches.append((slot, op.inputs[slot], data, owner, value_sets[owner][1]))
-                    continue
-                owner = next((k for k, vals in float_sets.items() if np.isin(u, vals).all()), None)
-                if owner is not None:
-                    matches.append((slot, op.inputs[slot], data, owner, "float"))
-            if not matches:
+                if owner is None:
+                    owner = next((k for k, vals in float_sets.items() if np.isin(u, vals).all()), None)
+                method = None if owner is None else value_sets[owner][1] if owner in value_sets else "float"
+                step = _uniform_scale(value_sets[owner][2]) if method == "uniform" else None
+                entries.append((op.inputs[slot], data, owner, method, step))
+            ops.append((sub, op, axis, entries))
+    # Second chance for unmatched tensors: a uniform kernel of the same size,
+    # scaled by the converter, preferring kernels not found anywhere yet.
+    found = {e[2] for *_, entries in ops for e in entries if e[2] is not None}
+    uniform = sorted((k for k, v in value_sets.items() if v[1] == "uniform"), key=lambda k: k in found)
+    for i, (sub, op, axis, entries) in enumerate(ops):
+        for j, (ti, data, owner, method, step) in enumerate(entries):
+            if owner is not None or data is None:
                 continue
-            # TFLite's hybrid kernels need every weight of an op in int8 (LSTM):
-            # quantize an op only if all of its weights are meant to be int8.
-            want = [m[4] == "uniform" or (m[4] == "float" and weights == "dynamic_int8"
-                                          and m[2].size >= DYNAMIC_MIN_ELEMENTS) for m in matches]
-            all_int8 = all(want) and len(matches) == sum(
-                1 for s in slots if s < len(op.inputs) and op.inputs[s] >= 0)
-            for (slot, ti, data, owner, method), w in zip(matches, want):
-                if all_int8:
-                    if method == "uniform":
-                        scale = _uniform_scale(value_sets[owner][2])
-                        q = np.round(data.astype(np.float64) / scale)
-                        scales, qaxis = [scale], None
-                    else:
-                        qaxis = axis
-                        red = tuple(i for i in range(data.ndim) if i != axis) if axis is not None else None
-                        amax = np.max(np.abs(data), axis=red, keepdims=True) if red is not None else np.max(np.abs(data))
-                        scale = np.maximum(amax, 1e-30) / 127.0
-                        q = np.round(data / scale)
-                        scales = np.reshape(scale, -1)
-                    flatbuf.quantize_tensor_int8(model, sub, ti, np.clip(q, -127, 127), scales, qaxis)
-                    found.setdefault(owner, []).append((data.size + 4 * len(scales), True, method))
+            for key in uniform:
+                book = value_sets[key][2]
+                if book.indices.size == data.size and (step := _scaled_uniform_step(data, book)) is not None:
+                    entries[j] = (ti, data, key, "uniform", step)
+                    break
+    return ops
+
+
+def _int8_pass(model, books, float_kernels, weights):
+    """Rewrites int8-bound weight tensors; returns {key: [(bytes, int8?, method)]}."""
+    found = {}
+    for sub, op, axis, entries in _match_weights(model, books, float_kernels):
+        # TFLite's hybrid kernels need every weight of an op in int8 (LSTM):
+        # quantize an op only if all of its weights are meant to be int8.
+        want = [m == "uniform" or (m == "float" and weights == "dynamic_int8" and d.size >= DYNAMIC_MIN_ELEMENTS)
+                for _, d, _, m, _ in entries]
+        all_int8 = bool(entries) and all(want)
+        for ti, data, owner, method, step in entries:
+            if owner is None:
+                continue
+            if not all_int8:
+                found.setdefault(owner, []).append((4 * data.size, False, method))
+                continue
+            if method == "uniform":
+                q, scales, qaxis = np.round(data.astype(np.float64) / step), [step], None
+            else:  # per channel (per tensor for the LSTM), as the converter would
+                qaxis = axis
+                if axis is None:
+                    amax = np.max(np.abs(data))
                 else:
-                    found.setdefault(owner, []).append((4 * data.size, False, method))
-            if all_int8:
-                _set_asymmetric_inputs(op)
+                    amax = np.max(np.abs(data), axis=tuple(i for i in range(data.ndim) if i != axis), keepdims=True)
+                scale = np.maximum(amax, 1e-30) / 127.0
+                q, scales = np.round(data / scale), np.reshape(scale, -1)
+            flatbuf.quantize_tensor_int8(model, sub, ti, np.clip(q, -127, 127), scales, qaxis)
+            found.setdefault(owner, []).append((data.size + 4 * len(scales), True, method))
+        if all_int8:
+            _set_asymmetric_inputs(op)
     return found
 
 

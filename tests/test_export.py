@@ -325,3 +325,17 @@ def test_attention_projections_are_packed(tmp_path, runtime):
     want = qat(x, training=False).numpy()
     # float32 reordering only (see test_tflite_matches_qat_inference).
     np.testing.assert_allclose(run_tflite(report.path, x, runtime), want, rtol=0, atol=2e-4 * max(1, np.abs(want).max()))
+
+
+def test_uniform_attention_is_int8_even_with_the_folded_query_scale(tmp_path):
+    inp = keras.Input((6, 32))
+    x = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16, name="mha")(inp, inp)
+    qat = gq_tf.quantize_model(keras.Model(inp, x), {".*": gq_tf.Uniform(8)})
+    report = converters.export_tflite(qat, str(tmp_path / "u.tflite"))
+    # The converter multiplies the query kernel by 1/sqrt(16): still a grid.
+    assert {r.key: r.deployed for r in report.kernels} == {
+        f"mha/{w}": export.INT8 for w in ("query", "key", "value", "output")}
+    x = np.random.default_rng(0).normal(size=(1, 6, 32)).astype(np.float32)
+    want = qat(x, training=False).numpy()
+    # Dynamic-range activation quantization only (see the uniform LSTM test).
+    np.testing.assert_allclose(run_tflite(report.path, x), want, rtol=0, atol=0.03 * np.abs(want).max())
