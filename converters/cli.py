@@ -52,8 +52,9 @@ def run(args):
     rows = [("GQ" + (" + int8" if args.weights == "dynamic_int8" else ""), report.path, report.size_bytes)]
     if not args.no_baselines:
         stem = os.path.splitext(output)[0]
+        float_model = gq_tf.strip_quantization(qat)  # once for both baselines
         for kind, label in (("float", "float32"), ("int8", "int8 (dynamic range)")):
-            r = export.export_baseline(qat, f"{stem}.{kind}.tflite", kind=kind, batch_size=args.batch_size)
+            r = export.export_baseline(float_model, f"{stem}.{kind}.tflite", kind=kind, batch_size=args.batch_size)
             rows.append((label, r.path, r.size_bytes))
     print()
     print(_size_table(rows))

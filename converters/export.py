@@ -345,7 +345,7 @@ def _match_weights(model, books, float_kernels):
     ops = []
     for sub in model.subgraphs:
         for op in sub.operators or []:
-            code = flatbuf._code(model.operatorCodes[op.opcodeIndex])
+            code = flatbuf.builtin_code(model, op)
             if code not in flatbuf.WEIGHT_INPUTS:
                 continue
             slots, axis = flatbuf.WEIGHT_INPUTS[code]

@@ -10,11 +10,10 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from flatbuffers import flexbuffers
 
-__all__ = ["read", "write", "builtin_name", "op_name", "op_counts", "tensor_data", "custom_options",
+__all__ = ["read", "write", "builtin_name", "builtin_code", "op_name", "op_counts", "tensor_data", "custom_options",
            "quantize_tensor_int8", "WEIGHT_INPUTS"]
 
 _BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-_TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 _NP_TYPES = {
     schema.TensorType.FLOAT32: np.float32,
     schema.TensorType.INT8: np.int8,
@@ -50,17 +49,19 @@ def builtin_name(code):
     return _BUILTIN_NAMES.get(code, f"BUILTIN_{code}")
 
 
-def _code(opcode):
+def builtin_code(model, op):
+    """The BuiltinOperator code of an op (CUSTOM for custom ops)."""
+    opcode = model.operatorCodes[op.opcodeIndex]
     # Codes >= 127 live only in builtinCode; older ones in both fields.
     return max(opcode.builtinCode, opcode.deprecatedBuiltinCode)
 
 
 def op_name(model, op):
     """Builtin op name, or the custom name of a CUSTOM op."""
-    opcode = model.operatorCodes[op.opcodeIndex]
-    if _code(opcode) == schema.BuiltinOperator.CUSTOM:
-        return opcode.customCode.decode()
-    return builtin_name(_code(opcode))
+    code = builtin_code(model, op)
+    if code == schema.BuiltinOperator.CUSTOM:
+        return model.operatorCodes[op.opcodeIndex].customCode.decode()
+    return builtin_name(code)
 
 
 def op_counts(model):
@@ -71,10 +72,6 @@ def op_counts(model):
             name = op_name(model, op)
             counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
-
-
-def type_name(code):
-    return _TYPE_NAMES.get(code, f"TYPE_{code}")
 
 
 def tensor_data(model, tensor):

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from converters import flatbuf
+
 ROOT = Path(__file__).resolve().parents[1]
 GQ_FC = b"GQ_FULLY_CONNECTED"
 ACTIVATIONS = ("NONE", "RELU", "RELU_N1_TO_1", "RELU6")
@@ -113,20 +115,7 @@ def base_models():
 # -------------------------------------------------------- flatbuffer edits
 
 
-def load_model(data):
-    """The object-API ModelT of .tflite bytes (editable in place)."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    return schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
-
-
-def dump_model(model):
-    """Serialises a ModelT back to .tflite bytes."""
-    import flatbuffers
-
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+# Reading and writing ModelT objects: converters.flatbuf.read / write.
 
 
 def gq_ops(model):
@@ -419,7 +408,7 @@ def make_case(bases, seed, number):
     """Case ``number`` of the stream ``seed``: (tflite bytes, description)."""
     rng = np.random.default_rng([seed, number])
     base = int(rng.integers(len(bases)))
-    model = load_model(bases[base])
+    model = flatbuf.read(bases[base])
     ops = gq_ops(model)
     steps = []
     weights = np.array([w for _, w in MUTATIONS], float)
@@ -427,7 +416,7 @@ def make_case(bases, seed, number):
         op = _pick(rng, ops)
         fn = MUTATIONS[int(rng.choice(len(MUTATIONS), p=weights / weights.sum()))][0]
         steps.append(fn(rng, model, op))
-    return dump_model(model), f"base {base}: " + "; ".join(steps)
+    return flatbuf.write(model), f"base {base}: " + "; ".join(steps)
 
 
 # ----------------------------------------------------------------- worker

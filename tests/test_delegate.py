@@ -19,7 +19,6 @@ has the helpers); each must give a RuntimeError that names the problem.
 """
 
 import re
-import shutil
 import subprocess
 
 import fuzz_delegate as fz  # tests/ is on sys.path under pytest
@@ -27,7 +26,7 @@ import numpy as np
 import pytest
 
 import gq_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from converters import layout, runtime
+from converters import flatbuf, layout, runtime
 from converters.runtime import delegate_path, make_interpreter
 from gq_tf import reference
 
@@ -56,7 +55,7 @@ def models():
 def small():
     """One op: x [2, 70], bits 3, out 9, bias, RELU; tensor 0 is x."""
     data, truth = fz.build_gq_model([2, 70], [(3, 9, True, "RELU")], seed=7)
-    model = fz.load_model(data)
+    model = flatbuf.read(data)
     op = fz.gq_ops(model)[0]
     assert int(op.inputs[0]) == 0 and len(op.inputs) == 4
     return data, truth
@@ -193,7 +192,6 @@ def test_delegate_path_missing_says_how_to_build(monkeypatch):
         delegate_path()
 
 
-@pytest.mark.skipif(shutil.which("nm") is None, reason="needs binutils nm")
 def test_library_exports_only_its_api():
     out = subprocess.run(["nm", "-D", "--defined-only", delegate_path()], capture_output=True,
                          text=True, check=True).stdout
@@ -312,9 +310,9 @@ MALFORMED = {
 
 
 def _edited(data, edit):
-    model = fz.load_model(data)
+    model = flatbuf.read(data)
     edit(model, fz.gq_ops(model)[0])
-    return fz.dump_model(model)
+    return flatbuf.write(model)
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
