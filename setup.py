@@ -1,6 +1,7 @@
 """gq-tf: sub-8-bit General Quantizer QAT for tf_keras/tfmot, exported to TFLite."""
 
 import os
+import runpy
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
@@ -9,17 +10,11 @@ from setuptools.command.build_ext import build_ext
 # loaded by TFLite/LiteRT with load_delegate and found by
 # converters.runtime.delegate_path() next to converters/__init__.py.
 DELEGATE = "converters.libgq_delegate"
-DELEGATE_SOURCES = [
-    "converters/kernels/gq_fc_ref.c",
-    "converters/delegate/flexbuf.c",
-    "converters/delegate/gq_delegate.c",
-]
-DELEGATE_HEADERS = [
-    "converters/kernels/gq_fc.h",
-    "converters/delegate/flexbuf.h",
-    "converters/delegate/tflite_abi.h",
-]
-C_FLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden", "-fPIC"]
+# The source list and the per-file instruction-set flags live in one table
+# shared with the tests' cross and sanitizer builds (stdlib only, so it
+# loads before the package is installed).
+CBUILD = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "converters", "cbuild.py"))
+C_FLAGS = [*CBUILD["C_FLAGS"], "-fvisibility=hidden"]
 
 
 class BuildDelegate(build_ext):
@@ -50,10 +45,11 @@ class BuildDelegate(build_ext):
         cc = self.compiler.compiler_so[0] if getattr(self.compiler, "compiler_so", None) else "cc"
         cc = os.environ.get("CC", cc).split()
         os.makedirs(self.build_temp, exist_ok=True)
+        arch = CBUILD["arch_of"](cc)
         objects = []
         for src in ext.sources:
             obj = os.path.join(self.build_temp, src.replace("/", "_").replace(".c", ".o"))
-            flags = list(C_FLAGS)
+            flags = [*C_FLAGS, *CBUILD["source_flags"](src, arch)]
             if src.startswith("converters/kernels/"):
                 # The kernels' API (gq_fc.h) is the library's second public
                 # interface (ctypes tests, benchmarks) and its header carries
@@ -88,7 +84,8 @@ setup(
         "numpy>=1.26",
         "ai-edge-litert==2.3.*",
     ],
-    ext_modules=[Extension(DELEGATE, sources=DELEGATE_SOURCES, depends=DELEGATE_HEADERS)],
+    ext_modules=[Extension(DELEGATE, sources=list(CBUILD["DELEGATE_SOURCES"]),
+                          depends=list(CBUILD["HEADERS"]))],
     cmdclass={"build_ext": BuildDelegate},
     extras_require={"test": ["pytest>=8", "pytest-timeout"]},
     entry_points={"console_scripts": ["gq-tf=gq_tf.cli:main"]},

@@ -14,22 +14,23 @@ Example:
   >>> interpreter.invoke()
 """
 
+import ctypes
 import mmap
 import os
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
-__all__ = ["KERNELS", "RUNTIMES", "delegate_path", "make_interpreter"]
+__all__ = ["RUNTIMES", "KernelInfo", "kernels", "auto_kernel", "delegate_path", "make_interpreter"]
 
 RUNTIMES = ("litert", "tflite")
-KERNELS = ("auto", "reference")
 
 _LIBRARY = "libgq_delegate.so"
 _TFLITE_IDENTIFIER = b"TFL3"
 # Op versions this delegate implements, by custom op name. The runtimes give
 # a delegate no way to see the version of an unresolved custom op (their
 # placeholder registration always says 1), so it is checked here.
-_OP_VERSIONS = {"GQ_FULLY_CONNECTED": (1,)}
+_OP_VERSIONS = {"GQ_FULLY_CONNECTED": (1,), "GQ_LSTM": (1,)}
 _BUILTIN_CUSTOM = 32
 
 
@@ -50,6 +51,54 @@ def delegate_path():
             "(needs a C11 compiler, e.g. gcc)."
         )
     return str(path)
+
+
+class KernelInfo(NamedTuple):
+    """One GQ_FULLY_CONNECTED kernel variant compiled into the delegate."""
+
+    name: str  # the delegate's `kernel` option value
+    supported: bool  # this CPU has every instruction it uses
+    qd8: bool  # int8 activations and centroid codes (gq_fc.h); else exact float32
+
+
+def _library():
+    lib = ctypes.CDLL(delegate_path())
+    lib.gq_fc_kernel_count.restype = ctypes.c_size_t
+    lib.gq_fc_kernel_at.restype = ctypes.c_void_p
+    lib.gq_fc_kernel_at.argtypes = [ctypes.c_size_t]
+    lib.gq_fc_kernel_supported.restype = ctypes.c_int
+    lib.gq_fc_kernel_supported.argtypes = [ctypes.c_void_p]
+    lib.gq_fc_kernel_find.restype = ctypes.c_void_p
+    lib.gq_fc_kernel_find.argtypes = [ctypes.c_char_p]
+    return lib
+
+
+class _CKernelInfo(ctypes.Structure):
+    # gq_fc_kernel_info in converters/kernels/gq_fc.h
+    _fields_ = [("name", ctypes.c_char_p), ("fn", ctypes.c_void_p), ("qd8", ctypes.c_int), ("rank", ctypes.c_int)]
+
+
+def kernels():
+    """The kernel variants in the built delegate, e.g. ``reference``,
+    ``scalar``, ``avx2``, ``avx512`` on x86-64 (``neon``, ``neondot`` on
+    aarch64), each with whether this CPU runs it.
+
+    Returns:
+      list of ``KernelInfo``.
+    """
+    lib = _library()
+    out = []
+    for i in range(lib.gq_fc_kernel_count()):
+        ptr = lib.gq_fc_kernel_at(i)
+        info = _CKernelInfo.from_address(ptr)
+        out.append(KernelInfo(info.name.decode(), bool(lib.gq_fc_kernel_supported(ptr)), bool(info.qd8)))
+    return out
+
+
+def auto_kernel():
+    """Name of the kernel ``kernel="auto"`` runs on this CPU."""
+    ptr = _library().gq_fc_kernel_find(b"auto")
+    return _CKernelInfo.from_address(ptr).name.decode()
 
 
 def _runtime_module(runtime):
@@ -129,8 +178,10 @@ def make_interpreter(model_path_or_bytes, *, num_threads=1, runtime="litert", ke
         timings on small machines).
       runtime: ``"litert"`` (``ai_edge_litert.interpreter``) or ``"tflite"``
         (TensorFlow's ``tf.lite.Interpreter``).
-      kernel: GQ kernel of the delegate: ``"auto"`` (the best available for this
-        CPU) or ``"reference"`` (the portable reference kernel).
+      kernel: GQ kernel of the delegate: ``"auto"`` (the fastest this CPU
+        runs: int8 activations, see docs/KERNELS.md), ``"reference"`` (exact
+        float32, portable, slow) or the name of any variant ``kernels()``
+        lists as supported (e.g. ``"avx2"``, ``"scalar"``).
 
     Returns:
       The runtime's ``Interpreter``, ``allocate_tensors()`` already called.
@@ -148,8 +199,9 @@ def make_interpreter(model_path_or_bytes, *, num_threads=1, runtime="litert", ke
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"Expected runtime in {RUNTIMES}. Received: runtime={runtime!r}")
-    if kernel not in KERNELS:
-        raise ValueError(f"Expected kernel in {KERNELS}. Received: kernel={kernel!r}")
+    usable = ["auto"] + [k.name for k in kernels() if k.supported]
+    if kernel not in usable:
+        raise ValueError(f"Expected kernel in {usable} (the variants this CPU runs). Received: kernel={kernel!r}")
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"Expected num_threads >= 1. Received: num_threads={num_threads!r}")
     source, name, buf = _model_source(model_path_or_bytes)

@@ -25,6 +25,9 @@ __all__ = [
     "pack_indices",
     "unpack_indices",
     "packed_nbytes",
+    "fully_connected",
+    "quantize_qd8",
+    "fully_connected_qd8",
 ]
 
 # For K > SOFT_WINDOW_MIN_K centroids the softmax runs over a window (spec 3).
@@ -200,3 +203,50 @@ def fully_connected(x, indices, centroids, bias=None, activation="NONE"):
     if bias is not None:
         y = y + np.asarray(bias, np.float64)
     return _ACTIVATIONS[activation](y)
+
+
+def quantize_qd8(v):
+    """Rounds float32 rows to int8 as the qd8 kernels do (``gq_fc.h``).
+
+    Per row (last axis): ``m = max|v|``, ``inv = 127 / m`` (0 when m is 0),
+    codes ``rint(clip(v * inv, -127, 127))`` with the product in float32 and
+    ties to even, scale ``m / 127``. Returns ``(codes int8, scales float32)``.
+    """
+    v = np.asarray(v, np.float32)
+    m = np.max(np.abs(v), axis=-1, keepdims=True)
+    safe = np.where(m > 0, m, np.float32(1))
+    inv = np.where(m > 0, np.float32(127) / safe, np.float32(0)).astype(np.float32)
+    codes = np.rint(np.clip(v * inv, np.float32(-127), np.float32(127))).astype(np.int8)
+    return codes, (m[..., 0] / np.float32(127)).astype(np.float32)
+
+
+def fully_connected_qd8(x, indices, centroids, bias=None, activation="NONE"):
+    """The qd8 kernels' arithmetic in NumPy (``gq_fc.h``): x rounded to int8
+    per row, centroids to int8 codes with one scale, exact integer sums, and
+    ``y = act(float32(acc) * float32(sx * sc) + bias)``.
+
+    Returns ``(y, tol, bound)``, all float64 with y's shape:
+      y     the value before the last float32 roundings (the kernels round
+            the product and the sum, possibly fused);
+      tol   how far a kernel may be from y for those roundings (2 ulp);
+      bound the largest distance of the qd8 result from the exact float
+            result ``fully_connected(...)``, from the two int8 roundings:
+            ``sum_i |x_i| sc/2 + |w_i| sx/2 + sx sc/4`` (plus tol).
+    """
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"Expected activation in {sorted(_ACTIVATIONS)}. Received: {activation!r}")
+    x = np.asarray(x, np.float32)
+    indices = np.asarray(indices)
+    xq, sx = quantize_qd8(x)
+    cq, sc = quantize_qd8(np.asarray(centroids, np.float32))
+    acc = xq.astype(np.int64) @ cq.astype(np.int64)[indices].T
+    scale = (sx * sc).astype(np.float32).astype(np.float64)[..., None]
+    prod = acc.astype(np.float32).astype(np.float64) * scale
+    b = np.zeros(indices.shape[0]) if bias is None else np.asarray(bias, np.float32).astype(np.float64)
+    y = prod + b
+    tol = 2.0**-22 * (np.abs(prod) + np.abs(b)) + 1e-30
+    w = np.abs(np.asarray(centroids, np.float64)[indices])
+    sx64, sc64 = sx.astype(np.float64)[..., None], float(sc)
+    bound = (np.abs(x.astype(np.float64)) @ np.ones(indices.shape[1]))[..., None] * sc64 / 2
+    bound = bound + (w.sum(axis=1) * sx64 / 2) + indices.shape[1] * sx64 * sc64 / 4 + tol
+    return _ACTIVATIONS[activation](y), tol, bound

@@ -1,5 +1,6 @@
-"""C reference kernel (``converters/kernels/gq_fc_ref.c``) and flexbuffer reader
-(``converters/delegate/flexbuf.c``), run through the driver ``tests/c/test_gq_fc.c``.
+"""C kernels (``converters/kernels/``: the reference and every qd8 variant this
+CPU runs) and the flexbuffer reader (``converters/delegate/flexbuf.c``), run
+through the driver ``tests/c/test_gq_fc.c``.
 
 The truth stays in Python: the packed bytes come from ``converters.layout.pack``,
 the expected outputs from ``gq_tf.reference.fully_connected`` (float64), the
@@ -20,6 +21,14 @@ is ``|y - y_exact| <= gamma(in + 2) * (sum_i |x_i||w_i| + |bias|)`` with
 margin) and still tight enough that one wrong index or one x read past ``in``
 costs far more than it: such an error is a whole term, ~1/in of the scale,
 against ~in * 6e-8 of it.
+
+The qd8 kernels (int8 activations and centroid codes, ``gq_fc.h``) are held
+to ``gq_tf.reference.fully_connected_qd8``, the same integer arithmetic in
+NumPy: their int32 sums must be exact, so the only allowed difference is the
+float32 rounding of the final scale-and-add (2 ulp). One wrong index, one
+x rounded differently or one padding weight read changes the sum by a whole
+code and fails. The aarch64 variants run on the same cases under qemu
+(``test_c_kernel_arm.py``).
 """
 
 import itertools
@@ -34,14 +43,14 @@ import pytest
 from flatbuffers import flexbuffers
 
 import gq_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TF)
-from converters import layout
+from converters import cbuild, layout
 from gq_tf import reference
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = (
-    ROOT / "tests" / "c" / "test_gq_fc.c",
-    ROOT / "converters" / "kernels" / "gq_fc_ref.c",
-    ROOT / "converters" / "delegate" / "flexbuf.c",
+    "tests/c/test_gq_fc.c",
+    *cbuild.KERNEL_SOURCES,
+    f"{cbuild.DELEGATE_DIR}/flexbuf.c",
 )
 INCLUDES = ("-I", str(ROOT / "converters" / "kernels"), "-I", str(ROOT / "converters" / "delegate"))
 WARNINGS = ("-std=c11", "-Wall", "-Wextra", "-Werror", "-Wpedantic", "-Wshadow", "-Wconversion")
@@ -61,6 +70,8 @@ ACTIVATIONS = ("NONE", "RELU", "RELU_N1_TO_1", "RELU6")  # index == enum gq_acti
 INS = (1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 200)
 OUTS = (1, 3, 8, 16, 17, 33, 64)
 BATCHES = (1, 2, 5)
+BIG_BATCHES = (3, 8, 15, 16, 17, 33, 64)
+BIG_SHAPES = ((129, 15), (64, 17), (200, 33), (65, 64), (31, 9))
 
 # enum gq_flex_status
 OK, MALFORMED, NOT_MAP, MISSING, WRONG_TYPE = range(5)
@@ -95,11 +106,23 @@ def driver(request, tmp_path_factory):
         ok, err = _sanitizers_available(gcc, tmp)
         if not ok:
             pytest.fail(f"gcc cannot link -fsanitize=address,undefined here (libasan/libubsan missing?): {err[-300:]}")
-    exe = tmp / "test_gq_fc"
-    cmd = [gcc, *WARNINGS, *BUILDS[request.param], *INCLUDES, *map(str, SOURCES), "-lm", "-o", str(exe)]
+    return build_driver([gcc], cbuild.arch_of(gcc), BUILDS[request.param], tmp / "test_gq_fc")
+
+
+def build_driver(cc, arch, flags, exe, link_flags=()):
+    """Compiles the driver and the C sources, each file with its own
+    instruction-set flags (``converters.cbuild``), and links them."""
+    objects = []
+    for src in SOURCES:
+        obj = exe.parent / (src.replace("/", "_")[:-2] + ".o")
+        cmd = [*cc, *WARNINGS, *flags, *cbuild.source_flags(src, arch), *INCLUDES, "-c", str(ROOT / src), "-o", str(obj)]
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        assert r.returncode == 0, f"compile failed:\n{' '.join(cmd)}\n{r.stdout}{r.stderr}"
+        assert not r.stderr.strip(), f"compiler printed diagnostics:\n{r.stderr}"
+        objects.append(str(obj))
+    cmd = [*cc, *flags, *link_flags, *objects, "-lm", "-o", str(exe)]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    assert r.returncode == 0, f"compile failed:\n{' '.join(cmd)}\n{r.stdout}{r.stderr}"
-    assert not r.stderr.strip(), f"compiler printed diagnostics:\n{r.stderr}"
+    assert r.returncode == 0, f"link failed:\n{' '.join(cmd)}\n{r.stdout}{r.stderr}"
     return exe
 
 
@@ -162,6 +185,7 @@ def _fc_case(rng, case_id, bits, n_in, n_out, batch, activation, has_bias, indic
     x = (rng.normal(size=(batch, n_in)) * 3.0 / np.sqrt(n_in)).astype(np.float32)
     bias = rng.normal(size=n_out).astype(np.float32) if has_bias else None
     expected = reference.fully_connected(x, indices, centroids, bias, activation)
+    expected_qd8, tol_qd8, _ = reference.fully_connected_qd8(x, indices, centroids, bias, activation)
     w = np.abs(centroids.astype(np.float64)[indices])
     scale = np.abs(x.astype(np.float64)) @ w.T
     if has_bias:
@@ -174,11 +198,14 @@ def _fc_case(rng, case_id, bits, n_in, n_out, batch, activation, has_bias, indic
         "batch": batch,
         "act": ACTIVATIONS.index(activation),
         "x": x,
+        "indices": np.asarray(indices),
         "packed": layout.pack(indices, bits),
         "centroids": centroids,
         "bias": bias,
         "expected": np.asarray(expected, np.float64),
         "tol": _gamma(n_in + 2) * scale,
+        "expected_qd8": np.asarray(expected_qd8, np.float64),
+        "tol_qd8": np.asarray(tol_qd8, np.float64),
         "row_bytes": layout.row_bytes(bits, n_in),
         "packed_size": layout.packed_size(bits, n_in, n_out),
     }
@@ -203,11 +230,16 @@ def fc_cases(seed=0):
     # Long rows: many blocks per row.
     for bits in (1, 3, 8):
         cases.append(_fc_case(rng, len(cases), bits, 1000, 5, 3, "NONE", True))
+    # Batch tiles of the SIMD kernels (GEMM paths) and their tails.
+    for bits in range(1, 9):
+        for k, batch in enumerate(BIG_BATCHES):
+            n_in, n_out = BIG_SHAPES[(bits + k) % len(BIG_SHAPES)]
+            cases.append(_fc_case(rng, len(cases), bits, n_in, n_out, batch, ACTIVATIONS[k % 4], k % 2 == 0))
     return cases
 
 
 def write_fc_file(path, cases):
-    parts = [b"GQFC", struct.pack("<II", 1, len(cases))]
+    parts = [b"GQFC", struct.pack("<II", 2, len(cases))]
     for c in cases:
         parts.append(
             struct.pack(
@@ -230,6 +262,8 @@ def write_fc_file(path, cases):
             parts.append(c["bias"].astype("<f4").tobytes())
         parts.append(c["expected"].astype("<f8").tobytes())
         parts.append(np.asarray(c["tol"], np.float64).astype("<f8").tobytes())
+        parts.append(c["expected_qd8"].astype("<f8").tobytes())
+        parts.append(np.asarray(c["tol_qd8"], np.float64).astype("<f8").tobytes())
     Path(path).write_bytes(b"".join(parts))
 
 
@@ -258,45 +292,106 @@ def test_api_edge_cases(driver):
     _run_ok(driver, "api")
 
 
-def test_kernel_matches_reference(driver, fc_file):
+def _kernel_list(driver):
+    """{name: (supported, qd8)} and auto's choice, from ``test_gq_fc list``."""
+    out = _run_ok(driver, "list").stdout.splitlines()
+    kernels = {}
+    for line in out:
+        if line.startswith("kernel "):
+            _, name, sup, qd8 = line.split()
+            kernels[name] = (sup == "supported=1", qd8 == "qd8=1")
+    auto = next(line.split()[1] for line in out if line.startswith("auto "))
+    return kernels, auto
+
+
+def _supported(driver):
+    kernels, _ = _kernel_list(driver)
+    return sorted(k for k, (sup, _) in kernels.items() if sup)
+
+
+def test_kernel_list_and_auto_choice(driver):
+    kernels, auto = _kernel_list(driver)
+    assert {"reference", "scalar"} <= set(kernels)
+    assert kernels["reference"] == (True, False) and kernels["scalar"] == (True, True)
+    if cbuild.arch_of(_gcc()) == "x86_64":
+        assert {"avx2", "avx512"} <= set(kernels)
+        best = [k for k in ("avx512", "avx2", "scalar") if kernels[k][0]][0]
+        assert auto == best
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+        assert kernels["avx2"][0] == ({"avx2", "fma"} <= set(flags))
+        assert kernels["avx512"][0] == ({"avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512_vnni"} <= set(flags))
+
+
+def test_every_kernel_matches_reference(driver, fc_file):
     path, cases = fc_file
-    r = _run_ok(driver, "fc", path)
-    assert f"fc: {len(cases)} cases" in r.stdout
-    assert "0 failure(s)" in r.stdout
+    r = _run_ok(driver, "fc", path, "all")
+    for name in _supported(driver):
+        assert f"fc[{name}]: {len(cases)} cases" in r.stdout, r.stdout
+    assert r.stdout.count(" 0 failure(s)") == len(_supported(driver)), r.stdout
+
+
+def test_qd8_model_error_within_stated_bound(fc_file):
+    """The int8 arithmetic's distance from exact float math stays inside the
+    bound gq_fc.h states, and is not trivially small (the bound is used)."""
+    _, cases = fc_file
+    ratios = []
+    for c in cases:
+        if c["act"] != 0:
+            continue
+        _, _, bound = reference.fully_connected_qd8(c["x"], c["indices"], c["centroids"], c["bias"])
+        err = np.abs(c["expected_qd8"] - c["expected"])
+        assert (err <= bound).all(), c["id"]
+        ratios.append((err / bound).max())
+    assert 0.05 < max(ratios) <= 1.0
 
 
 def test_kernel_detects_corrupted_expectation(driver, fc_file, tmp_path):
-    """The comparison can fail: one expected value moved by 10 tolerances."""
+    """The comparison can fail: one expected value moved by 10 tolerances,
+    in the float32 and in the qd8 expectations."""
     _, cases = fc_file
     bad = [dict(c) for c in cases]
     victim = bad[5]
-    victim["expected"] = victim["expected"].copy()
-    victim["expected"].flat[0] += 10 * victim["tol"].flat[0] + 1e-3
+    for key in ("expected", "expected_qd8"):
+        tol = "tol" if key == "expected" else "tol_qd8"
+        victim[key] = victim[key].copy()
+        victim[key].flat[0] += 10 * victim[tol].flat[0] + 1e-3
     path = tmp_path / "bad.bin"
     write_fc_file(path, bad)
-    r = _run(driver, "fc", path)
+    r = _run(driver, "fc", path, "all")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert f"FAIL case {victim['id']} " in r.stderr
-    assert "1 failure(s)" in r.stdout
+    for name in _supported(driver):
+        assert f"FAIL {name} case {victim['id']} " in r.stderr
+    assert r.stdout.count(" 1 failure(s)") == len(_supported(driver)), r.stdout
 
 
 def test_kernel_detects_flipped_weight_bit(driver, fc_file, tmp_path):
     """The packed bytes are really decoded: bit 0 of a row's first byte is
-    plane 0 of weight 0 (never padding), so flipping it must change y."""
+    bit 0 of weight 0's index (never padding), so flipping it must change y
+    in every kernel. Victims are cases where it also changes the int8 codes
+    seen by the qd8 kernels (two centroids can share a code)."""
     _, cases = fc_file
     bad = [dict(c) for c in cases]
+
+    def visible(c):
+        flipped = c["indices"].copy()
+        flipped[0, 0] ^= 1
+        y2, _, _ = reference.fully_connected_qd8(c["x"], flipped, c["centroids"], c["bias"])
+        return (np.abs(y2 - c["expected_qd8"]) > 10 * c["tol_qd8"]).any()
+
     # Without activation, so no clamp can hide the change.
-    victims = [next(k for k, c in enumerate(bad) if c["bits"] == b and c["act"] == 0) for b in (1, 5, 8)]
+    victims = [next(k for k, c in enumerate(bad) if c["bits"] == b and c["act"] == 0 and visible(c)) for b in (1, 5, 8)]
     for k in victims:
         packed = np.array(bad[k]["packed"], np.uint8)
         packed[0] ^= 1
         bad[k]["packed"] = packed
     path = tmp_path / "flipped.bin"
     write_fc_file(path, bad)
-    r = _run(driver, "fc", path)
+    r = _run(driver, "fc", path, "all")
     assert r.returncode == 1, r.stdout + r.stderr
-    for k in victims:
-        assert f"FAIL case {bad[k]['id']} " in r.stderr
+    for name in _supported(driver):
+        for k in victims:
+            assert f"FAIL {name} case {bad[k]['id']} " in r.stderr, (name, r.stderr[-2000:])
 
 
 # ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ Malformed models are made by editing the flatbuffer (``tests/fuzz_delegate.py``
 has the helpers); each must give a RuntimeError that names the problem.
 """
 
+import platform
 import re
 import subprocess
 
@@ -70,10 +71,18 @@ def _gamma(n):
     return n * U / (1 - n * U)
 
 
-def _check_outputs(outputs, truth, x):
+def _check_outputs(outputs, truth, x, qd8=True):
+    """Outputs against the NumPy truth: the qd8 model (int8 arithmetic of the
+    fast kernels, 2 ulp) when ``qd8``, else exact float math (reference kernel)."""
     assert sorted(outputs) == sorted(truth)
     for name, t in truth.items():
         y = outputs[name]
+        if qd8:
+            want, tol, _ = reference.fully_connected_qd8(x, t["indices"], t["centroids"], t["bias"], t["activation"])
+            assert y.dtype == np.float32 and y.shape == want.shape, name
+            err = np.abs(y.astype(np.float64) - want)
+            assert np.all(err <= tol), (name, t["bits"], float(np.max(err - tol)))
+            continue
         want = reference.fully_connected(x, t["indices"], t["centroids"], t["bias"], t["activation"])
         assert y.dtype == np.float32 and y.shape == want.shape, name
         w = np.abs(t["centroids"].astype(np.float64)[t["indices"]])
@@ -108,7 +117,29 @@ def test_model_path_kernel_and_threads(models, tmp_path, runtime_name):
     path.write_bytes(data)
     interpreter = make_interpreter(path, runtime=runtime_name, kernel="reference", num_threads=2)
     x = _x([4, 130], seed=3)
-    _check_outputs(interpreter.get_signature_runner()(x=x), truth, x)
+    _check_outputs(interpreter.get_signature_runner()(x=x), truth, x, qd8=False)
+
+
+@pytest.mark.parametrize("kernel", [k.name for k in runtime.kernels() if k.supported])
+def test_every_kernel_variant_through_the_delegate(models, kernel):
+    data, truth = models["rank2_in130"]
+    x = _x([4, 130], seed=6)
+    qd8 = next(k.qd8 for k in runtime.kernels() if k.name == kernel)
+    _check_outputs(make_interpreter(data, kernel=kernel).get_signature_runner()(x=x), truth, x, qd8=qd8)
+
+
+@pytest.mark.parametrize("shape", [[1, 2048], [3, 2048]])
+def test_threads_split_large_calls_identically(shape):
+    """A call of >= 4M multiply-adds is split over the interpreter's threads
+    (output rows at batch 1, batch rows otherwise); every part runs the same
+    integer arithmetic, so the results equal one thread's bit for bit."""
+    data, truth = fz.build_gq_model(shape, [(4, 2048, True, "NONE"), (3, 40, False, "RELU")], seed=7)
+    x = _x(shape, seed=8)
+    one = make_interpreter(data, num_threads=1).get_signature_runner()(x=x)
+    two = make_interpreter(data, num_threads=2).get_signature_runner()(x=x)
+    for name in one:
+        np.testing.assert_array_equal(one[name], two[name])
+    _check_outputs(two, truth, x)
 
 
 @pytest.mark.parametrize("runtime_name", RUNTIMES)
@@ -142,9 +173,14 @@ def test_without_delegate_the_op_is_unresolved(small_model):
 # ------------------------------------------------------ API and options
 
 
+# A variant compiled only for the other architecture: unknown here.
+OTHER_ARCH_KERNEL = "neon" if platform.machine() == "x86_64" else "avx2"
+
+
 @pytest.mark.parametrize("runtime_name", RUNTIMES)
 @pytest.mark.parametrize("options, message", [
-    ({"kernel": "fast"}, "expected option kernel in 'auto', 'reference', received 'fast'"),
+    ({"kernel": "fast"}, "expected option kernel in 'auto', 'reference', 'scalar'"),
+    ({"kernel": OTHER_ARCH_KERNEL}, f"received '{OTHER_ARCH_KERNEL}'"),
     ({"threads": "2"}, "unknown option 'threads' (known options: kernel)"),
 ])
 def test_bad_delegate_options_are_rejected(runtime_name, options, message):
@@ -161,7 +197,9 @@ def test_bad_delegate_options_are_rejected(runtime_name, options, message):
 def test_good_delegate_options_load():
     from ai_edge_litert.interpreter import load_delegate
 
-    for kernel in runtime.KERNELS:
+    names = [k.name for k in runtime.kernels() if k.supported]
+    assert {"reference", "scalar"} <= set(names) and runtime.auto_kernel() in names
+    for kernel in ["auto", *names]:
         assert load_delegate(delegate_path(), {"kernel": kernel}) is not None
 
 
@@ -169,7 +207,7 @@ def test_make_interpreter_argument_errors(small_model, tmp_path):
     with pytest.raises(ValueError, match="Expected runtime in"):
         make_interpreter(small_model, runtime="tensorflow")
     with pytest.raises(ValueError, match="Expected kernel in"):
-        make_interpreter(small_model, kernel="avx2")
+        make_interpreter(small_model, kernel="sse9")
     with pytest.raises(ValueError, match="num_threads"):
         make_interpreter(small_model, num_threads=0)
     with pytest.raises(FileNotFoundError, match="not found"):
@@ -202,6 +240,13 @@ def test_library_exports_only_its_api():
         "gq_fc_row_bytes",
         "gq_fc_packed_size",
         "gq_f32_fc_ukernel__ref",
+        "gq_fc_codebook_init",
+        "gq_fc_workspace_size",
+        "gq_fc_kernel_count",
+        "gq_fc_kernel_at",
+        "gq_fc_kernel_supported",
+        "gq_fc_kernel_find",
+        "gq_fc_run",
     }
 
 

@@ -48,6 +48,89 @@ void gq_f32_fc_ukernel__ref(size_t batch, size_t in_features, size_t out_feature
                             const float* x, const uint8_t* packed, const float* centroids,
                             const float* bias, int activation, float* y);
 
+/* ------------------------------------------------------------------------
+ * Kernel interface shared by every variant (reference and SIMD).
+ *
+ * The fast variants are "qd8" kernels: like XNNPACK's dynamic-range int8
+ * FULLY_CONNECTED they round x to int8 per batch row and compute the dot
+ * products in int32, and they round the 2^b centroids to int8 codes (one
+ * scale per codebook). The arithmetic is defined exactly, so that every
+ * variant gives the same int32 sums and the tests can check them against a
+ * NumPy model of it:
+ *
+ *   per batch row n:  m = max_i |x[n,i]|  (float32)
+ *                     inv = m > 0 ? 127.0f / m : 0.0f
+ *                     xq[n,i] = (int8) rint(clamp(x[n,i] * inv, -127, 127))
+ *                     (float32 product, rounded half to even)
+ *                     sx[n] = m / 127.0f
+ *   codebook:         the same with the centroids: q[k], sc
+ *   output:           acc = sum_i xq[n,i] * q[idx[o,i]]   (int32, exact)
+ *                     y[n,o] = act((float)acc * (sx[n] * sc) + bias[o])
+ *
+ * The error against exact float arithmetic is at most
+ *   sum_i (|x_i| * sc/2 + |c(idx_i)| * sx/2 + sx*sc/4)
+ * plus float32 rounding of the last line (see docs/KERNELS.md). Inputs
+ * holding NaN or infinity give unspecified outputs (never a crash).
+ * in_features must be <= GQ_FC_QD8_MAX_IN so that acc fits in int32
+ * (127 * 127 * in < 2^31); the dispatcher falls back to the reference
+ * kernel above that. */
+
+#define GQ_FC_QD8_MAX_IN 131072
+
+/* The int8 codes of one codebook (entries at and above 2^bits are 0). */
+typedef struct gq_fc_codebook {
+  int8_t q[256];
+  float scale; /* sc */
+  int bits;
+} gq_fc_codebook;
+
+/* Fills cb from 2^bits float32 centroids as defined above. */
+void gq_fc_codebook_init(gq_fc_codebook* cb, const float* centroids, int bits);
+
+/* Bytes of scratch memory a kernel call needs (64-byte aligned by the
+ * caller); 0 on overflow. The layout is internal to the kernels. */
+size_t gq_fc_workspace_size(size_t batch, size_t in_features);
+
+typedef struct gq_fc_args {
+  size_t batch;
+  size_t in_features;
+  size_t out_features;
+  int bits;
+  int activation;              /* enum gq_activation */
+  const float* x;              /* [batch, in] */
+  const uint8_t* packed;       /* planes64, gq_fc_packed_size bytes */
+  const float* centroids;      /* [2^bits], read by exact kernels */
+  const gq_fc_codebook* codebook; /* from centroids, read by qd8 kernels */
+  const float* bias;           /* [out] or NULL */
+  float* y;                    /* [batch, out], overlaps no input */
+  void* workspace;             /* gq_fc_workspace_size bytes, 64-byte aligned */
+} gq_fc_args;
+
+typedef void (*gq_fc_fn)(const gq_fc_args* args);
+
+typedef struct gq_fc_kernel_info {
+  const char* name;   /* "reference", "scalar", "avx2", "avx512", "neon", "neondot" */
+  gq_fc_fn fn;
+  int qd8;            /* 1: int8 arithmetic defined above; 0: float32 */
+  int rank;           /* higher is preferred by "auto" */
+} gq_fc_kernel_info;
+
+/* Kernels compiled into this build (for this architecture), whether or not
+ * this CPU can run them; i in [0, gq_fc_kernel_count()). */
+size_t gq_fc_kernel_count(void);
+const gq_fc_kernel_info* gq_fc_kernel_at(size_t i);
+
+/* 1 when this CPU (and OS) has every instruction set the kernel uses. */
+int gq_fc_kernel_supported(const gq_fc_kernel_info* kernel);
+
+/* "auto": the supported kernel of highest rank; otherwise the kernel of that
+ * name if it is compiled in and supported. NULL when there is none. */
+const gq_fc_kernel_info* gq_fc_kernel_find(const char* name);
+
+/* Runs kernel on args; when the kernel is qd8 and in_features exceeds
+ * GQ_FC_QD8_MAX_IN, runs the reference kernel instead. */
+void gq_fc_run(const gq_fc_kernel_info* kernel, const gq_fc_args* args);
+
 #ifdef __cplusplus
 }
 #endif

@@ -9,6 +9,8 @@
 
 #include <string.h>
 
+#include "gq_fc_internal.h"
+
 size_t gq_fc_row_bytes(int bits, size_t in_features) {
   if (bits < 1 || bits > 8 || in_features == 0) {
     return 0;
@@ -32,7 +34,7 @@ size_t gq_fc_packed_size(int bits, size_t in_features, size_t out_features) {
 
 /* Indices of one block, in weight order. The planes are stored lowest bits
  * first, so each plane ORs its field in above the bits already collected. */
-static void decode_block(const uint8_t* block, int bits, uint8_t idx[GQ_FC_BLOCK]) {
+void gq_fc_decode_block(const uint8_t* block, int bits, uint8_t idx[GQ_FC_BLOCK]) {
   if (bits == 8) {
     /* A width-8 plane has one field per byte: byte k is weight k. */
     memcpy(idx, block, GQ_FC_BLOCK);
@@ -57,19 +59,6 @@ static void decode_block(const uint8_t* block, int bits, uint8_t idx[GQ_FC_BLOCK
   }
 }
 
-static float activate(float v, int activation) {
-  switch (activation) {
-    case GQ_ACT_RELU:
-      return v < 0.0f ? 0.0f : v;
-    case GQ_ACT_RELU_N1_TO_1:
-      return v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);
-    case GQ_ACT_RELU6:
-      return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);
-    default:
-      return v;
-  }
-}
-
 void gq_f32_fc_ukernel__ref(size_t batch, size_t in_features, size_t out_features, int bits,
                             const float* x, const uint8_t* packed, const float* centroids,
                             const float* bias, int activation, float* y) {
@@ -88,7 +77,7 @@ void gq_f32_fc_ukernel__ref(size_t batch, size_t in_features, size_t out_feature
       y[n * out_features + o] = b;
     }
     for (size_t first = 0; first < in_features; first += GQ_FC_BLOCK) {
-      decode_block(row, bits, idx);
+      gq_fc_decode_block(row, bits, idx);
       row += block_bytes;
       /* The padding indices of the last block are decoded but never used:
        * x has no entries behind in_features. */
@@ -107,7 +96,7 @@ void gq_f32_fc_ukernel__ref(size_t batch, size_t in_features, size_t out_feature
       }
     }
     for (size_t n = 0; n < batch; ++n) {
-      y[n * out_features + o] = activate(y[n * out_features + o], activation);
+      y[n * out_features + o] = gq_fc_activate(y[n * out_features + o], activation);
     }
   }
 }
