@@ -5,22 +5,28 @@ into the file and LSTM fusion lost). Instead:
 
 1. the learned codebooks are read (``gq_tf.extract_codebooks``) and the model
    is rebuilt in float with the hard-quantized weights (``strip_quantization``);
-2. in that deployment graph every GQ Dense kernel and every GQ Conv1D with a
-   kernel size of 1 is replaced by a call of ``tfops.gq_fully_connected``
-   with the packed indices, which the converter fuses into one
-   ``GQ_FULLY_CONNECTED`` custom op (no float copy of the kernel is left);
+2. in that deployment graph every packable GQ kernel is replaced by a call of
+   a ``tfops`` function with the packed indices, which the converter fuses into
+   one custom op (no float copy of the kernel is left):
+   - Dense, attention projections, Conv1D and Conv2D: ``GQ_FULLY_CONNECTED``
+     (a convolution reads patches made of builtin PAD / STRIDED_SLICE /
+     CONCATENATION ops);
+   - a Keras-default LSTM whose kernel and recurrent kernel are both GQ:
+     one ``GQ_LSTM``;
 3. the TFLite converter runs on it (fixed batch size, builtin ops only);
 4. weight tensors that should be int8 (``gq_tf.Uniform`` kernels, and with
    ``weights="dynamic_int8"`` the remaining float weights of layers without
    a quantizer) are rewritten to int8 with the exact QAT grid, and their ops
    run as TFLite's dynamic-range ("hybrid") kernels.
 
-GQ kernels of other layers (LSTM, Conv1D with k > 1, Conv2D, depthwise,
-Embedding, attention) have no packed op yet: they are exported as builtin ops
-with their decoded (hard) float weights, with a warning and a report row.
+GQ kernels of other layers (depthwise convolutions, Embedding, LSTMs with
+other activations or options, grouped convolutions) have no packed op yet:
+they are exported as builtin ops with their decoded (hard) float weights, with
+a warning and a report row.
 """
 
 import dataclasses
+import itertools
 import os
 import tempfile
 import warnings
@@ -35,7 +41,8 @@ from gq_tf._keras import check_keras_model, keras, tf
 from gq_tf.codebooks import extract_codebooks, quantized_weights, strip_quantization
 from gq_tf.configs import quantize_scope
 
-__all__ = ["export_tflite", "export_baseline", "ExportReport", "KernelRow", "WEIGHTS_MODES", "NotPackedWarning"]
+__all__ = ["export_tflite", "export_baseline", "ExportReport", "KernelRow", "WEIGHTS_MODES", "NotPackedWarning",
+           "PACKED", "PACKED_LSTM", "PACKED_KINDS", "INT8", "FLOAT_DECODED", "FLOAT"]
 
 WEIGHTS_MODES = ("float", "dynamic_int8")
 # Like the TFLite converter's dynamic-range quantization: smaller weight
@@ -43,6 +50,8 @@ WEIGHTS_MODES = ("float", "dynamic_int8")
 DYNAMIC_MIN_ELEMENTS = 1024
 
 PACKED = "packed GQ_FULLY_CONNECTED"
+PACKED_LSTM = "packed GQ_LSTM"
+PACKED_KINDS = (PACKED, PACKED_LSTM)
 INT8 = "builtin, int8 weights"
 FLOAT_DECODED = "builtin, decoded float weights (not packed)"
 FLOAT = "builtin, float weights"
@@ -59,9 +68,14 @@ class KernelRow:
     key: str  # "<layer>/<weight>"
     bits: int  # 32 for float kernels
     method: str  # "gq", "uniform" or "float"
-    deployed: str  # PACKED, INT8, FLOAT_DECODED or FLOAT
+    deployed: str  # PACKED, PACKED_LSTM, INT8, FLOAT_DECODED or FLOAT
     nbytes: int  # bytes of the kernel in the file (indices + centroids, int8 + scales, or float)
     shape: tuple
+
+    @property
+    def packed(self):
+        """True when the kernel is read packed by a GQ custom op."""
+        return self.deployed in PACKED_KINDS
 
 
 @dataclasses.dataclass
@@ -78,7 +92,7 @@ class ExportReport:
     @property
     def packed_bytes(self):
         """Bytes of packed indices + centroid tables of the GQ custom ops."""
-        return sum(k.nbytes for k in self.kernels if k.deployed == PACKED)
+        return sum(k.nbytes for k in self.kernels if k.packed)
 
     def table(self):
         """The kernels as a Markdown table, then the op counts and file size."""
@@ -102,26 +116,84 @@ def _fused_activation(activation):
     return "NONE", activation
 
 
+def _dim(x, axis):
+    """A static size when known, else the dynamic one (a scalar tensor)."""
+    d = x.shape[axis]
+    return d if d is not None else tf.shape(x)[axis]
+
+
+def _max0(v):
+    return max(v, 0) if isinstance(v, int) else tf.maximum(v, 0)
+
+
+def conv_patches(x, kernel_size, strides, dilation, padding):
+    """Convolution patches of a channels-last ``x``, built from builtin ops only.
+
+    ``x`` is [B, *spatial, C]. The result is [B, *out_spatial, prod(k) * C]:
+    the taps of each output position concatenated tap-major, channel-minor
+    (tap (i, j) of a 2-D kernel before (i, j + 1)), which is the order of a
+    Keras kernel [*k, C, out] reshaped to [prod(k) * C, out]. Padding follows
+    TensorFlow: "valid", "same" (extra pad at the end when odd) and "causal"
+    (Conv1D: all the pad before). Lowers to PAD, STRIDED_SLICE and
+    CONCATENATION (never EXTRACT_IMAGE_PATCHES, a Flex op).
+    """
+    pads, outs, sizes = [[0, 0]], [], []
+    for a, (k, s, d) in enumerate(zip(kernel_size, strides, dilation)):
+        n = _dim(x, 1 + a)
+        span = (k - 1) * d + 1
+        if padding == "same":
+            out = (n + s - 1) // s
+            total = _max0((out - 1) * s + span - n)
+            lo, hi = total // 2, total - total // 2
+        elif padding == "causal":
+            lo, hi = span - 1, 0
+            out = (n - 1) // s + 1
+        else:  # valid
+            lo, hi = 0, 0
+            out = (n - span) // s + 1
+        pads.append([lo, hi])
+        outs.append(out)
+        sizes.append(n)
+    pads.append([0, 0])
+    if any(not (isinstance(v, int) and v == 0) for p in pads for v in p):
+        x = tf.pad(x, tf.convert_to_tensor(pads) if any(isinstance(v, tf.Tensor) for p in pads for v in p)
+                   else pads)
+        sizes = [n + p[0] + p[1] if isinstance(n, int) and all(isinstance(v, int) for v in p) else None
+                 for n, p in zip(sizes, pads[1:-1])]
+    taps = []
+    for tap in itertools.product(*(range(k) for k in kernel_size)):
+        index = [slice(None)]
+        for t, s, d, out, n in zip(tap, strides, dilation, outs, sizes):
+            begin, end = t * d, t * d + (out - 1) * s + 1
+            whole = begin == 0 and s == 1 and isinstance(end, int) and end == n
+            index.append(slice(None) if whole else slice(begin, end, s))
+        index.append(slice(None))
+        taps.append(x[tuple(index)])
+    return taps[0] if len(taps) == 1 else tf.concat(taps, axis=-1)
+
+
 class _PackedFullyConnected(keras.layers.Layer):
     """Deployment-graph layer: one GQ_FULLY_CONNECTED with packed weights.
 
     ``merge`` trailing input axes are flattened into the op's input features
     and the output features are split back into ``out_shape`` (attention's
-    EinsumDense projections); ``stride`` subsamples time (a k=1 Conv1D).
+    EinsumDense projections); ``conv`` = (kernel_size, strides, dilation,
+    padding) first turns a channels-last input into convolution patches
+    (Conv1D, Conv2D).
     """
 
     def __init__(self, packed, centroids, bias, bits, in_features, out_features, activation,
-                 stride=1, merge=1, out_shape=None, **kwargs):
+                 conv=None, merge=1, out_shape=None, **kwargs):
         super().__init__(**kwargs)
         self._packed, self._centroids, self._bias = packed, centroids, bias
         self._bits, self._in, self._out = bits, in_features, out_features
         self._fused, self._after = _fused_activation(activation)
-        self._stride, self._merge = stride, merge
+        self._conv, self._merge = conv, merge
         self._out_shape = tuple(out_shape) if out_shape is not None else (out_features,)
 
     def call(self, x):
-        if self._stride > 1:  # a k=1 convolution with stride s reads every s-th step
-            x = x[:, :: self._stride]
+        if self._conv is not None:
+            x = conv_patches(x, *self._conv)
         lead = tf.shape(x)[: x.shape.rank - self._merge]
         if self._merge > 1:
             x = tf.reshape(x, tf.concat([lead, [self._in]], 0))
@@ -132,6 +204,46 @@ class _PackedFullyConnected(keras.layers.Layer):
         if len(self._out_shape) > 1 or self._merge > 1:
             y = tf.reshape(y, tf.concat([lead, self._out_shape], 0))
         return y if self._after is None else self._after(y)
+
+
+class _PackedLSTM(keras.layers.Layer):
+    """Deployment-graph layer: a Keras-default LSTM as one GQ_LSTM custom op.
+
+    Called like the LSTM it replaces: ``(x, initial_state=[h, c], mask=None,
+    training=None)``, or with ``[x, h, c]`` as inputs (how a functional model
+    records an LSTM call with an initial state); returns ``y`` or
+    ``[y, h_T, c_T]`` as Keras does.
+    """
+
+    def __init__(self, kernel, recurrent, bias, in_features, units, return_sequences, return_state,
+                 **kwargs):
+        super().__init__(**kwargs)
+        (self._packed, self._centroids, self._kbits), (self._rpacked, self._rcentroids, self._rbits) = kernel, recurrent
+        self._bias, self._in, self._units = bias, in_features, units
+        self._return_sequences, self._return_state = return_sequences, return_state
+
+    def call(self, inputs, mask=None, training=None, initial_state=None):
+        del training  # dropout is inactive at inference
+        if mask is not None:
+            raise ValueError(f"Layer '{self.name}': GQ_LSTM does not support masks (the export "
+                             "keeps masked LSTMs decoded).")
+        x = inputs
+        if isinstance(inputs, (list, tuple)):
+            x, *state = inputs
+            if state:
+                initial_state = state
+        if initial_state is not None:
+            initial_state = [tf.cast(s, tf.float32) for s in tf.nest.flatten(initial_state)]
+            if len(initial_state) != 2:
+                raise ValueError(f"Layer '{self.name}': expected initial_state [h, c]. Received "
+                                 f"{len(initial_state)} tensors.")
+        out = tfops.gq_lstm(
+            tf.cast(x, tf.float32), tf.constant(self._packed), tf.constant(self._centroids),
+            tf.constant(self._rpacked), tf.constant(self._rcentroids),
+            None if self._bias is None else tf.constant(self._bias), initial_state,
+            kernel_bits=self._kbits, recurrent_bits=self._rbits, in_features=self._in, units=self._units,
+            return_sequences=self._return_sequences, return_state=self._return_state)
+        return list(out) if self._return_state else out
 
 
 def _einsum_split(dense):
@@ -156,19 +268,49 @@ def _einsum_split(dense):
 
 _MHA_SUBLAYERS = {"query": "_query_dense", "key": "_key_dense", "value": "_value_dense",
                   "output": "_output_dense"}
+_LSTM_WEIGHTS = ("kernel", "recurrent_kernel")
+
+
+def _receives_mask(wrapper):
+    """True when a call of this (wrapped) layer gets a Keras mask."""
+    for node in getattr(wrapper, "_inbound_nodes", []):
+        if node.call_kwargs.get("mask") is not None:
+            return True
+        x = tf.nest.flatten(node.call_args[0] if node.call_args else [])[:1]
+        if x and getattr(x[0], "_keras_mask", None) is not None:
+            return True
+    return False
+
+
+def _lstm_unsupported(layer):
+    """Why this LSTM is not a Keras-default LSTM that GQ_LSTM runs, or None."""
+    why = []
+    if layer.activation is not keras.activations.tanh:
+        why.append(f"activation={getattr(layer.activation, '__name__', layer.activation)!s}")
+    if layer.recurrent_activation is not keras.activations.sigmoid:
+        why.append("recurrent_activation="
+                   f"{getattr(layer.recurrent_activation, '__name__', layer.recurrent_activation)!s}")
+    for flag in ("go_backwards", "stateful", "time_major"):
+        if getattr(layer, flag):
+            why.append(f"{flag}=True")
+    if not why:
+        return None
+    return f"LSTM with {', '.join(why)}: GQ_LSTM runs Keras' default LSTM only (tanh, sigmoid, forward, stateless)"
 
 
 def _packable(layer, weight_name):
-    """Why this kernel cannot become GQ_FULLY_CONNECTED, or None if it can."""
+    """Why this kernel cannot be packed, or None if it can."""
     kind = type(layer).__name__
     if type(layer) is keras.layers.Dense and weight_name == "kernel":
         return None
-    if type(layer) is keras.layers.Conv1D and weight_name == "kernel":
-        if layer.kernel_size != (1,):
-            return f"Conv1D with kernel_size {layer.kernel_size} (only 1 is packed)"
-        if layer.groups != 1 or layer.data_format != "channels_last":
-            return "Conv1D with groups > 1 or channels_first"
+    if type(layer) in (keras.layers.Conv1D, keras.layers.Conv2D) and weight_name == "kernel":
+        if layer.groups != 1:
+            return f"{kind} with groups={layer.groups} (only 1 is packed)"
+        if layer.data_format != "channels_last":
+            return f"{kind} with data_format={layer.data_format} (only channels_last is packed)"
         return None
+    if type(layer) is keras.layers.LSTM and weight_name in _LSTM_WEIGHTS:
+        return _lstm_unsupported(layer)
     if type(layer) is keras.layers.MultiHeadAttention and weight_name in _MHA_SUBLAYERS:
         dense = getattr(layer, _MHA_SUBLAYERS[weight_name])
         if _einsum_split(dense) is None or dense.activation not in (None, keras.activations.linear):
@@ -180,42 +322,77 @@ def _packable(layer, weight_name):
 def _plan(qat_model):
     """Codebooks, {layer name: {weight name: (key, codebook)}} to pack, and the warnings."""
     books = extract_codebooks(qat_model)
-    wrappers = {l.layer.name: l.layer for l in qat_model.layers if isinstance(l, QuantizeWrapper)}
+    wrappers = {l.layer.name: l for l in qat_model.layers if isinstance(l, QuantizeWrapper)}
     packs, notes = {}, []
     for qw in quantized_weights(qat_model):
         book = books[qw.key]
         if book.method != "gq":
             continue
-        why = _packable(wrappers[qw.layer_name], qw.weight_name)
+        layer = wrappers[qw.layer_name].layer
+        why = _packable(layer, qw.weight_name)
+        if why is None and type(layer) is keras.layers.LSTM and _receives_mask(wrappers[qw.layer_name]):
+            why = "LSTM called with a mask (GQ_LSTM has no masked steps)"
         if why is None:
             packs.setdefault(qw.layer_name, {})[qw.weight_name] = (qw.key, book)
         else:
             notes.append((qw.key, why))
+    # GQ_LSTM reads both matrices packed: an LSTM with only one GQ kernel
+    # stays a builtin LSTM.
+    for name, kernels in list(packs.items()):
+        if type(wrappers[name].layer) is keras.layers.LSTM and set(kernels) != set(_LSTM_WEIGHTS):
+            other = next(w for w in _LSTM_WEIGHTS if w not in kernels)
+            method = books[f"{name}/{other}"].method if f"{name}/{other}" in books else "float"
+            for key, _ in kernels.values():
+                notes.append((key, f"GQ_LSTM needs both LSTM kernels GQ-quantized ({other} is {method})"))
+            del packs[name]
     return books, packs, notes
 
 
-def _packed_layer(source, book, *, merge, out_shape, stride=1, name):
+def _bias_of(source):
+    bias = getattr(source, "bias", None)
+    return None if bias is None else bias.numpy().astype(np.float32).reshape(-1)
+
+
+def _packed_layer(source, book, *, merge, out_shape, conv=None, name):
     """The _PackedFullyConnected that replaces kernel ``book`` of layer ``source``."""
-    # Kernel axes are [contracted..., output...] (Conv1D k=1: [1, in, out]).
+    # Kernel axes are [contracted..., output...]: a convolution's [*k, cin, out]
+    # flattens to the tap-major, channel-minor order of conv_patches.
     kernel_idx = book.indices.reshape(-1, int(np.prod(out_shape)))
     w_idx = np.ascontiguousarray(kernel_idx.T)  # [out, in]
     out_f, in_f = w_idx.shape
-    bias = source.bias.numpy().astype(np.float32).reshape(-1) if getattr(source, "bias", None) is not None else None
     return _PackedFullyConnected(
-        layout.pack(w_idx, book.bits), book.centroids.astype(np.float32), bias, book.bits,
-        in_f, out_f, source.activation, stride=stride, merge=merge, out_shape=out_shape, name=name)
+        layout.pack(w_idx, book.bits), book.centroids.astype(np.float32), _bias_of(source), book.bits,
+        in_f, out_f, source.activation, conv=conv, merge=merge, out_shape=out_shape, name=name)
+
+
+def _packed_lstm(layer, kernels):
+    """The _PackedLSTM that replaces ``layer``, and {kernel key: (op name, bits, in, out)}."""
+    (kkey, kbook), (rkey, rbook) = kernels["kernel"], kernels["recurrent_kernel"]
+    in_f, four_u = kbook.indices.shape
+    units = four_u // 4
+
+    def packed(book):  # Keras [rows, 4u] -> W^T [4u, rows], gates i, f, c, o
+        return (layout.pack(np.ascontiguousarray(book.indices.T), book.bits),
+                book.centroids.astype(np.float32), book.bits)
+
+    bias = layer.cell.bias.numpy().astype(np.float32) if layer.use_bias else None
+    new = _PackedLSTM(packed(kbook), packed(rbook), bias, in_f, units, layer.return_sequences,
+                      layer.return_state, name=layer.name)
+    return new, {kkey: (tfops.GQ_LSTM_NAME, kbook.bits, in_f, four_u),
+                 rkey: (tfops.GQ_LSTM_NAME, rbook.bits, units, four_u)}
 
 
 def _deployment_model(float_model, packs, ops=None):
     """Clone of the float model with the packed layers swapped in.
 
-    ``ops`` (a dict) receives {kernel key: (bits, in, out)} of each packed op.
+    ``ops`` (a dict) receives {kernel key: (op name, bits, in, out)} of each
+    packed kernel.
     """
     ops = {} if ops is None else ops
 
     def packed(source, key, book, **kw):
         layer = _packed_layer(source, book, **kw)
-        ops[key] = (book.bits, layer._in, layer._out)
+        ops[key] = (tfops.GQ_FC_NAME, book.bits, layer._in, layer._out)
         return layer
 
     def clone(layer):
@@ -233,9 +410,15 @@ def _deployment_model(float_model, packs, ops=None):
                 setattr(layer, attr, packed(dense, key, book, merge=merge, out_shape=out_shape,
                                             name=f"{layer.name}_{weight_name}"))
             return layer
+        if isinstance(layer, keras.layers.LSTM):
+            new, lstm_ops = _packed_lstm(layer, kernels)
+            ops.update(lstm_ops)
+            return new
         ((key, book),) = kernels.values()
-        stride = layer.strides[0] if isinstance(layer, keras.layers.Conv1D) else 1
-        return packed(layer, key, book, merge=1, out_shape=book.indices.shape[-1:], stride=stride,
+        conv = None
+        if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D)):
+            conv = (tuple(layer.kernel_size), tuple(layer.strides), tuple(layer.dilation_rate), layer.padding)
+        return packed(layer, key, book, merge=1, out_shape=book.indices.shape[-1:], conv=conv,
                       name=layer.name)
 
     with quantize_scope():
@@ -485,7 +668,7 @@ def export_tflite(qat_model, path, *, input_signature=None, batch_size=1, weight
 
     float_model = strip_quantization(qat_model)
     float_kernels = _float_kernels(float_model, books)
-    deploy_ops = {}  # key -> (bits, in, out) of its GQ_FULLY_CONNECTED
+    deploy_ops = {}  # key -> (op name, bits, in, out) of the custom op that reads it
     deploy = _deployment_model(float_model, packs, deploy_ops)
     model = flatbuf.read(_convert(deploy, specs))
     found = _int8_pass(model, books, float_kernels, weights)
@@ -500,8 +683,9 @@ def export_tflite(qat_model, path, *, input_signature=None, batch_size=1, weight
             op = deploy_ops[key]
             if op not in packed_ops:
                 raise RuntimeError(f"Internal error: the packed op of {key} {op} is missing from the converted model.")
-            nbytes = layout.packed_size(*op) + 4 * 2**book.bits
-            rows.append(KernelRow(key, book.bits, "gq", PACKED, nbytes, shape))
+            nbytes = layout.packed_size(*op[1:]) + 4 * 2**book.bits
+            deployed = PACKED_LSTM if op[0] == tfops.GQ_LSTM_NAME else PACKED
+            rows.append(KernelRow(key, book.bits, "gq", deployed, nbytes, shape))
             continue
         parts = found.get(key, [])
         int8 = bool(parts) and all(p[1] for p in parts)
@@ -558,11 +742,16 @@ def export_baseline(model, path, *, kind="int8", input_signature=None, batch_siz
 
 
 def _packed_ops(model):
-    """{(bits, in, out)} of the GQ_FULLY_CONNECTED ops in the converted model."""
+    """{(op name, bits, in, out)} of the packed matrices the GQ custom ops of the model read."""
     ops = set()
     for sub in model.subgraphs:
         for op in sub.operators or []:
-            if flatbuf.op_name(model, op) == tfops.GQ_FC_NAME:
+            name = flatbuf.op_name(model, op)
+            if name == tfops.GQ_FC_NAME:
                 o = flatbuf.custom_options(op)
-                ops.add((o["bits"], o["in_features"], o["out_features"]))
+                ops.add((name, o["bits"], o["in_features"], o["out_features"]))
+            elif name == tfops.GQ_LSTM_NAME:
+                o = flatbuf.custom_options(op)
+                ops.add((name, o["kernel_bits"], o["in_features"], 4 * o["units"]))
+                ops.add((name, o["recurrent_bits"], o["units"], 4 * o["units"]))
     return ops

@@ -509,14 +509,25 @@ def sanitizer_env():
 
 
 def build_sanitized_delegate(out_dir):
-    """Builds the delegate with -fsanitize=address,undefined into out_dir."""
+    """Builds the delegate with -fsanitize=address,undefined into out_dir.
+
+    Every source of ``converters/cbuild.py`` with its instruction-set flags,
+    as setup.py builds it (the SIMD kernels run only where the CPU has them).
+    """
+    from converters import cbuild
+
     out = Path(out_dir) / "libgq_delegate_asan.so"
-    sources = [ROOT / "converters/kernels/gq_fc_ref.c", ROOT / "converters/delegate/flexbuf.c",
-               ROOT / "converters/delegate/gq_delegate.c"]
-    cmd = ["gcc", "-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared",
-           "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
-           "-o", str(out)] + [str(s) for s in sources]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    arch = cbuild.arch_of("gcc")
+    flags = ["-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fPIC",
+             "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+    objects = []
+    for src in cbuild.DELEGATE_SOURCES:
+        obj = Path(out_dir) / (src.replace("/", "_")[: -len(".c")] + ".asan.o")
+        subprocess.run(["gcc", *flags, *cbuild.source_flags(src, arch), "-c", str(ROOT / src), "-o", str(obj)],
+                       check=True, capture_output=True, text=True)
+        objects.append(str(obj))
+    subprocess.run(["gcc", "-shared", "-fsanitize=address,undefined", "-o", str(out), *objects],
+                   check=True, capture_output=True, text=True)
     return str(out)
 
 

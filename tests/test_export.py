@@ -15,8 +15,11 @@ tf = gq_tf._keras.tf
 RUNTIMES = ("litert", "tflite")
 
 
-def run_tflite(path, xs, runtime="litert"):
-    interpreter = converters.make_interpreter(path, runtime=runtime)
+def run_tflite(path, xs, runtime="litert", kernel="reference"):
+    """The model's first output. The reference kernel (exact float32) by
+    default, so outputs compare with Keras at float rounding; the fast int8
+    kernels are held to their own bound in test_c_kernel/test_delegate."""
+    interpreter = converters.make_interpreter(path, runtime=runtime, kernel=kernel)
     xs = xs if isinstance(xs, (list, tuple)) else [xs]
     for detail, x in zip(interpreter.get_input_details(), xs):
         interpreter.set_tensor(detail["index"], x)
@@ -119,6 +122,12 @@ def test_tflite_matches_qat_inference(mixed, runtime):
         # wrong index moves an output by a centroid gap times |x| (>= 1e-2 here).
         scale = max(1.0, float(np.abs(want).max()))
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-4 * scale)
+        # The default kernel (int8 activations and centroid codes) stays
+        # within the dynamic-range int8 error: about 1/254 of each term's
+        # scale per layer, here ~3e-3 after 7 layers; 2e-2 leaves margin
+        # while a swapped or misread row would be O(1).
+        fast = run_tflite(report.path, xs, runtime, kernel="auto")
+        np.testing.assert_allclose(fast, want, rtol=0, atol=2e-2 * scale)
 
 
 def test_batch_size_is_fixed_in_the_file(tmp_path):
@@ -183,22 +192,33 @@ def test_uniform_8bit_baseline_exports_to_dynamic_range_int8(tmp_path):
 
 
 def test_gq_layers_without_packed_op_are_decoded_with_a_warning(tmp_path):
+    # Conv1D k>1 and default LSTMs are packed (tests/test_export_conv.py,
+    # tests/test_export_lstm.py); depthwise convolutions and LSTMs configured
+    # otherwise are not.
     inp = keras.Input((5, 12))
-    x = keras.layers.Conv1D(16, 3, padding="same", name="conv3")(inp)
-    x = keras.layers.LSTM(8, return_sequences=True, name="lstm")(x)
+    x = keras.layers.DepthwiseConv1D(3, padding="same", name="dwconv3")(inp)
+    x = keras.layers.LSTM(8, return_sequences=True, go_backwards=True, name="lstm")(x)
     out = keras.layers.Dense(4, name="head")(x)
     qat = gq_tf.quantize_model(keras.Model(inp, out), 3)
-    with pytest.warns(export.NotPackedWarning, match="lstm/kernel"):
+    with pytest.warns(export.NotPackedWarning) as record:
         report = converters.export_tflite(qat, str(tmp_path / "m.tflite"))
+    text = "\n".join(str(w.message) for w in record)
+    assert "lstm/kernel: exported with decoded float weights" in text and "go_backwards=True" in text
+    assert "dwconv3/depthwise_kernel: exported with decoded float weights" in text
     rows = {r.key: r for r in report.kernels}
-    assert rows["conv3/kernel"].deployed == export.FLOAT_DECODED
+    assert rows["dwconv3/depthwise_kernel"].deployed == export.FLOAT_DECODED
     assert rows["lstm/recurrent_kernel"].deployed == export.FLOAT_DECODED
     assert rows["head/kernel"].deployed == export.PACKED
-    assert rows["lstm/kernel"].nbytes == 4 * 16 * 32
+    assert rows["lstm/kernel"].nbytes == 4 * 12 * 32
     x = np.random.default_rng(0).normal(size=(1, 5, 12)).astype(np.float32)
     want = qat(x, training=False).numpy()
-    # The decoded builtins compute the same float32 math in another order.
-    np.testing.assert_allclose(run_tflite(report.path, x), want, rtol=0, atol=1e-4 * max(1, np.abs(want).max()))
+    # The decoded builtins compute the same float32 math in another order
+    # (the packed head with the exact reference kernel).
+    interpreter = converters.make_interpreter(report.path, kernel="reference")
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1, np.abs(want).max()))
 
 
 def test_dynamic_int8_quantizes_only_the_float_layers(tmp_path):

@@ -1,4 +1,5 @@
-/* TFLite delegate plugin that runs the GQ_FULLY_CONNECTED custom op.
+/* TFLite delegate plugin that runs the GQ_FULLY_CONNECTED and GQ_LSTM
+ * custom ops (GQ_LSTM itself is in gq_lstm.c).
  *
  * Why a delegate and not a custom-op registration: neither the TensorFlow
  * nor the LiteRT wheel exports the C++ op-resolver API, while both load
@@ -8,16 +9,18 @@
  *
  * Life cycle:
  *  - tflite_plugin_create_delegate parses the plugin options;
- *  - the delegate's Prepare claims every CUSTOM node named GQ_FULLY_CONNECTED,
- *    one node per ReplaceNodeSubsetsWithDelegateKernels call (merging
- *    neighbours would leave tensors between them unallocated);
+ *  - the delegate's Prepare claims every CUSTOM node named GQ_FULLY_CONNECTED
+ *    or GQ_LSTM, one node per ReplaceNodeSubsetsWithDelegateKernels call
+ *    (merging neighbours would leave tensors between them unallocated);
  *  - kernel init copies what it needs from the original node while
  *    GetNodeAndRegistration is still callable (the runtime forbids it once
  *    kernels run);
  *  - kernel prepare validates everything against the op contract (DESIGN.md,
  *    "Custom op contract (version 1)") and reports what it expected and what
  *    it received; nothing from the model file is trusted before that;
- *  - kernel invoke reads the packed weights in place from the model buffer.
+ *  - kernel invoke reads the packed weights in place from the model buffer,
+ *    with the kernel the `kernel` option chose (gq_fc_dispatch.c: the best
+ *    one this CPU runs by default, any compiled one by name).
  *
  * Pure C11. */
 #include <inttypes.h>
@@ -29,6 +32,8 @@
 
 #include "../kernels/gq_fc.h"
 #include "flexbuf.h"
+#include "gq_lstm.h"
+#include "gq_threads.h"
 #include "tflite_abi.h"
 
 #if defined(__GNUC__)
@@ -48,15 +53,23 @@
  * model-controlled text never becomes a format string. */
 #define GQ_MSG_LEN 512
 
-typedef void (*gq_fc_kernel)(size_t batch, size_t in_features, size_t out_features, int bits,
-                             const float* x, const uint8_t* packed, const float* centroids,
-                             const float* bias, int activation, float* y);
-
 typedef struct gq_delegate {
   TfLiteDelegate base; /* first, so a TfLiteDelegate* is a gq_delegate* */
-  gq_fc_kernel fc;
-  const char* kernel_name;
+  const gq_fc_kernel_info* kernel;
+  /* Threads follow the interpreter's num_threads (recommended_num_threads),
+   * read when the delegate is applied; NULL pool: one thread. */
+  gq_pool* pool;
+  int threads;
 } gq_delegate;
+
+/* What the delegate's other ops (gq_lstm.h) read from it. */
+const gq_fc_kernel_info* gq_delegate_kernel(const TfLiteDelegate* delegate) {
+  return ((const gq_delegate*)(const void*)delegate)->kernel;
+}
+
+gq_pool* gq_delegate_pool(const TfLiteDelegate* delegate) {
+  return ((const gq_delegate*)(const void*)delegate)->pool;
+}
 
 /* Per delegated node. Everything copied in init, checked in prepare. */
 typedef struct gq_fc_op {
@@ -68,7 +81,15 @@ typedef struct gq_fc_op {
   int num_inputs;
   int num_outputs;
   int* inputs; /* num_inputs + num_outputs tensor indices, outputs last */
-  gq_fc_kernel fc;
+  const gq_fc_kernel_info* kernel;
+  gq_delegate* delegate; /* outlives the op: the pool */
+  /* Scratch of the qd8 kernels (gq_fc_parallel_workspace), grown in prepare. */
+  void* workspace;
+  size_t workspace_size;
+  /* The centroids' int8 codes: built once in prepare when the centroids
+   * are a model constant, else at every invoke. */
+  gq_fc_codebook codebook;
+  int codebook_constant;
   /* Set by prepare. */
   int ready;
   int bits;
@@ -530,6 +551,31 @@ static TfLiteStatus fc_prepare(TfLiteContext* context, TfLiteNode* node) {
   op->in_features = cfg.in_features;
   op->out_features = cfg.out_features;
   op->has_bias = has_bias;
+  {
+    const size_t ws_need = gq_fc_parallel_workspace(gq_pool_threads(op->delegate->pool), batch,
+                                                 cfg.in_features);
+    if (ws_need == 0 && batch != 0) {
+      report(context, GQ_OP_NAME " (node %d): kernel workspace for batch %zu x %zu inputs does "
+             "not fit in memory.", n, batch, cfg.in_features);
+      return kTfLiteError;
+    }
+    if (ws_need > op->workspace_size) {
+      /* 64-byte aligned; size rounded up as aligned_alloc requires. */
+      void* grown = aligned_alloc(64, (ws_need + 63u) & ~(size_t)63u);
+      if (grown == NULL) {
+        report(context, GQ_OP_NAME " (node %d): out of memory (%zu bytes of kernel workspace).",
+               n, ws_need);
+        return kTfLiteError;
+      }
+      free(op->workspace);
+      op->workspace = grown;
+      op->workspace_size = ws_need;
+    }
+    op->codebook_constant = in[2]->allocation_type == kTfLiteMmapRo && in[2]->data != NULL;
+    if (op->kernel->qd8 && op->codebook_constant) {
+      gq_fc_codebook_init(&op->codebook, (const float*)in[2]->data, cfg.bits);
+    }
+  }
   op->batch = batch;
   op->ready = 1;
   return kTfLiteOk;
@@ -565,9 +611,23 @@ static TfLiteStatus fc_invoke(TfLiteContext* context, TfLiteNode* node) {
     report(context, GQ_OP_NAME " (node %d): an input or output tensor has no data.", n);
     return kTfLiteError;
   }
-  op->fc(op->batch, op->in_features, op->out_features, op->bits, (const float*)x->data,
-         (const uint8_t*)packed->data, (const float*)cent->data,
-         bias != NULL ? (const float*)bias->data : NULL, op->activation, (float*)y->data);
+  if (op->kernel->qd8 && !op->codebook_constant) {
+    gq_fc_codebook_init(&op->codebook, (const float*)cent->data, op->bits);
+  }
+  gq_fc_args args;
+  args.batch = op->batch;
+  args.in_features = op->in_features;
+  args.out_features = op->out_features;
+  args.bits = op->bits;
+  args.activation = op->activation;
+  args.x = (const float*)x->data;
+  args.packed = (const uint8_t*)packed->data;
+  args.centroids = (const float*)cent->data;
+  args.codebook = &op->codebook;
+  args.bias = bias != NULL ? (const float*)bias->data : NULL;
+  args.y = (float*)y->data;
+  args.workspace = op->workspace;
+  gq_fc_run_parallel(op->delegate->pool, op->kernel, &args);
   return kTfLiteOk;
 }
 
@@ -585,7 +645,8 @@ static void* fc_init(TfLiteContext* context, const char* buffer, size_t length) 
     return op;
   }
   const gq_delegate* delegate = (const gq_delegate*)params->delegate;
-  op->fc = delegate->fc;
+  op->kernel = delegate->kernel;
+  op->delegate = (gq_delegate*)params->delegate;
   op->node_index = params->nodes_to_replace->data[0];
   TfLiteNode* orig = NULL;
   TfLiteRegistration* reg = NULL;
@@ -627,6 +688,7 @@ static void fc_free(TfLiteContext* context, void* buffer) {
   if (op != NULL) {
     free(op->inputs);
     free(op->options);
+    free(op->workspace);
     free(op);
   }
 }
@@ -659,10 +721,10 @@ static TfLiteStatus check_tensor_abi(TfLiteContext* context) {
  * malformed model can ask for that. So a node is checked before it is
  * claimed; producer[t] is the last plan position that writes tensor t. */
 static TfLiteStatus check_claim(TfLiteContext* context, const TfLiteIntArray* plan, int position,
-                                const TfLiteNode* node, const int* producer) {
+                                const TfLiteNode* node, const int* producer, const char* op_name) {
   const int n = plan->data[position];
   if (node->inputs == NULL || node->outputs == NULL) {
-    report(context, GQ_OP_NAME " (node %d): the node has no input or output list.", n);
+    report(context, "%s (node %d): the node has no input or output list.", op_name, n);
     return kTfLiteError;
   }
   const size_t last = context->tensors_size == 0 ? 0 : context->tensors_size - 1;
@@ -672,21 +734,21 @@ static TfLiteStatus check_claim(TfLiteContext* context, const TfLiteIntArray* pl
       continue;
     }
     if (t < 0 || (size_t)t >= context->tensors_size) {
-      report(context, GQ_OP_NAME " (node %d): input %d has tensor index %d, expected 0..%zu.", n,
-             k, t, last);
+      report(context, "%s (node %d): input %d has tensor index %d, expected 0..%zu.", op_name,
+             n, k, t, last);
       return kTfLiteError;
     }
     if (producer[t] >= position) {
-      report(context, GQ_OP_NAME " (node %d): input %d (tensor %d) is written by node %d, which "
-             "does not run before it: the graph has a cycle.", n, k, t, plan->data[producer[t]]);
+      report(context, "%s (node %d): input %d (tensor %d) is written by node %d, which does not "
+             "run before it: the graph has a cycle.", op_name, n, k, t, plan->data[producer[t]]);
       return kTfLiteError;
     }
   }
   for (int k = 0; k < node->outputs->size; ++k) {
     const int t = node->outputs->data[k];
     if (t < 0 || (size_t)t >= context->tensors_size) {
-      report(context, GQ_OP_NAME " (node %d): output %d has tensor index %d, expected 0..%zu.", n,
-             k, t, last);
+      report(context, "%s (node %d): output %d has tensor index %d, expected 0..%zu.", op_name,
+             n, k, t, last);
       return kTfLiteError;
     }
   }
@@ -697,6 +759,11 @@ static TfLiteStatus delegate_prepare(TfLiteContext* context, TfLiteDelegate* del
   if (check_tensor_abi(context) != kTfLiteOk) {
     return kTfLiteError;
   }
+  gq_delegate* gq = (gq_delegate*)delegate;
+  const int threads = context->recommended_num_threads > 1 ? context->recommended_num_threads : 1;
+  if (gq->pool == NULL && threads > 1) {
+    gq->pool = gq_pool_create(threads < 64 ? threads : 64); /* NULL: run on one thread */
+  }
   TfLiteIntArray* plan = NULL;
   if (context->GetExecutionPlan(context, &plan) != kTfLiteOk || plan == NULL || plan->size < 0 ||
       context->tensors_size > (size_t)INT32_MAX) {
@@ -705,10 +772,11 @@ static TfLiteStatus delegate_prepare(TfLiteContext* context, TfLiteDelegate* del
   }
   /* The plan changes with every replacement: collect first, replace after. */
   int* claimed = malloc(((size_t)plan->size + 1) * sizeof(int));
+  unsigned char* claimed_lstm = malloc((size_t)plan->size + 1); /* 1: GQ_LSTM, 0: GQ_FC */
   int* producer = malloc((context->tensors_size + 1) * sizeof(int));
   TfLiteIntArray* one = malloc(sizeof(TfLiteIntArray) + sizeof(int));
   TfLiteStatus status = kTfLiteOk;
-  if (claimed == NULL || producer == NULL || one == NULL) {
+  if (claimed == NULL || claimed_lstm == NULL || producer == NULL || one == NULL) {
     report(context, "gq_delegate: out of memory.");
     status = kTfLiteError;
   }
@@ -739,19 +807,23 @@ static TfLiteStatus delegate_prepare(TfLiteContext* context, TfLiteDelegate* del
         node == NULL || reg == NULL) {
       continue;
     }
-    if (reg->builtin_code == kTfLiteBuiltinCustom && reg->custom_name != NULL &&
-        strcmp(reg->custom_name, GQ_OP_NAME) == 0) {
-      status = check_claim(context, plan, i, node, producer);
+    if (reg->builtin_code != kTfLiteBuiltinCustom || reg->custom_name == NULL) {
+      continue;
+    }
+    const int is_lstm = strcmp(reg->custom_name, GQ_LSTM_OP_NAME) == 0;
+    if (is_lstm || strcmp(reg->custom_name, GQ_OP_NAME) == 0) {
+      status = check_claim(context, plan, i, node, producer, reg->custom_name);
+      claimed_lstm[count] = (unsigned char)is_lstm;
       claimed[count++] = plan->data[i];
     }
   }
   for (int i = 0; i < count && status == kTfLiteOk; ++i) {
     TfLiteRegistration kernel;
     memset(&kernel, 0, sizeof kernel); /* trailing fields must read as zero */
-    kernel.init = fc_init;
-    kernel.free = fc_free;
-    kernel.prepare = fc_prepare;
-    kernel.invoke = fc_invoke;
+    kernel.init = claimed_lstm[i] ? gq_lstm_init : fc_init;
+    kernel.free = claimed_lstm[i] ? gq_lstm_free : fc_free;
+    kernel.prepare = claimed_lstm[i] ? gq_lstm_prepare : fc_prepare;
+    kernel.invoke = claimed_lstm[i] ? gq_lstm_invoke : fc_invoke;
     kernel.builtin_code = kTfLiteBuiltinDelegate;
     kernel.custom_name = GQ_KERNEL_NODE_NAME;
     kernel.version = 1;
@@ -761,6 +833,7 @@ static TfLiteStatus delegate_prepare(TfLiteContext* context, TfLiteDelegate* del
   }
   free(one);
   free(producer);
+  free(claimed_lstm);
   free(claimed);
   return status;
 }
@@ -783,14 +856,34 @@ static void plugin_error(void (*report_error)(const char*), const char* fmt, ...
 
 GQ_EXPORT TfLiteDelegate* tflite_plugin_create_delegate(char** keys, char** values, size_t n,
                                                         void (*report_error)(const char*));
+
+/* ", 'a', 'b'" for the kernels this CPU runs. */
+static void kernel_list(char* out, size_t len) {
+  size_t o = 0;
+  out[0] = '\0';
+  for (size_t i = 0; i < gq_fc_kernel_count(); ++i) {
+    const gq_fc_kernel_info* k = gq_fc_kernel_at(i);
+    if (gq_fc_kernel_supported(k) && o < len) {
+      const int w = snprintf(out + o, len - o, ", '%s'", k->name);
+      o += w > 0 ? (size_t)w : 0;
+    }
+  }
+}
+
+static int kernel_compiled(const char* name) {
+  for (size_t i = 0; i < gq_fc_kernel_count(); ++i) {
+    if (strcmp(gq_fc_kernel_at(i)->name, name) == 0) {
+      return 1;
+    }
+  }
+  return 0;
+}
 GQ_EXPORT void tflite_plugin_destroy_delegate(TfLiteDelegate* delegate);
 
 GQ_EXPORT TfLiteDelegate* tflite_plugin_create_delegate(char** keys, char** values, size_t n,
                                                         void (*report_error)(const char*)) {
-  /* "auto" is the best kernel this build has for this CPU; today that is
-   * the portable reference kernel. */
-  gq_fc_kernel fc = gq_f32_fc_ukernel__ref;
-  const char* kernel_name = "reference";
+  /* "auto" is the best kernel this build has for this CPU. */
+  const gq_fc_kernel_info* kernel = gq_fc_kernel_find("auto");
   for (size_t i = 0; i < n; ++i) {
     const char* key = keys != NULL ? keys[i] : NULL;
     const char* value = values != NULL ? values[i] : NULL;
@@ -804,13 +897,15 @@ GQ_EXPORT TfLiteDelegate* tflite_plugin_create_delegate(char** keys, char** valu
                    printable(key, strlen(key), shown_key, sizeof shown_key));
       return NULL;
     }
-    if (strcmp(value, "auto") == 0 || strcmp(value, "reference") == 0) {
-      fc = gq_f32_fc_ukernel__ref;
-      kernel_name = "reference";
-    } else {
-      plugin_error(report_error, "gq_delegate: expected option kernel in 'auto', 'reference', "
-                   "received '%s'.", printable(value, strlen(value), shown_value,
-                                               sizeof shown_value));
+    kernel = gq_fc_kernel_find(value);
+    if (kernel == NULL) {
+      char known[256];
+      kernel_list(known, sizeof known);
+      plugin_error(report_error, "gq_delegate: expected option kernel in 'auto'%s, received "
+                   "'%s'%s.", known, printable(value, strlen(value), shown_value,
+                                               sizeof shown_value),
+                   kernel_compiled(value) ? " (compiled in, but this CPU lacks its instructions)"
+                                          : "");
       return NULL;
     }
   }
@@ -824,11 +919,13 @@ GQ_EXPORT TfLiteDelegate* tflite_plugin_create_delegate(char** keys, char** valu
   /* Without this flag the runtime prepares the unresolved custom-op
    * placeholder before delegation, which fails. */
   d->base.flags = kTfLiteDelegateFlagsAllowDynamicTensors;
-  d->fc = fc;
-  d->kernel_name = kernel_name;
+  d->kernel = kernel;
   return &d->base;
 }
 
 GQ_EXPORT void tflite_plugin_destroy_delegate(TfLiteDelegate* delegate) {
+  if (delegate != NULL) {
+    gq_pool_destroy(((gq_delegate*)delegate)->pool);
+  }
   free(delegate); /* the gq_delegate starts with its TfLiteDelegate */
 }
