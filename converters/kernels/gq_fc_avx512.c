@@ -1,28 +1,44 @@
 /* GQ fully connected, qd8 arithmetic (gq_fc.h), AVX-512 F/BW/VL/VBMI/VNNI.
  *
  * Method
- *  - x is rounded to int8 per batch row with 16-lane float code that follows
- *    gq_fc_quantize_row exactly (same max, same product, same clamp, cvtps2dq
- *    rounds half to even) into the workspace (gq_fc_internal.h).
- *  - A block of 64 indices is assembled in one zmm, one byte per weight, in
- *    natural weight order: each plane is broadcast over the register (8w bytes
- *    per lane) and one vpmultishiftqb moves, for every byte, the plane's field
- *    of that weight to its bit position in the index (bit offset
- *    8*(k%8) + w*s - t in the qword, where s is the lane and t the plane's
- *    first index bit). Planes are merged with one vpternlog bit select each.
- *    Bits above b are garbage: the tables below make them irrelevant.
- *  - Lookup: vpermb reads 6 index bits, so for b <= 6 the 2^b codes are
- *    replicated over 64 entries; b == 7 uses vpermi2b (7 bits, 128 entries);
- *    b == 8 two vpermi2b and a blend on bit 7 (vpmovb2m).
- *  - The tables hold u8 codes q[k] + 128 so that vpdpbusd (u8 x s8) does the
- *    dot products; each sum is corrected by - 128 * xsum[n] at the end
- *    (uint32 wrap-around is harmless: the true sum fits in int32).
- *  - Tiles of R output rows x NB batch rows, R * NB == 16 zmm accumulators
- *    (or NB alone when out is small): each block is decoded once per output
- *    row and reused for NB batch rows; each x block is loaded once and reused
- *    for R output rows. Batch 1 is a GEMV over 16 rows at a time. The 16
- *    accumulators are reduced together by a transpose-add tree into one zmm of
- *    16 sums, and the epilogue is vectorised.
+ *  - x is rounded to int8 per batch row by 16-lane code that follows
+ *    gq_fc_quantize_row exactly (same max, product, clamp; cvtps2dq rounds
+ *    half to even) into the workspace (gq_fc_internal.h).
+ *  - Dot products with vpdpbusd (u8 x s8): the lookup tables hold the codes
+ *    as u8, q + 128, and each sum is corrected by - 128 * xsum[n] at the end
+ *    (uint32 wrap-around is harmless: the true sum fits in int32). b == 1 is
+ *    linear instead, q[i] = q0 + (q1 - q0) i: the 0/1 index bytes themselves
+ *    are the u8 operand and the epilogue adds q0 * xsum.
+ *  - Index assembly, in natural weight order so that x is never permuted:
+ *    qword lane j of a register holds weight group g (weights 8g..8g+7),
+ *    whose field in the plane of width w sits in plane qword g % w at bit
+ *    w * (g / w) of every byte. Plane qwords come in by qword broadcasts
+ *    (plain loads; 128/256-bit broadcasts cost a shuffle on Zen 4), one
+ *    variable shift per plane brings the fields to their index bits, and
+ *    one vpternlog bit select merges a plane into the index. Index bits at
+ *    and above b are garbage; the tables repeat every 2^b entries so that
+ *    vpermb (5 or 6 index bits) and vpermi2b (6 or 7) ignore them.
+ *  - Lookup per b (measured on Zen 4, where a zmm shuffle or dot product
+ *    costs two ymm ones, and shuffles, shifts and dot products share three
+ *    of the four vector pipes):
+ *      b == 4, 2 (batch 1): 8 / b whole blocks from one 64-byte load; a
+ *        shift by b*s and one zmm vpermb give field s of every block, and x
+ *        is permuted to match (tile_multi);
+ *      b == 3, 5, 6 (and 2, 4 in batch tiles): two ymm halves per block,
+ *        vpermb (32 entries) or vpermi2b (64);
+ *      b == 7: index built in ymm halves, one zmm vpermi2b (128 entries);
+ *      b == 8: two zmm vpermi2b (256 entries) and a blend on bit 7;
+ *      b == 1: no lookup (linear, above).
+ *  - Tiles of R output rows x NB batch rows, 16 accumulators (R * NB == 16,
+ *    R == 8 where decoding needs more registers): each block is decoded once
+ *    per output row and reused for NB batch rows, each x block loaded once
+ *    per step and reused for R output rows. Batch 1 is a GEMV over 16 (or 8)
+ *    rows at a time, batch tiles are 4 x 4 (2 x 8 for b == 6, 7). The
+ *    accumulators are reduced together by a transpose-add tree into one zmm
+ *    of sums and the epilogue is vectorised.
+ *  - Large matrices: the next tile's rows are prefetched into L2 while a tile
+ *    runs, and rows that would all fall into one L1 set (row length a
+ *    multiple of 2 or 4 KiB) are read in two groups half a row apart.
  *  - Edge tiles overlap the previous ones (they recompute and rewrite the same
  *    values) instead of handling ragged edges, so every tile is full.
  */
@@ -105,7 +121,6 @@ typedef struct ctx512 {
   size_t row_bytes;
   size_t nblk;
   size_t out;
-  size_t batch;
   const int8_t* xq;
   size_t in_pad;
   const float* sx;
@@ -115,15 +130,15 @@ typedef struct ctx512 {
   float* y;
   int act;
   int32_t q0, q1; /* b == 1: the two codes */
+  int prefetch;    /* W does not stay in cache: prefetch the next tile */
+  size_t row_gcd;  /* gcd(row_bytes, 4096) */
 } ctx512;
 
-/* How a block is decoded (chosen per b and tile shape, see kModes):
- *  ZMM:  one zmm of 64 codes in weight order;
- *  YMM:  two ymm of 32 codes (weights 0..31, 32..63);
- *  PAIR: b == 4 only, two blocks from one 64-byte load: zmm lo nibbles =
- *        [block k weights 0..31, block k+1 weights 0..31], hi nibbles the
- *        weights 32..63; x is permuted to match (vshufi64x2). */
-enum { MODE_ZMM = 0, MODE_YMM = 1, MODE_PAIR = 2 };
+/* How blocks are decoded (chosen per b and tile shape, GQ_MODE1/GQ_MODEN):
+ *  ZMM:   one zmm of 64 codes in weight order (b == 1, 7, 8);
+ *  YMM:   two ymm of 32 codes, weights 0..31 and 32..63 (b <= 6);
+ *  MULTI: 8 / b blocks from one 64-byte load (b == 2, 4; tile_multi). */
+enum { MODE_ZMM = 0, MODE_YMM = 1, MODE_MULTI = 2 };
 
 static inline uint64_t load_u64(const uint8_t* p) {
   uint64_t v;
@@ -134,6 +149,12 @@ static inline uint64_t load_u64(const uint8_t* p) {
 /* First index bit of the plane of width w in a b-bit index (planes are
  * stored widest first, lowest bits first). */
 GQ_INLINE int plane_bit(int b, int w) {
+  if (b == 3 && w == 1) {
+    /* bit 4, not 2: then each half needs one shift (left in the first half,
+     * right in the second) instead of three; index bits 2, 3 are garbage
+     * that the table ignores (see init_ctx) */
+    return 4;
+  }
   return (w < 4 && (b & 4) ? 4 : 0) + (w < 2 && (b & 2) ? 2 : 0);
 }
 
@@ -151,46 +172,35 @@ GQ_INLINE long long shift_left(int w, int t, int g) {
   return sh < 0 ? -sh : 0;
 }
 
+/* Whether lanes g0..g0+n-1 need a right (left) shift at all. */
+GQ_INLINE int any_right(int w, int t, int g0, int n) {
+  int any = 0;
+  for (int g = g0; g < g0 + n; ++g) {
+    any |= shift_right(w, t, g) != 0;
+  }
+  return any;
+}
+GQ_INLINE int any_left(int w, int t, int g0, int n) {
+  int any = 0;
+  for (int g = g0; g < g0 + n; ++g) {
+    any |= shift_left(w, t, g) != 0;
+  }
+  return any;
+}
+
 /* Planes are merged with one bit select: bits below t from idx, the rest
  * from f. 0xD8: c ? b : a, bitwise, with c = mask (a = f is the destination
  * register, which dies here). */
-GQ_INLINE __m512i zmerge(__m512i idx, __m512i f, int t) {
-  return _mm512_ternarylogic_epi32(f, idx, _mm512_set1_epi8((char)((1 << t) - 1)), 0xD8);
-}
 GQ_INLINE __m256i ymerge(__m256i idx, __m256i f, int t) {
   return _mm256_ternarylogic_epi32(f, idx, _mm256_set1_epi8((char)((1 << t) - 1)), 0xD8);
 }
 
-/* zmm field of the plane of width w at p, aligned to index bit t; lanes in
- * natural order (g = j). Sources use qword broadcasts, which are plain
- * loads; 128/256-bit broadcasts would cost a shuffle. */
-GQ_INLINE __m512i zplane(const uint8_t* p, int w, int t) {
-  __m512i src;
-  if (w == 1) {
-    src = _mm512_set1_epi64((long long)load_u64(p));
-  } else if (w == 2) {
-    src = _mm512_mask_blend_epi64(0xAA, _mm512_set1_epi64((long long)load_u64(p)),
-                                  _mm512_set1_epi64((long long)load_u64(p + 8)));
-  } else {
-    src = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(const void*)p));
-  }
-  const __m512i r = _mm512_set_epi64(shift_right(w, t, 7), shift_right(w, t, 6), shift_right(w, t, 5),
-                                     shift_right(w, t, 4), shift_right(w, t, 3), shift_right(w, t, 2),
-                                     shift_right(w, t, 1), shift_right(w, t, 0));
-  src = _mm512_srlv_epi64(src, r);
-  if (t > 0) {
-    const __m512i l = _mm512_set_epi64(shift_left(w, t, 7), shift_left(w, t, 6), shift_left(w, t, 5),
-                                       shift_left(w, t, 4), shift_left(w, t, 3), shift_left(w, t, 2),
-                                       shift_left(w, t, 1), shift_left(w, t, 0));
-    src = _mm512_sllv_epi64(src, l);
-  }
-  return src;
-}
-
-/* ymm field for half h (groups 4h..4h+3) of the plane of width w. */
+/* Fields of the plane of width w at p for half h (groups 4h..4h+3), moved
+ * to index bit t. The 4-bit plane is always the first one (t == 0): a plain
+ * load, shifted by 4 for the second half. */
 GQ_INLINE __m256i yplane(const uint8_t* p, int w, int t, int h) {
   __m256i src;
-  if (w == 4) { /* always the first plane (t == 0): a plain load */
+  if (w == 4) {
     src = _mm256_loadu_si256((const __m256i*)(const void*)p);
     return h == 0 ? src : _mm256_srli_epi16(src, 4);
   }
@@ -201,9 +211,11 @@ GQ_INLINE __m256i yplane(const uint8_t* p, int w, int t, int h) {
                              _mm256_set1_epi64x((long long)load_u64(p + 8)), 0xCC);
   }
   const int g = 4 * h;
-  src = _mm256_srlv_epi64(src, _mm256_set_epi64x(shift_right(w, t, g + 3), shift_right(w, t, g + 2),
-                                                 shift_right(w, t, g + 1), shift_right(w, t, g)));
-  if (t > 0 && (h == 0 || t > 4)) {
+  if (any_right(w, t, g, 4)) {
+    src = _mm256_srlv_epi64(src, _mm256_set_epi64x(shift_right(w, t, g + 3), shift_right(w, t, g + 2),
+                                                   shift_right(w, t, g + 1), shift_right(w, t, g)));
+  }
+  if (any_left(w, t, g, 4)) {
     src = _mm256_sllv_epi64(src, _mm256_set_epi64x(shift_left(w, t, g + 3), shift_left(w, t, g + 2),
                                                    shift_left(w, t, g + 1), shift_left(w, t, g)));
   }
@@ -211,7 +223,7 @@ GQ_INLINE __m256i yplane(const uint8_t* p, int w, int t, int h) {
 }
 
 /* Index bytes of half h of a block (weights 32h..32h+31), b <= 7; bits at
- * and above b are garbage. */
+ * and above b are garbage (b == 3: also bits 2, 3). */
 GQ_INLINE __m256i yindex(const uint8_t* blk, int b, int h) {
   __m256i idx = _mm256_setzero_si256();
   if (b & 4) {
@@ -230,15 +242,13 @@ GQ_INLINE __m256i yindex(const uint8_t* blk, int b, int h) {
   return idx;
 }
 
-/* The 64 u8 codes (q + 128) of one block, in weight order. Index bits at and
- * above b are garbage: vpermb reads 6 bits and the table repeats every 2^b
- * entries (b <= 6); vpermi2b reads 7 (b == 7). */
+/* The 64 codes of one block in weight order, b == 1, 7 or 8: u8 q + 128,
+ * or for b == 1 the 0/1 indices (see the epilogue). */
 GQ_INLINE __m512i zdecode(const ctx512* c, const uint8_t* blk, int b) {
-  if (b == 8) {
-    const __m512i i = _mm512_loadu_si512((const void*)blk);
-    const __m512i lo = _mm512_permutex2var_epi8(c->ztab[0], i, c->ztab[1]);
-    const __m512i hi = _mm512_permutex2var_epi8(c->ztab[2], i, c->ztab[3]);
-    return _mm512_mask_blend_epi8(_mm512_movepi8_mask(i), lo, hi);
+  if (b == 1) { /* group g = lane j: bit j of each byte */
+    const __m512i bits = _mm512_srlv_epi64(_mm512_set1_epi64((long long)load_u64(blk)),
+                                           _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+    return _mm512_and_si512(bits, _mm512_set1_epi8(1));
   }
   if (b == 7) {
     /* three planes: assembling the index in ymm halves avoids a 256-bit
@@ -247,31 +257,14 @@ GQ_INLINE __m512i zdecode(const ctx512* c, const uint8_t* blk, int b) {
         _mm512_inserti64x4(_mm512_castsi256_si512(yindex(blk, 7, 0)), yindex(blk, 7, 1), 1);
     return _mm512_permutex2var_epi8(c->ztab[0], idx, c->ztab[1]);
   }
-  if (b == 1) { /* linear: 0/1 per weight, see epilogue */
-    return _mm512_and_si512(zplane(blk, 1, 0), _mm512_set1_epi8(1));
-  }
-  /* planes 4, 2, 1 as present in b (written out so that a constant b folds) */
-  __m512i idx = _mm512_setzero_si512();
-  if (b & 4) {
-    idx = zplane(blk, 4, 0);
-    blk += 32;
-  }
-  if (b & 2) {
-    const __m512i f = zplane(blk, 2, plane_bit(b, 2));
-    idx = (b & 4) ? zmerge(idx, f, plane_bit(b, 2)) : f;
-    blk += 16;
-  }
-  if (b & 1) {
-    const __m512i f = zplane(blk, 1, plane_bit(b, 1));
-    idx = (b & 6) ? zmerge(idx, f, plane_bit(b, 1)) : f;
-  }
-  if (b == 7) {
-    return _mm512_permutex2var_epi8(c->ztab[0], idx, c->ztab[1]);
-  }
-  return _mm512_permutexvar_epi8(idx, c->ztab[0]);
+  /* b == 8: entries 0..127 and 128..255, chosen by index bit 7 */
+  const __m512i i = _mm512_loadu_si512((const void*)blk);
+  const __m512i lo = _mm512_permutex2var_epi8(c->ztab[0], i, c->ztab[1]);
+  const __m512i hi = _mm512_permutex2var_epi8(c->ztab[2], i, c->ztab[3]);
+  return _mm512_mask_blend_epi8(_mm512_movepi8_mask(i), lo, hi);
 }
 
-/* u8 codes of half h of a block, b <= 6 (b == 1: 0/1, see the epilogue). */
+/* u8 codes of half h of a block, b <= 6 (b == 1: the 0/1 indices). */
 GQ_INLINE __m256i ydecode(const ctx512* c, const uint8_t* blk, int b, int h) {
   const __m256i idx = yindex(blk, b, h);
   if (b == 1) {
@@ -349,7 +342,8 @@ GQ_INLINE void epilogue(const ctx512* c, __m512i sums, size_t o0, size_t n0, int
                         int NB) {
   const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   const __m512i nidx = _mm512_and_si512(iota, _mm512_set1_epi32(NB - 1));
-  const __m512i ridx = _mm512_srli_epi32(iota, (unsigned)__builtin_ctz((unsigned)NB));
+  const __m512i lgnb = _mm512_set1_epi32(__builtin_ctz((unsigned)NB));
+  const __m512i ridx = _mm512_srlv_epi32(iota, lgnb);
   const __mmask16 nmask = (__mmask16)((1u << NB) - 1u);
   const __mmask16 rmask = (__mmask16)((1u << R) - 1u);
   __m512i xs;
@@ -385,11 +379,47 @@ GQ_INLINE void epilogue(const ctx512* c, __m512i sums, size_t o0, size_t n0, int
   }
   for (int n = 0; n < NB; ++n) {
     /* lanes n, n + NB, n + 2 NB, ... to the front */
-    const __m512i sel = _mm512_add_epi32(_mm512_slli_epi32(iota, (unsigned)__builtin_ctz((unsigned)NB)),
-                                         _mm512_set1_epi32(n));
+    const __m512i sel = _mm512_add_epi32(_mm512_sllv_epi32(iota, lgnb), _mm512_set1_epi32(n));
     _mm512_mask_storeu_ps(c->y + (n0 + (size_t)n) * c->out + o0, rmask,
                           _mm512_permutexvar_ps(sel, v));
   }
+}
+
+/* Software prefetch (into L2) of the next tile's rows while this tile runs,
+ * spread evenly over its blocks: per step of `bytes` bytes per row, R rows
+ * of the next tile take R * bytes / 64 lines. Only for matrices that do not
+ * stay in cache (c->prefetch), where it keeps many more lines in flight than
+ * the hardware prefetchers do for 8 or 16 interleaved rows. */
+GQ_INLINE void prefetch_next(const ctx512* c, const uint8_t* next, size_t step, size_t bytes, int R) {
+  if (next != NULL) {
+    const size_t lines = (size_t)R * bytes / 64;
+    for (size_t j = 0; j < lines; ++j) {
+      _mm_prefetch((const char*)(next + (step * lines + j) * 64), _MM_HINT_T1);
+    }
+  }
+  (void)c;
+}
+
+/* Base of the next tile's rows, or NULL when there is none or prefetching is
+ * off. */
+GQ_INLINE const uint8_t* next_tile(const ctx512* c, size_t o0, int R) {
+  return c->prefetch && o0 + 2 * (size_t)R <= c->out ? c->packed + (o0 + (size_t)R) * c->row_bytes
+                                                     : NULL;
+}
+
+/* GEMV tiles split their rows in two groups half a row apart: rows r < R/2
+ * read block k while rows r >= R/2 read block (k + h) mod nblk. Rows whose
+ * length is a multiple of 4 KiB (in = 8192 at 4 bits) all map to the same L1
+ * set, and 16 of them at the same offset thrash the 8 ways; the two groups
+ * land in different sets. Costs one more x load per step, so only done when
+ * rows collide. Returns h (0: no split); unit = blocks per step. */
+GQ_INLINE size_t split_offset(const ctx512* c, int R, int NB, size_t unit) {
+  if (NB != 1 || R < 8 || c->nblk < 8 || c->nblk % (2 * unit) != 0) {
+    return 0;
+  }
+  /* rows at a stride of row_bytes fall into 4096 / gcd(row_bytes, 4096) of
+   * the 64 sets: split when that puts more than 4 of the R rows in a set */
+  return (size_t)R * c->row_gcd > 4 * 4096 ? c->nblk / 2 : 0;
 }
 
 /* The accumulators are 16 named variables a0..a15 (GCC keeps arrays of
@@ -399,30 +429,52 @@ GQ_INLINE void epilogue(const ctx512* c, __m512i sums, size_t o0, size_t n0, int
   M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15)
 #define GQ_ARGS16 a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15
 
-/* One full tile: output rows o0..o0+R-1, batch rows n0..n0+NB-1. */
-GQ_INLINE void tile_zmm(const ctx512* c, size_t o0, size_t n0, int b, int R, int NB) {
+/* Packed block of tile row r and x block of batch row n for tile row r (the
+ * two row groups of split_offset). */
+#define GQ_WROW(r) \
+  (!SPLIT || (r) < R / 2 ? wp1 + (size_t)(r) * rb : wp2 + (size_t)((r) - R / 2) * rb)
+#define GQ_XROW(r, n) ((!SPLIT || (r) < R / 2 ? xp1 : xp2) + (size_t)(n) * ip)
+
+/* One full tile, output rows o0..o0+R-1 x batch rows n0..n0+NB-1, with
+ * zmm blocks (MODE_ZMM). SPLIT: the two row groups of split_offset. */
+GQ_INLINE void tile_zmm(const ctx512* c, size_t o0, size_t n0, int b, int R, int NB,
+                       int SPLIT) {
 #define GQ_DECL(j) __m512i a##j = _mm512_setzero_si512();
   GQ_LIST16(GQ_DECL)
 #undef GQ_DECL
   const size_t rb = c->row_bytes;
   const size_t ip = c->in_pad;
   const size_t bb = (size_t)(8 * b);
-  const uint8_t* wp = c->packed + o0 * rb;
-  const int8_t* xp = c->xq + n0 * ip;
-  for (size_t k = 0; k < c->nblk; ++k) {
-    __m512i w = _mm512_setzero_si512();
+  const size_t h = SPLIT ? c->nblk / 2 : 0;
+  const uint8_t* wp1 = c->packed + o0 * rb;
+  const uint8_t* wp2 = wp1 + (size_t)(R / 2) * rb + h * bb;
+  const int8_t* xp1 = c->xq + n0 * ip;
+  const int8_t* xp2 = xp1 + h * 64;
+  const uint8_t* next = next_tile(c, o0, R);
+  size_t k = 0;
+  for (int phase = 0; phase < 2; ++phase) {
+    for (const size_t end = phase == 0 ? c->nblk - h : c->nblk; k < end; ++k) {
+      prefetch_next(c, next, k, bb, R);
+      __m512i w = _mm512_setzero_si512();
 #define GQ_STEP(j)                                                                   \
   if ((j) < R * NB) {                                                                \
     if ((j) % NB == 0) {                                                             \
-      w = zdecode(c, wp + (size_t)((j) / NB) * rb, b);                               \
+      w = zdecode(c, GQ_WROW((j) / NB), b);                                          \
     }                                                                                \
-    a##j = _mm512_dpbusd_epi32(                                                      \
-        a##j, w, _mm512_load_si512((const void*)(xp + (size_t)((j) % NB) * ip)));   \
+    a##j = _mm512_dpbusd_epi32(a##j, w,                                              \
+                               _mm512_load_si512((const void*)GQ_XROW((j) / NB, (j) % NB))); \
   }
-    GQ_LIST16(GQ_STEP)
+      GQ_LIST16(GQ_STEP)
 #undef GQ_STEP
-    wp += bb;
-    xp += 64;
+      wp1 += bb;
+      wp2 += bb;
+      xp1 += 64;
+      xp2 += 64;
+    }
+    if (SPLIT && phase == 0) { /* the second group wraps to block 0 */
+      wp2 -= c->nblk * bb;
+      xp2 -= c->nblk * 64;
+    }
   }
   epilogue(c,
            R * NB == 1 ? _mm512_castsi128_si512(_mm_cvtsi32_si128(_mm512_reduce_add_epi32(a0)))
@@ -430,37 +482,53 @@ GQ_INLINE void tile_zmm(const ctx512* c, size_t o0, size_t n0, int b, int R, int
            o0, n0, b, R, NB);
 }
 
-GQ_INLINE void tile_ymm(const ctx512* c, size_t o0, size_t n0, int b, int R, int NB) {
+/* The same with ymm halves (MODE_YMM): 8-lane accumulators. */
+GQ_INLINE void tile_ymm(const ctx512* c, size_t o0, size_t n0, int b, int R, int NB,
+                       int SPLIT) {
 #define GQ_DECL(j) __m256i a##j = _mm256_setzero_si256();
   GQ_LIST16(GQ_DECL)
 #undef GQ_DECL
   const size_t rb = c->row_bytes;
   const size_t ip = c->in_pad;
   const size_t bb = (size_t)(8 * b);
-  const uint8_t* wp = c->packed + o0 * rb;
-  const int8_t* xp = c->xq + n0 * ip;
-  for (size_t k = 0; k < c->nblk; ++k) {
-    __m256i w0 = _mm256_setzero_si256();
-    __m256i w1 = _mm256_setzero_si256();
+  const size_t h = SPLIT ? c->nblk / 2 : 0;
+  const uint8_t* wp1 = c->packed + o0 * rb;
+  const uint8_t* wp2 = wp1 + (size_t)(R / 2) * rb + h * bb;
+  const int8_t* xp1 = c->xq + n0 * ip;
+  const int8_t* xp2 = xp1 + h * 64;
+  const uint8_t* next = next_tile(c, o0, R);
+  size_t k = 0;
+  for (int phase = 0; phase < 2; ++phase) {
+    for (const size_t end = phase == 0 ? c->nblk - h : c->nblk; k < end; ++k) {
+      prefetch_next(c, next, k, bb, R);
+      __m256i w0 = _mm256_setzero_si256();
+      __m256i w1 = _mm256_setzero_si256();
 #define GQ_STEP(j)                                                                    \
   if ((j) < R * NB) {                                                                 \
     if ((j) % NB == 0) {                                                              \
-      w0 = ydecode(c, wp + (size_t)((j) / NB) * rb, b, 0);                            \
-      w1 = ydecode(c, wp + (size_t)((j) / NB) * rb, b, 1);                            \
+      w0 = ydecode(c, GQ_WROW((j) / NB), b, 0);                                       \
+      w1 = ydecode(c, GQ_WROW((j) / NB), b, 1);                                       \
     }                                                                                 \
-    const int8_t* x_ = xp + (size_t)((j) % NB) * ip;                                  \
+    const int8_t* x_ = GQ_XROW((j) / NB, (j) % NB);                                   \
     a##j = _mm256_dpbusd_epi32(a##j, w0, _mm256_load_si256((const __m256i*)(const void*)x_)); \
     a##j = _mm256_dpbusd_epi32(a##j, w1,                                              \
                                _mm256_load_si256((const __m256i*)(const void*)(x_ + 32))); \
   }
-    GQ_LIST16(GQ_STEP)
+      GQ_LIST16(GQ_STEP)
 #undef GQ_STEP
-    wp += bb;
-    xp += 64;
+      wp1 += bb;
+      wp2 += bb;
+      xp1 += 64;
+      xp2 += 64;
+    }
+    if (SPLIT && phase == 0) {
+      wp2 -= c->nblk * bb;
+      xp2 -= c->nblk * 64;
+    }
   }
   if (R * NB == 1) {
-    const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(a0), _mm256_extracti128_si256(a0, 1));
-    const __m128i q = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4E));
+    const __m128i s2 = _mm_add_epi32(_mm256_castsi256_si128(a0), _mm256_extracti128_si256(a0, 1));
+    const __m128i q = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0x4E));
     epilogue(c, _mm512_castsi128_si512(_mm_add_epi32(q, _mm_shuffle_epi32(q, 0xB1))), o0, n0, b,
              R, NB);
   } else {
@@ -468,51 +536,91 @@ GQ_INLINE void tile_ymm(const ctx512* c, size_t o0, size_t n0, int b, int R, int
   }
 }
 
-/* b == 4, blocks two at a time (see MODE_PAIR); an odd last block is done in
- * ymm halves. */
-GQ_INLINE void tile_pair(const ctx512* c, size_t o0, size_t n0, int R, int NB) {
-  const int b = 4;
+/* b == 4 or 2 (MODE_MULTI): G = 8 / b consecutive blocks from one 64-byte
+ * load, their planes being contiguous. Shifting the load right by b*s puts
+ * field s of every byte at the bottom, i.e. for each block (one 64/G-byte
+ * lane each) its weights s*64/G .. s*64/G + 64/G - 1; x is permuted to match
+ * (lane L of X_s = that chunk of x block k + L: a transpose of 256-bit
+ * halves for G == 2, of 128-bit quarters for G == 4). vpermb ignores the
+ * garbage above bit b (codes repeated). Leftover blocks are done one by one
+ * in ymm halves. */
+GQ_INLINE void tile_multi(const ctx512* c, size_t o0, size_t n0, int b, int R, int NB, int SPLIT) {
+  const int G = 8 / b;
 #define GQ_DECL(j) __m512i a##j = _mm512_setzero_si512();
   GQ_LIST16(GQ_DECL)
 #undef GQ_DECL
   const size_t rb = c->row_bytes;
   const size_t ip = c->in_pad;
-  const uint8_t* wp = c->packed + o0 * rb;
-  const int8_t* xp = c->xq + n0 * ip;
+  const size_t bb = (size_t)(8 * b);
+  const size_t h = SPLIT ? c->nblk / 2 : 0;
+  const uint8_t* wp1 = c->packed + o0 * rb;
+  const uint8_t* wp2 = wp1 + (size_t)(R / 2) * rb + h * bb;
+  const int8_t* xp1 = c->xq + n0 * ip;
+  const int8_t* xp2 = xp1 + h * 64;
   const __m512i tab = c->ztab[0];
+  const uint8_t* next = next_tile(c, o0, R);
   size_t k = 0;
-  for (; k + 2 <= c->nblk; k += 2) {
-    __m512i w0 = _mm512_setzero_si512();
-    __m512i w1 = _mm512_setzero_si512();
+  for (int phase = 0; phase < 2; ++phase) {
+    for (const size_t end = phase == 0 ? c->nblk - h : c->nblk; k + (size_t)G <= end;
+         k += (size_t)G) {
+      prefetch_next(c, next, k / (size_t)G, 64, R);
+      __m512i w0 = _mm512_setzero_si512();
+      __m512i w1 = _mm512_setzero_si512();
+      __m512i w2 = _mm512_setzero_si512();
+      __m512i w3 = _mm512_setzero_si512();
 #define GQ_STEP(j)                                                                         \
   if ((j) < R * NB) {                                                                      \
     if ((j) % NB == 0) {                                                                   \
-      /* vpermb reads 6 bits; the 16 codes repeat 4 times in tab */                        \
-      const __m512i raw = _mm512_loadu_si512((const void*)(wp + (size_t)((j) / NB) * rb)); \
+      const __m512i raw = _mm512_loadu_si512((const void*)GQ_WROW((j) / NB));              \
       w0 = _mm512_permutexvar_epi8(raw, tab);                                              \
-      w1 = _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, 4), tab);                        \
+      w1 = _mm512_permutexvar_epi8(                                                        \
+          G == 2 ? _mm512_srli_epi16(raw, 4) : _mm512_srli_epi16(raw, 2), tab);            \
+      if (G == 4) {                                                                        \
+        w2 = _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, 4), tab);                      \
+        w3 = _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, 6), tab);                      \
+      }                                                                                    \
     }                                                                                      \
-    const int8_t* x_ = xp + (size_t)((j) % NB) * ip;                                       \
+    const int8_t* x_ = GQ_XROW((j) / NB, (j) % NB);                                        \
     const __m512i xa_ = _mm512_load_si512((const void*)x_);                                \
     const __m512i xb_ = _mm512_load_si512((const void*)(x_ + 64));                         \
-    a##j = _mm512_dpbusd_epi32(a##j, w0, _mm512_shuffle_i64x2(xa_, xb_, 0x44));            \
-    a##j = _mm512_dpbusd_epi32(a##j, w1, _mm512_shuffle_i64x2(xa_, xb_, 0xEE));            \
+    const __m512i lo_ = _mm512_shuffle_i64x2(xa_, xb_, 0x44);                              \
+    const __m512i hi_ = _mm512_shuffle_i64x2(xa_, xb_, 0xEE);                              \
+    if (G == 2) {                                                                          \
+      a##j = _mm512_dpbusd_epi32(a##j, w0, lo_);                                           \
+      a##j = _mm512_dpbusd_epi32(a##j, w1, hi_);                                           \
+    } else {                                                                               \
+      const __m512i xc_ = _mm512_load_si512((const void*)(x_ + 128));                      \
+      const __m512i xd_ = _mm512_load_si512((const void*)(x_ + 192));                      \
+      const __m512i lo2_ = _mm512_shuffle_i64x2(xc_, xd_, 0x44);                           \
+      const __m512i hi2_ = _mm512_shuffle_i64x2(xc_, xd_, 0xEE);                           \
+      a##j = _mm512_dpbusd_epi32(a##j, w0, _mm512_shuffle_i64x2(lo_, lo2_, 0x88));         \
+      a##j = _mm512_dpbusd_epi32(a##j, w1, _mm512_shuffle_i64x2(lo_, lo2_, 0xDD));         \
+      a##j = _mm512_dpbusd_epi32(a##j, w2, _mm512_shuffle_i64x2(hi_, hi2_, 0x88));         \
+      a##j = _mm512_dpbusd_epi32(a##j, w3, _mm512_shuffle_i64x2(hi_, hi2_, 0xDD));         \
+    }                                                                                      \
   }
-    GQ_LIST16(GQ_STEP)
+      GQ_LIST16(GQ_STEP)
 #undef GQ_STEP
-    wp += 64;
-    xp += 128;
+      wp1 += 64;
+      wp2 += 64;
+      xp1 += 64 * G;
+      xp2 += 64 * G;
+    }
+    if (SPLIT && phase == 0) {
+      wp2 -= c->nblk * bb;
+      xp2 -= c->nblk * 64;
+    }
   }
-  if (k < c->nblk) {
+  for (; k < c->nblk; ++k) { /* leftover blocks (then h == 0) */
     __m256i w0 = _mm256_setzero_si256();
     __m256i w1 = _mm256_setzero_si256();
 #define GQ_STEP(j)                                                                         \
   if ((j) < R * NB) {                                                                      \
     if ((j) % NB == 0) {                                                                   \
-      w0 = ydecode(c, wp + (size_t)((j) / NB) * rb, 4, 0);                                 \
-      w1 = ydecode(c, wp + (size_t)((j) / NB) * rb, 4, 1);                                 \
+      w0 = ydecode(c, GQ_WROW((j) / NB), b, 0);                                            \
+      w1 = ydecode(c, GQ_WROW((j) / NB), b, 1);                                            \
     }                                                                                      \
-    const int8_t* x_ = xp + (size_t)((j) % NB) * ip;                                       \
+    const int8_t* x_ = GQ_XROW((j) / NB, (j) % NB);                                        \
     __m256i s_ = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w0,                           \
                                      _mm256_load_si256((const __m256i*)(const void*)x_));  \
     s_ = _mm256_dpbusd_epi32(s_, w1, _mm256_load_si256((const __m256i*)(const void*)(x_ + 32))); \
@@ -520,6 +628,10 @@ GQ_INLINE void tile_pair(const ctx512* c, size_t o0, size_t n0, int R, int NB) {
   }
     GQ_LIST16(GQ_STEP)
 #undef GQ_STEP
+    wp1 += bb;
+    wp2 += bb;
+    xp1 += 64;
+    xp2 += 64;
   }
   epilogue(c,
            R * NB == 1 ? _mm512_castsi128_si512(_mm_cvtsi32_si128(_mm512_reduce_add_epi32(a0)))
@@ -528,12 +640,25 @@ GQ_INLINE void tile_pair(const ctx512* c, size_t o0, size_t n0, int R, int NB) {
 }
 
 GQ_INLINE void tile(const ctx512* c, size_t o0, size_t n0, int b, int R, int NB, int mode) {
-  if (mode == MODE_PAIR) {
-    tile_pair(c, o0, n0, R, NB);
+  const int split = split_offset(c, R, NB, mode == MODE_MULTI ? (size_t)(8 / b) : 1) != 0;
+  if (mode == MODE_MULTI) {
+    if (split) {
+      tile_multi(c, o0, n0, b, R, NB, 1);
+    } else {
+      tile_multi(c, o0, n0, b, R, NB, 0);
+    }
   } else if (mode == MODE_YMM) {
-    tile_ymm(c, o0, n0, b, R, NB);
+    if (split) {
+      tile_ymm(c, o0, n0, b, R, NB, 1);
+    } else {
+      tile_ymm(c, o0, n0, b, R, NB, 0);
+    }
   } else {
-    tile_zmm(c, o0, n0, b, R, NB);
+    if (split) {
+      tile_zmm(c, o0, n0, b, R, NB, 1);
+    } else {
+      tile_zmm(c, o0, n0, b, R, NB, 0);
+    }
   }
 }
 
@@ -555,22 +680,25 @@ GQ_INLINE void tile_rows(const ctx512* c, size_t n0, size_t ob, size_t oe, int b
 
 typedef void (*rows_fn)(const ctx512* c, size_t n0, size_t ob, size_t oe);
 
-/* Decoding per b: batch-1 GEMV (NB == 1) and batch tiles (NB > 1). */
-#define GQ_MODE1(B) ((B) == 1 || (B) >= 7 ? MODE_ZMM : (B) == 4 ? MODE_PAIR : MODE_YMM)
-#define GQ_MODEN(B) GQ_MN
-/* Output rows per GEMV tile: fewer at 8 bits, whose 4 tables take registers. */
+/* Decoding per b (measured): batch-1 GEMV (NB == 1) and batch tiles (NB > 1,
+ * where a block is decoded once for NB rows and the x permutation of
+ * MODE_MULTI would cost per batch row). */
+#define GQ_MODE1(B) \
+  ((B) == 1 || (B) >= 7 ? MODE_ZMM : (B) == 2 || (B) == 4 ? MODE_MULTI : MODE_YMM)
+#define GQ_MODEN(B) ((B) == 1 || (B) >= 7 ? MODE_ZMM : MODE_YMM)
+/* Output rows per GEMV tile: 8 where decoding needs more registers (more
+ * planes, or the 4 tables of b == 8); with 16, GCC spills accumulators. */
 #define GQ_R1(B) ((B) == 1 || (B) == 2 || (B) == 4 ? 16 : 8)
 
 #define GQ_ROWS_FN(B, R, NB)                                                             \
   static void rows_b##B##_nb##NB(const ctx512* c, size_t n0, size_t ob, size_t oe) {     \
     tile_rows(c, n0, ob, oe, B, R, NB, (NB) == 1 ? GQ_MODE1(B) : GQ_MODEN(B));           \
   }
-#define GQ_ROWS_FOR_B(B) \
+#define GQ_ROWS_FOR_B(B)   \
   GQ_ROWS_FN(B, GQ_R1(B), 1) \
-  GQ_ROWS_FN(B, 8, 2)    \
-  GQ_ROWS_FN(B, 4, 4)    \
-  GQ_ROWS_FN(B, 2, 8)    \
-  GQ_ROWS_FN(B, 1, 16)
+  GQ_ROWS_FN(B, 8, 2)      \
+  GQ_ROWS_FN(B, 4, 4)      \
+  GQ_ROWS_FN(B, 2, 8)
 GQ_ROWS_FOR_B(1)
 GQ_ROWS_FOR_B(2)
 GQ_ROWS_FOR_B(3)
@@ -580,10 +708,9 @@ GQ_ROWS_FOR_B(6)
 GQ_ROWS_FOR_B(7)
 GQ_ROWS_FOR_B(8)
 
-#define GQ_ROWS_ROW(B) \
-  {rows_b##B##_nb1, rows_b##B##_nb2, rows_b##B##_nb4, rows_b##B##_nb8, rows_b##B##_nb16}
+#define GQ_ROWS_ROW(B) {rows_b##B##_nb1, rows_b##B##_nb2, rows_b##B##_nb4, rows_b##B##_nb8}
 /* [bits - 1][log2 NB] */
-static const rows_fn kRows[8][5] = {GQ_ROWS_ROW(1), GQ_ROWS_ROW(2), GQ_ROWS_ROW(3),
+static const rows_fn kRows[8][4] = {GQ_ROWS_ROW(1), GQ_ROWS_ROW(2), GQ_ROWS_ROW(3),
                                     GQ_ROWS_ROW(4), GQ_ROWS_ROW(5), GQ_ROWS_ROW(6),
                                     GQ_ROWS_ROW(7), GQ_ROWS_ROW(8)};
 
@@ -591,17 +718,25 @@ static const rows_fn kRows[8][5] = {GQ_ROWS_ROW(1), GQ_ROWS_ROW(2), GQ_ROWS_ROW(
 
 static void init_ctx(ctx512* c, const gq_fc_args* a, const gq_fc_ws* ws) {
   const int b = a->bits;
-  /* u8 codes q + 128, repeated every 2^b entries for b <= 6 so that index
-   * bits at and above b do not matter */
-  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  /* u8 codes q + 128. Entry i holds the code of index i mod 2^b for b <= 6,
+   * so that the garbage index bits at and above b do not matter; b == 3
+   * takes index bits 0, 1 and 4 (plane_bit), entry i holds the code of
+   * (i & 3) | (i >> 4 & 1) << 2. */
   const int8_t* q = a->codebook->q;
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
   if (b <= 6) {
     const __m512i iota = _mm512_set_epi8(63, 62, 61, 60, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49,
                                          48, 47, 46, 45, 44, 43, 42, 41, 40, 39, 38, 37, 36, 35, 34,
                                          33, 32, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19,
                                          18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2,
                                          1, 0);
-    const __m512i idx = _mm512_and_si512(iota, _mm512_set1_epi8((char)((1 << b) - 1)));
+    __m512i idx; /* the codebook index of entry i */
+    if (b == 3) {
+      idx = _mm512_or_si512(_mm512_and_si512(iota, _mm512_set1_epi8(3)),
+                            _mm512_and_si512(_mm512_srli_epi16(iota, 2), _mm512_set1_epi8(4)));
+    } else {
+      idx = _mm512_and_si512(iota, _mm512_set1_epi8((char)((1 << b) - 1)));
+    }
     const __m512i t = _mm512_xor_si512(
         _mm512_permutexvar_epi8(idx, _mm512_loadu_si512((const void*)q)), flip);
     for (int j = 0; j < 4; ++j) {
@@ -618,11 +753,20 @@ static void init_ctx(ctx512* c, const gq_fc_args* a, const gq_fc_ws* ws) {
   c->ytab[3] = _mm512_extracti64x4_epi64(c->ztab[1], 1);
   c->q0 = q[0];
   c->q1 = q[1];
+  /* half of L2 (1 MiB on Zen 4): smaller matrices stay in cache from call
+   * to call */
+  c->prefetch = gq_fc_packed_size(b, a->in_features, a->out_features) > (size_t)512 * 1024;
   c->packed = a->packed;
   c->row_bytes = gq_fc_row_bytes(b, a->in_features);
+  size_t g = 4096;
+  for (size_t r = c->row_bytes % 4096; r != 0;) {
+    const size_t rem = g % r;
+    g = r;
+    r = rem;
+  }
+  c->row_gcd = g;
   c->nblk = ws->in_pad / GQ_FC_BLOCK;
   c->out = a->out_features;
-  c->batch = a->batch;
   c->xq = ws->xq;
   c->in_pad = ws->in_pad;
   c->sx = ws->sx;
@@ -646,16 +790,20 @@ void gq_fc_qd8__avx512(const gq_fc_args* a) {
   init_ctx(&c, a, &ws);
   const rows_fn* fns = kRows[a->bits - 1];
   const size_t batch = a->batch;
-  /* Batch tiles: of 16 rows, the rest with the smallest tile >= rest that
-   * overlaps the previous tiles; below 16 rows, tiles of the largest power of
-   * two <= batch, the last one overlapping. */
-  size_t t0[8];
-  int tl[8];
+  /* Batch tiles: full tiles of NBMAX rows; the rest with the smallest tile
+   * >= rest, overlapping the previous tiles; below NBMAX rows, tiles of the
+   * largest power of two <= batch, the last one overlapping. */
+  /* log2 of the largest batch tile: 4 x 4 tiles, 2 x 8 where decoding costs
+   * more (measured) */
+  const int lgmax = a->bits == 6 || a->bits == 7 ? 3 : 2;
+  const size_t nbmax = (size_t)1 << lgmax;
+  size_t t0[4];
+  int tl[4];
   size_t nt = 0;
-  size_t full = batch / 16;
+  const size_t full = batch / nbmax;
   int lg = 0;
-  if (batch >= 16) {
-    const size_t rest = batch - full * 16;
+  if (batch >= nbmax) {
+    const size_t rest = batch - full * nbmax;
     if (rest != 0) {
       while (((size_t)1 << lg) < rest) {
         ++lg;
@@ -668,23 +816,21 @@ void gq_fc_qd8__avx512(const gq_fc_args* a) {
       ++lg;
     }
     const size_t nb = (size_t)1 << lg;
-    for (size_t m = 0;; m += nb) {
-      const size_t m0 = m + nb <= batch ? m : batch - nb;
-      t0[nt] = m0;
+    t0[nt] = 0;
+    tl[nt++] = lg;
+    if (nb < batch) { /* nb > batch / 2: one more, overlapping */
+      t0[nt] = batch - nb;
       tl[nt++] = lg;
-      if (m0 + nb >= batch) {
-        break;
-      }
     }
   }
   /* Chunks of 16 output rows outside, so that a chunk of W stays in cache
-   * while every batch tile uses it. */
+   * while every batch tile uses it (batch 1: all rows in one call). */
   const size_t out = a->out_features;
   const size_t chunk = batch == 1 ? out : 16;
   for (size_t ob = 0; ob < out; ob += chunk) {
     const size_t oe = ob + chunk < out ? ob + chunk : out;
     for (size_t f = 0; f < full; ++f) {
-      fns[4](&c, f * 16, ob, oe);
+      fns[lgmax](&c, f * nbmax, ob, oe);
     }
     for (size_t j = 0; j < nt; ++j) {
       fns[tl[j]](&c, t0[j], ob, oe);
