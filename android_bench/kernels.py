@@ -149,7 +149,13 @@ def _convert(layers, batch, kind):
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.f.get_concrete_function()], module)
     if kind == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    return converter.convert()
+    data = converter.convert()
+    if kind == "gq":
+        # As export_tflite writes it: packed weights 64-byte aligned.
+        from converters import flatbuf
+
+        data = flatbuf.write(flatbuf.read(data))
+    return data
 
 
 def _interpreter(data, kind):

@@ -10,7 +10,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from flatbuffers import flexbuffers
 
-__all__ = ["read", "write", "builtin_name", "builtin_code", "op_name", "op_counts", "tensor_data", "custom_options",
+__all__ = ["read", "write", "buffer_offsets", "BUFFER_ALIGNMENT", "builtin_name", "builtin_code", "op_name", "op_counts", "tensor_data", "custom_options",
            "quantize_tensor_int8", "WEIGHT_INPUTS"]
 
 _BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -38,11 +38,61 @@ def read(data):
     return schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
 
 
+# Alignment of every buffer's data in written files. The schema asks for 16
+# (force_align), which the Python generator ignores (it packs at 1); the
+# SIMD kernels read packed weights in place, and 64-byte (cache-line)
+# alignment keeps their 64-byte loads within one line: a 16-byte offset was
+# measured to cost 10-45% of a 512x512 GQ layer.
+BUFFER_ALIGNMENT = 64
+
+
+class _AlignedBufferT(schema.BufferT):
+    """BufferT whose data vector starts on a BUFFER_ALIGNMENT boundary."""
+
+    def Pack(self, builder):
+        data = None
+        if self.data is not None:
+            raw = np.ascontiguousarray(self.data, dtype=np.uint8).tobytes()
+            builder.StartVector(1, len(raw), BUFFER_ALIGNMENT)
+            builder.head = builder.head - len(raw)
+            builder.Bytes[builder.head:builder.head + len(raw)] = raw
+            builder.vectorNumElems = len(raw)
+            data = builder.EndVector()
+        schema.BufferStart(builder)
+        if data is not None:
+            schema.BufferAddData(builder, data)
+        schema.BufferAddOffset(builder, self.offset)
+        schema.BufferAddSize(builder, self.size)
+        return schema.BufferEnd(builder)
+
+
 def write(model):
-    """Serialises a ModelT back to .tflite bytes."""
+    """Serialises a ModelT back to .tflite bytes, every buffer's data aligned
+    to BUFFER_ALIGNMENT bytes from the start of the file (flatbuffers align
+    from the end and pad the total to the largest alignment used, so both
+    agree)."""
+    for i, buf in enumerate(model.buffers or []):
+        if not isinstance(buf, _AlignedBufferT):
+            aligned = _AlignedBufferT()
+            aligned.__dict__.update(buf.__dict__)
+            model.buffers[i] = aligned
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def buffer_offsets(data):
+    """{buffer index: file offset of its data} of .tflite bytes (buffers with
+    data only)."""
+    data = bytearray(data)
+    root = schema.Model.GetRootAs(data, 0)
+    base = np.frombuffer(data, np.uint8).ctypes.data
+    out = {}
+    for i in range(root.BuffersLength()):
+        b = root.Buffers(i)
+        if b.DataLength() > 0:
+            out[i] = b.DataAsNumpy().ctypes.data - base
+    return out
 
 
 def builtin_name(code):

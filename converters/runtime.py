@@ -17,6 +17,7 @@ Example:
 import ctypes
 import mmap
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -213,6 +214,18 @@ def make_interpreter(model_path_or_bytes, *, num_threads=1, runtime="litert", ke
 
 
 def _open(source, name, buf, num_threads, runtime, kernel):
+    if "model_content" in source:
+        # The runtimes use model bytes in place, and a Python bytes object's
+        # data never starts on a 64-byte boundary: the packed weights would
+        # be misaligned for the SIMD kernels (flatbuf.BUFFER_ALIGNMENT).
+        # Through a file the runtime maps it page-aligned; the file is
+        # unlinked at once (the mapping outlives it).
+        with tempfile.NamedTemporaryFile(suffix=".tflite", delete=False) as f:
+            f.write(source["model_content"])
+        try:
+            return _open({"model_path": f.name}, name, buf, num_threads, runtime, kernel)
+        finally:
+            os.unlink(f.name)
     library = delegate_path()
     interpreter_cls, load_delegate = _runtime_module(runtime)
     delegate = load_delegate(library, {"kernel": kernel})

@@ -107,6 +107,20 @@ def test_custom_ops_carry_the_version_1_contract(mixed):
     assert acts == {"RELU", "NONE"}
 
 
+def test_packed_weights_are_64_byte_aligned_in_the_file(mixed):
+    """The SIMD kernels read packed weights in place with 64-byte loads: every
+    buffer of the file starts on a cache line (the runtimes map files
+    page-aligned, so the offset is the alignment in memory)."""
+    _, report = mixed
+    data = open(report.path, "rb").read()
+    model = flatbuf.read(data)
+    offsets = flatbuf.buffer_offsets(data)
+    sub = model.subgraphs[0]
+    packed = [sub.tensors[op.inputs[1]].buffer for op in sub.operators if flatbuf.op_name(model, op) == "GQ_FULLY_CONNECTED"]
+    assert packed and all(offsets[b] % 64 == 0 for b in packed)
+    assert all(off % flatbuf.BUFFER_ALIGNMENT == 0 for off in offsets.values())
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_tflite_matches_qat_inference(mixed, runtime):
     qat, report = mixed
