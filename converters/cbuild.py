@@ -30,6 +30,7 @@ KERNEL_SOURCES = (
 DELEGATE_SOURCES = KERNEL_SOURCES + (
     f"{DELEGATE_DIR}/flexbuf.c",
     f"{DELEGATE_DIR}/gq_threads.c",
+    f"{DELEGATE_DIR}/gq_common.c",
     f"{DELEGATE_DIR}/gq_delegate.c",
     f"{DELEGATE_DIR}/gq_lstm.c",
 )
@@ -37,6 +38,7 @@ HEADERS = (
     f"{KERNEL_DIR}/gq_fc.h",
     f"{KERNEL_DIR}/gq_fc_internal.h",
     f"{DELEGATE_DIR}/flexbuf.h",
+    f"{DELEGATE_DIR}/gq_common.h",
     f"{DELEGATE_DIR}/gq_threads.h",
     f"{DELEGATE_DIR}/gq_lstm.h",
     f"{DELEGATE_DIR}/tflite_abi.h",

@@ -32,26 +32,21 @@
 
 #include "../kernels/gq_fc.h"
 #include "flexbuf.h"
+#include "gq_common.h"
 #include "gq_lstm.h"
 #include "gq_threads.h"
 #include "tflite_abi.h"
 
 #if defined(__GNUC__)
 #define GQ_EXPORT __attribute__((visibility("default")))
-#define GQ_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
 #else
 #define GQ_EXPORT
-#define GQ_PRINTF(fmt, args)
 #endif
 
 #define GQ_OP_NAME "GQ_FULLY_CONNECTED"
 #define GQ_OP_VERSION 1
 #define GQ_OPTIONS_VERSION 1
 #define GQ_KERNEL_NODE_NAME "GqDelegate"
-
-/* Messages are built in a local buffer and handed to ReportError as "%s":
- * model-controlled text never becomes a format string. */
-#define GQ_MSG_LEN 512
 
 typedef struct gq_delegate {
   TfLiteDelegate base; /* first, so a TfLiteDelegate* is a gq_delegate* */
@@ -73,14 +68,7 @@ gq_pool* gq_delegate_pool(const TfLiteDelegate* delegate) {
 
 /* Per delegated node. Everything copied in init, checked in prepare. */
 typedef struct gq_fc_op {
-  int node_index; /* the original GQ node, for messages */
-  const char* init_error;
-  int op_version;
-  size_t options_len;
-  uint8_t* options;
-  int num_inputs;
-  int num_outputs;
-  int* inputs; /* num_inputs + num_outputs tensor indices, outputs last */
+  gq_node_copy node; /* the original GQ node */
   const gq_fc_kernel_info* kernel;
   gq_delegate* delegate; /* outlives the op: the pool */
   /* Scratch of the qd8 kernels (gq_fc_parallel_workspace), grown in prepare. */
@@ -100,76 +88,6 @@ typedef struct gq_fc_op {
   size_t batch;
 } gq_fc_op;
 
-/* ---------------------------------------------------------------- errors */
-
-static void report(TfLiteContext* context, const char* fmt, ...) GQ_PRINTF(2, 3);
-
-static void report(TfLiteContext* context, const char* fmt, ...) {
-  char msg[GQ_MSG_LEN];
-  va_list args;
-  va_start(args, fmt);
-  vsnprintf(msg, sizeof msg, fmt, args);
-  va_end(args);
-  if (context != NULL && context->ReportError != NULL) {
-    context->ReportError(context, "%s", msg);
-  }
-}
-
-/* Copies model-controlled bytes into out as printable ASCII (\xNN escapes),
- * truncated, so that a corrupt key cannot garble or flood the message. */
-static const char* printable(const char* s, size_t len, char* out, size_t out_len) {
-  /* Room is kept for one escape (4), "..." (3) and the NUL. */
-  size_t o = 0, i = 0;
-  for (; i < len && o + 8 <= out_len; ++i) {
-    const unsigned char c = (unsigned char)s[i];
-    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
-      out[o++] = (char)c;
-    } else {
-      o += (size_t)snprintf(out + o, out_len - o, "\\x%02x", c);
-    }
-  }
-  if (i < len) {
-    memcpy(out + o, "...", 3);
-    o += 3;
-  }
-  out[o] = '\0';
-  return out;
-}
-
-static const char* type_name(int type) {
-  switch (type) {
-    case kTfLiteNoType: return "NOTYPE";
-    case kTfLiteFloat32: return "FLOAT32";
-    case kTfLiteInt32: return "INT32";
-    case kTfLiteUInt8: return "UINT8";
-    case kTfLiteInt64: return "INT64";
-    case kTfLiteString: return "STRING";
-    case kTfLiteBool: return "BOOL";
-    case kTfLiteInt16: return "INT16";
-    case kTfLiteComplex64: return "COMPLEX64";
-    case kTfLiteInt8: return "INT8";
-    case kTfLiteFloat16: return "FLOAT16";
-    case kTfLiteFloat64: return "FLOAT64";
-    default: return "type code";
-  }
-}
-
-/* Writes a shape as "[2, 3, 70]" (or "NULL") for messages. */
-static const char* shape_str(const TfLiteIntArray* dims, char* out, size_t out_len) {
-  if (dims == NULL) {
-    snprintf(out, out_len, "NULL");
-    return out;
-  }
-  size_t o = (size_t)snprintf(out, out_len, "[");
-  for (int i = 0; i < dims->size && o < out_len; ++i) {
-    o += (size_t)snprintf(out + o, out_len - o, i ? ", %d" : "%d", dims->data[i]);
-  }
-  if (o < out_len) {
-    snprintf(out + o, out_len - o, "]");
-  }
-  return out;
-}
-
 /* ------------------------------------------------------- option parsing */
 
 typedef struct gq_fc_config {
@@ -187,134 +105,46 @@ static const char* const kOptionKeys[] = {
 
 static const char* const kActivations[] = {"NONE", "RELU", "RELU_N1_TO_1", "RELU6"};
 
-static const char* flex_status_text(int status) {
-  switch (status) {
-    case GQ_FLEX_MALFORMED: return "malformed flexbuffer";
-    case GQ_FLEX_NOT_MAP: return "the flexbuffer root is not a map";
-    case GQ_FLEX_MISSING: return "missing";
-    case GQ_FLEX_WRONG_TYPE: return "wrong value type";
-    default: return "unknown flexbuffer error";
-  }
-}
-
-/* Reads an integer option; reports and returns 0 on any failure. */
-static int option_int(TfLiteContext* context, int node, const gq_flexmap* map, const char* key,
-                      int64_t* value) {
-  const int status = gq_flexmap_get_int(map, key, value);
-  if (status == GQ_FLEX_OK) {
-    return 1;
-  }
-  if (status == GQ_FLEX_WRONG_TYPE) {
-    report(context, GQ_OP_NAME " (node %d): expected option '%s' to be an integer, received "
-           "another flexbuffer type.", node, key);
-  } else if (status == GQ_FLEX_MISSING) {
-    /* Every key was found by the scan before, so the lookup (a binary
-     * search) failed because the map's keys are not sorted. */
-    report(context, GQ_OP_NAME " (node %d): cannot look up option '%s': the custom options map "
-           "is not sorted by key (not written by a flexbuffer writer).", node, key);
-  } else {
-    report(context, GQ_OP_NAME " (node %d): cannot read option '%s': %s.", node, key,
-           flex_status_text(status));
-  }
-  return 0;
-}
-
 static TfLiteStatus parse_options(TfLiteContext* context, const gq_fc_op* op,
                                   gq_fc_config* config) {
-  const int node = op->node_index;
-  if (op->options == NULL || op->options_len == 0) {
-    report(context, GQ_OP_NAME " (node %d): expected custom options (a flexbuffer map with keys "
-           GQ_KNOWN_KEYS_TEXT "), received none.", node);
-    return kTfLiteError;
-  }
+  const int node = op->node.node_index;
   gq_flexmap map;
-  int status = gq_flexmap_open(&map, op->options, op->options_len);
-  if (status != GQ_FLEX_OK) {
-    report(context, GQ_OP_NAME " (node %d): expected custom options to be a flexbuffer map, "
-           "received %zu bytes that are not one (%s).", node, op->options_len,
-           flex_status_text(status));
+  if (!gq_open_options(context, GQ_OP_NAME, node, op->node.options, op->node.options_len,
+                       kOptionKeys, GQ_NUM_OPTION_KEYS, GQ_KNOWN_KEYS_TEXT, &map) ||
+      !gq_option_version(context, GQ_OP_NAME, node, &map, GQ_OPTIONS_VERSION)) {
     return kTfLiteError;
   }
-
-  /* The key set must be exact: an unknown key means a writer newer than this
-   * reader, whose meaning we would otherwise silently ignore. */
-  int seen[GQ_NUM_OPTION_KEYS] = {0};
-  for (size_t i = 0; i < map.count; ++i) {
-    const char* key;
-    size_t key_len;
-    status = gq_flexmap_key_at(&map, i, &key, &key_len);
-    if (status != GQ_FLEX_OK) {
-      report(context, GQ_OP_NAME " (node %d): cannot read option key %zu of %zu: %s.", node, i,
-             map.count, flex_status_text(status));
-      return kTfLiteError;
-    }
-    size_t k = 0;
-    while (k < GQ_NUM_OPTION_KEYS &&
-           !(strlen(kOptionKeys[k]) == key_len && memcmp(kOptionKeys[k], key, key_len) == 0)) {
-      ++k;
-    }
-    char shown[96];
-    if (k == GQ_NUM_OPTION_KEYS) {
-      report(context, GQ_OP_NAME " (node %d): unknown option key '%s' (expected exactly the keys "
-             GQ_KNOWN_KEYS_TEXT ").", node, printable(key, key_len, shown, sizeof shown));
-      return kTfLiteError;
-    }
-    if (seen[k]++) {
-      report(context, GQ_OP_NAME " (node %d): option key '%s' appears more than once.", node,
-             kOptionKeys[k]);
-      return kTfLiteError;
-    }
-  }
-  for (size_t k = 0; k < GQ_NUM_OPTION_KEYS; ++k) {
-    if (!seen[k]) {
-      report(context, GQ_OP_NAME " (node %d): missing option '%s' (expected exactly the keys "
-             GQ_KNOWN_KEYS_TEXT ").", node, kOptionKeys[k]);
-      return kTfLiteError;
-    }
-  }
-
-  int64_t version, bits, in_f, out_f, block;
-  if (!option_int(context, node, &map, "version", &version)) return kTfLiteError;
-  if (version != GQ_OPTIONS_VERSION) {
-    report(context, GQ_OP_NAME " (node %d): expected option version %d, received version=%" PRId64
-           " (a model written for a newer delegate?).", node, GQ_OPTIONS_VERSION, version);
-    return kTfLiteError;
-  }
-  if (!option_int(context, node, &map, "bits", &bits)) return kTfLiteError;
+  int64_t bits, in_f, out_f;
+  if (!gq_option_int(context, GQ_OP_NAME, node, &map, "bits", &bits)) return kTfLiteError;
   if (bits < 1 || bits > 8) {
-    report(context, GQ_OP_NAME " (node %d): expected option bits in 1..8, received bits=%" PRId64
-           ".", node, bits);
+    gq_report(context, GQ_OP_NAME " (node %d): expected option bits in 1..8, received bits=%" PRId64
+              ".", node, bits);
     return kTfLiteError;
   }
-  if (!option_int(context, node, &map, "in_features", &in_f)) return kTfLiteError;
-  if (!option_int(context, node, &map, "out_features", &out_f)) return kTfLiteError;
+  if (!gq_option_int(context, GQ_OP_NAME, node, &map, "in_features", &in_f)) return kTfLiteError;
+  if (!gq_option_int(context, GQ_OP_NAME, node, &map, "out_features", &out_f)) return kTfLiteError;
   /* Tensor dimensions are C ints, so larger feature counts cannot match any
    * tensor; rejecting them here also keeps later size arithmetic small. */
   if (in_f < 1 || in_f > INT32_MAX) {
-    report(context, GQ_OP_NAME " (node %d): expected option in_features in 1..%d, received "
-           "in_features=%" PRId64 ".", node, INT32_MAX, in_f);
+    gq_report(context, GQ_OP_NAME " (node %d): expected option in_features in 1..%d, received "
+              "in_features=%" PRId64 ".", node, INT32_MAX, in_f);
     return kTfLiteError;
   }
   if (out_f < 1 || out_f > INT32_MAX) {
-    report(context, GQ_OP_NAME " (node %d): expected option out_features in 1..%d, received "
-           "out_features=%" PRId64 ".", node, INT32_MAX, out_f);
+    gq_report(context, GQ_OP_NAME " (node %d): expected option out_features in 1..%d, received "
+              "out_features=%" PRId64 ".", node, INT32_MAX, out_f);
     return kTfLiteError;
   }
-  if (!option_int(context, node, &map, "block_size", &block)) return kTfLiteError;
-  if (block != GQ_FC_BLOCK) {
-    report(context, GQ_OP_NAME " (node %d): expected option block_size=%d (layout planes64), "
-           "received block_size=%" PRId64 ".", node, GQ_FC_BLOCK, block);
-    return kTfLiteError;
-  }
+  if (!gq_option_block_size(context, GQ_OP_NAME, node, &map)) return kTfLiteError;
   const char* act;
   size_t act_len;
-  status = gq_flexmap_get_string(&map, "fused_activation", &act, &act_len);
+  const int status = gq_flexmap_get_string(&map, "fused_activation", &act, &act_len);
   if (status != GQ_FLEX_OK) {
-    report(context, GQ_OP_NAME " (node %d): expected option fused_activation to be a string "
-           "(NONE, RELU, RELU_N1_TO_1 or RELU6), %s.", node,
-           status == GQ_FLEX_WRONG_TYPE ? "received another flexbuffer type"
-           : status == GQ_FLEX_MISSING  ? "cannot look it up: the map is not sorted by key"
-                                        : flex_status_text(status));
+    gq_report(context, GQ_OP_NAME " (node %d): expected option fused_activation to be a string "
+              "(NONE, RELU, RELU_N1_TO_1 or RELU6), %s.", node,
+              status == GQ_FLEX_WRONG_TYPE ? "received another flexbuffer type"
+              : status == GQ_FLEX_MISSING  ? "cannot look it up: the map is not sorted by key"
+                                           : gq_flex_status_text(status));
     return kTfLiteError;
   }
   int activation = -1;
@@ -325,8 +155,9 @@ static TfLiteStatus parse_options(TfLiteContext* context, const gq_fc_op* op,
   }
   if (activation < 0) {
     char shown[96];
-    report(context, GQ_OP_NAME " (node %d): expected option fused_activation in NONE, RELU, "
-           "RELU_N1_TO_1, RELU6, received '%s'.", node, printable(act, act_len, shown, sizeof shown));
+    gq_report(context, GQ_OP_NAME " (node %d): expected option fused_activation in NONE, RELU, "
+              "RELU_N1_TO_1, RELU6, received '%s'.", node,
+              gq_printable(act, act_len, shown, sizeof shown));
     return kTfLiteError;
   }
   config->bits = (int)bits;
@@ -338,120 +169,46 @@ static TfLiteStatus parse_options(TfLiteContext* context, const gq_fc_op* op,
 
 /* ------------------------------------------------------- tensor checks */
 
-/* Number of elements of dims, or 0 with *ok = 0 on negative dims or size_t
- * overflow. A zero dimension is legal and gives 0 with *ok = 1. */
-static size_t element_count(const TfLiteIntArray* dims, int* ok) {
-  size_t n = 1;
-  *ok = 1;
-  for (int i = 0; i < dims->size; ++i) {
-    if (dims->data[i] < 0) {
-      *ok = 0;
-      return 0;
-    }
-    const size_t d = (size_t)dims->data[i];
-    if (d != 0 && n > SIZE_MAX / d) {
-      *ok = 0;
-      return 0;
-    }
-    n *= d;
-  }
-  return n;
-}
-
-/* Resolves a tensor index from the node; reports and returns NULL when it is
- * out of range. */
-static TfLiteTensor* tensor_at(TfLiteContext* context, int node, int index, const char* what) {
-  if (index < 0 || (size_t)index >= context->tensors_size || context->tensors == NULL) {
-    report(context, GQ_OP_NAME " (node %d): %s has tensor index %d, expected 0..%zu.", node, what,
-           index, context->tensors_size == 0 ? (size_t)0 : context->tensors_size - 1);
-    return NULL;
-  }
-  return &context->tensors[index];
-}
-
-/* Checks a tensor's type and that dims and bytes describe the same size.
- * rank < 0 means any rank >= 1. */
-static int check_tensor(TfLiteContext* context, int node, const TfLiteTensor* t, const char* what,
-                        int type, int rank, size_t* count) {
-  char shape[128];
-  if (t->type != (TfLiteType)type) {
-    report(context, GQ_OP_NAME " (node %d): expected %s of type %s, received %s (%d).", node,
-           what, type_name(type), type_name((int)t->type), (int)t->type);
-    return 0;
-  }
-  if (t->dims == NULL || t->dims->size < 0 || t->dims->size > 16 ||
-      (rank >= 0 ? t->dims->size != rank : t->dims->size < 1)) {
-    if (rank >= 0) {
-      report(context, GQ_OP_NAME " (node %d): expected %s of rank %d, received shape %s.", node,
-             what, rank, shape_str(t->dims, shape, sizeof shape));
-    } else {
-      report(context, GQ_OP_NAME " (node %d): expected %s of rank 1..16, received shape %s.",
-             node, what, shape_str(t->dims, shape, sizeof shape));
-    }
-    return 0;
-  }
-  int ok;
-  const size_t n = element_count(t->dims, &ok);
-  const size_t elem = type == kTfLiteUInt8 ? 1 : 4;
-  if (!ok || n > SIZE_MAX / elem) {
-    report(context, GQ_OP_NAME " (node %d): %s has an invalid shape %s.", node, what,
-           shape_str(t->dims, shape, sizeof shape));
-    return 0;
-  }
-  if (t->bytes != n * elem) {
-    report(context, GQ_OP_NAME " (node %d): %s of shape %s needs %zu bytes, the tensor has %zu.",
-           node, what, shape_str(t->dims, shape, sizeof shape), n * elem, t->bytes);
-    return 0;
-  }
-  *count = n;
-  return 1;
-}
-
 static TfLiteStatus fc_prepare(TfLiteContext* context, TfLiteNode* node) {
   gq_fc_op* op = (gq_fc_op*)node->user_data;
   if (op == NULL) {
-    report(context, GQ_OP_NAME ": delegate kernel state missing (out of memory in init).");
+    gq_report(context, GQ_OP_NAME ": delegate kernel state missing (out of memory in init).");
     return kTfLiteError;
   }
   op->ready = 0;
-  const int n = op->node_index;
-  if (op->init_error != NULL) {
-    report(context, GQ_OP_NAME " (node %d): %s", n, op->init_error);
-    return kTfLiteError;
-  }
-  if (op->op_version != GQ_OP_VERSION) {
-    report(context, GQ_OP_NAME " (node %d): expected op version %d, received version %d "
-           "(a model written for a newer delegate?).", n, GQ_OP_VERSION, op->op_version);
+  const int n = op->node.node_index;
+  if (!gq_check_node(context, GQ_OP_NAME, &op->node, GQ_OP_VERSION)) {
     return kTfLiteError;
   }
   gq_fc_config cfg;
   if (parse_options(context, op, &cfg) != kTfLiteOk) {
     return kTfLiteError;
   }
-  if (op->num_inputs != 3 && op->num_inputs != 4) {
-    report(context, GQ_OP_NAME " (node %d): expected 3 or 4 inputs (x, packed, centroids[, bias]), "
-           "received %d.", n, op->num_inputs);
+  if (op->node.num_inputs != 3 && op->node.num_inputs != 4) {
+    gq_report(context, GQ_OP_NAME " (node %d): expected 3 or 4 inputs (x, packed, "
+              "centroids[, bias]), received %d.", n, op->node.num_inputs);
     return kTfLiteError;
   }
-  if (op->num_outputs != 1) {
-    report(context, GQ_OP_NAME " (node %d): expected 1 output, received %d.", n, op->num_outputs);
+  if (op->node.num_outputs != 1) {
+    gq_report(context, GQ_OP_NAME " (node %d): expected 1 output, received %d.", n,
+              op->node.num_outputs);
     return kTfLiteError;
   }
-  const int has_bias = op->num_inputs == 4 && op->inputs[3] != kTfLiteOptionalTensor;
+  const int has_bias = op->node.num_inputs == 4 && op->node.tensors[3] != kTfLiteOptionalTensor;
   static const char* const kInputNames[] = {"input 0 (x)", "input 1 (packed)",
                                             "input 2 (centroids)", "input 3 (bias)"};
   TfLiteTensor* in[4] = {NULL, NULL, NULL, NULL};
   for (int i = 0; i < 3 + has_bias; ++i) {
-    in[i] = tensor_at(context, n, op->inputs[i], kInputNames[i]);
+    in[i] = gq_tensor_at(context, GQ_OP_NAME, n, op->node.tensors[i], kInputNames[i]);
     if (in[i] == NULL) return kTfLiteError;
   }
-  const int out_index = op->inputs[op->num_inputs];
-  TfLiteTensor* out = tensor_at(context, n, out_index, "output 0");
+  const int out_index = op->node.tensors[op->node.num_inputs];
+  TfLiteTensor* out = gq_tensor_at(context, GQ_OP_NAME, n, out_index, "output 0");
   if (out == NULL) return kTfLiteError;
-  for (int i = 0; i < op->num_inputs; ++i) {
-    if (op->inputs[i] == out_index) {
-      report(context, GQ_OP_NAME " (node %d): the output tensor %d is also input %d.", n,
-             out_index, i);
+  for (int i = 0; i < op->node.num_inputs; ++i) {
+    if (op->node.tensors[i] == out_index) {
+      gq_report(context, GQ_OP_NAME " (node %d): the output tensor %d is also input %d.", n,
+                out_index, i);
       return kTfLiteError;
     }
   }
@@ -459,13 +216,14 @@ static TfLiteStatus fc_prepare(TfLiteContext* context, TfLiteNode* node) {
   char shape[128];
   size_t x_count, packed_count, cent_count, bias_count;
   /* x: float32 [..., in] */
-  if (!check_tensor(context, n, in[0], kInputNames[0], kTfLiteFloat32, -1, &x_count)) {
+  if (!gq_check_tensor(context, GQ_OP_NAME, n, in[0], kInputNames[0], kTfLiteFloat32, -1,
+                       &x_count)) {
     return kTfLiteError;
   }
   const int x_rank = in[0]->dims->size;
   if ((size_t)in[0]->dims->data[x_rank - 1] != cfg.in_features) {
-    report(context, GQ_OP_NAME " (node %d): expected x of shape [..., %zu] (in_features), "
-           "received %s.", n, cfg.in_features, shape_str(in[0]->dims, shape, sizeof shape));
+    gq_report(context, GQ_OP_NAME " (node %d): expected x of shape [..., %zu] (in_features), "
+              "received %s.", n, cfg.in_features, gq_shape_str(in[0]->dims, shape, sizeof shape));
     return kTfLiteError;
   }
   const size_t batch = x_count / cfg.in_features;
@@ -473,76 +231,76 @@ static TfLiteStatus fc_prepare(TfLiteContext* context, TfLiteNode* node) {
   /* packed: uint8 [packed_size], a model constant read in place. */
   const size_t need = gq_fc_packed_size(cfg.bits, cfg.in_features, cfg.out_features);
   if (need == 0) {
-    report(context, GQ_OP_NAME " (node %d): the packed size for bits=%d, in_features=%zu, "
-           "out_features=%zu does not fit in memory.", n, cfg.bits, cfg.in_features,
-           cfg.out_features);
+    gq_report(context, GQ_OP_NAME " (node %d): the packed size for bits=%d, in_features=%zu, "
+              "out_features=%zu does not fit in memory.", n, cfg.bits, cfg.in_features,
+              cfg.out_features);
     return kTfLiteError;
   }
-  if (!check_tensor(context, n, in[1], kInputNames[1], kTfLiteUInt8, 1, &packed_count)) {
+  if (!gq_check_tensor(context, GQ_OP_NAME, n, in[1], kInputNames[1], kTfLiteUInt8, 1,
+                       &packed_count)) {
     return kTfLiteError;
   }
   if (packed_count != need) {
-    report(context, GQ_OP_NAME " (node %d): expected packed weights of %zu bytes for bits=%d, "
-           "in_features=%zu, out_features=%zu (planes64 layout), received %zu bytes.", n, need,
-           cfg.bits, cfg.in_features, cfg.out_features, packed_count);
+    gq_report(context, GQ_OP_NAME " (node %d): expected packed weights of %zu bytes for bits=%d, "
+              "in_features=%zu, out_features=%zu (planes64 layout), received %zu bytes.", n, need,
+              cfg.bits, cfg.in_features, cfg.out_features, packed_count);
     return kTfLiteError;
   }
   if (in[1]->allocation_type != kTfLiteMmapRo || in[1]->data == NULL) {
-    report(context, GQ_OP_NAME " (node %d): expected packed weights to be a constant of the model "
-           "(read-only allocation with data), received allocation type %d%s.", n,
-           (int)in[1]->allocation_type, in[1]->data == NULL ? " without data" : "");
+    gq_report(context, GQ_OP_NAME " (node %d): expected packed weights to be a constant of the "
+              "model (read-only allocation with data), received allocation type %d%s.", n,
+              (int)in[1]->allocation_type, in[1]->data == NULL ? " without data" : "");
     return kTfLiteError;
   }
 
   /* centroids: float32 [2**bits] */
-  if (!check_tensor(context, n, in[2], kInputNames[2], kTfLiteFloat32, 1, &cent_count)) {
+  if (!gq_check_tensor(context, GQ_OP_NAME, n, in[2], kInputNames[2], kTfLiteFloat32, 1,
+                       &cent_count)) {
     return kTfLiteError;
   }
   if (cent_count != ((size_t)1 << cfg.bits)) {
-    report(context, GQ_OP_NAME " (node %d): expected centroids of shape [%zu] (2**bits, bits=%d), "
-           "received %s.", n, (size_t)1 << cfg.bits, cfg.bits,
-           shape_str(in[2]->dims, shape, sizeof shape));
+    gq_report(context, GQ_OP_NAME " (node %d): expected centroids of shape [%zu] (2**bits, "
+              "bits=%d), received %s.", n, (size_t)1 << cfg.bits, cfg.bits,
+              gq_shape_str(in[2]->dims, shape, sizeof shape));
     return kTfLiteError;
   }
 
   /* bias: float32 [out] */
   if (has_bias) {
-    if (!check_tensor(context, n, in[3], kInputNames[3], kTfLiteFloat32, 1, &bias_count)) {
+    if (!gq_check_tensor(context, GQ_OP_NAME, n, in[3], kInputNames[3], kTfLiteFloat32, 1,
+                         &bias_count)) {
       return kTfLiteError;
     }
     if (bias_count != cfg.out_features) {
-      report(context, GQ_OP_NAME " (node %d): expected bias of shape [%zu] (out_features), "
-             "received %s.", n, cfg.out_features, shape_str(in[3]->dims, shape, sizeof shape));
+      gq_report(context, GQ_OP_NAME " (node %d): expected bias of shape [%zu] (out_features), "
+                "received %s.", n, cfg.out_features,
+                gq_shape_str(in[3]->dims, shape, sizeof shape));
       return kTfLiteError;
     }
   }
 
   /* output: float32, writable, shape of x with the last dim = out */
   if (out->type != kTfLiteFloat32) {
-    report(context, GQ_OP_NAME " (node %d): expected output of type FLOAT32, received %s (%d).", n,
-           type_name((int)out->type), (int)out->type);
+    gq_report(context, GQ_OP_NAME " (node %d): expected output of type FLOAT32, received %s "
+              "(%d).", n, gq_type_name((int)out->type), (int)out->type);
     return kTfLiteError;
   }
   if (out->allocation_type == kTfLiteMmapRo || out->allocation_type == kTfLitePersistentRo) {
-    report(context, GQ_OP_NAME " (node %d): the output tensor is a read-only constant.", n);
+    gq_report(context, GQ_OP_NAME " (node %d): the output tensor is a read-only constant.", n);
     return kTfLiteError;
   }
   if (batch != 0 && cfg.out_features > SIZE_MAX / sizeof(float) / batch) {
-    report(context, GQ_OP_NAME " (node %d): output of %zu x %zu floats does not fit in memory.",
-           n, batch, cfg.out_features);
+    gq_report(context, GQ_OP_NAME " (node %d): output of %zu x %zu floats does not fit in memory.",
+              n, batch, cfg.out_features);
     return kTfLiteError;
   }
-  TfLiteIntArray* new_dims = malloc(sizeof(TfLiteIntArray) + (size_t)x_rank * sizeof(int));
-  if (new_dims == NULL) {
-    report(context, GQ_OP_NAME " (node %d): out of memory.", n);
-    return kTfLiteError;
+  size_t out_shape[16]; /* x's shape, the last dimension out_features */
+  for (int i = 0; i < x_rank; ++i) {
+    out_shape[i] = (size_t)in[0]->dims->data[i];
   }
-  new_dims->size = x_rank;
-  memcpy(new_dims->data, in[0]->dims->data, (size_t)x_rank * sizeof(int));
-  new_dims->data[x_rank - 1] = (int)cfg.out_features;
-  /* ResizeTensor owns new_dims from here on, on success and failure. */
-  if (context->ResizeTensor(context, out, new_dims) != kTfLiteOk) {
-    report(context, GQ_OP_NAME " (node %d): could not resize the output.", n);
+  out_shape[x_rank - 1] = cfg.out_features;
+  if (gq_resize_output(context, GQ_OP_NAME, n, out, "the output", x_rank, out_shape) !=
+      kTfLiteOk) {
     return kTfLiteError;
   }
 
@@ -555,21 +313,14 @@ static TfLiteStatus fc_prepare(TfLiteContext* context, TfLiteNode* node) {
     const size_t ws_need = gq_fc_parallel_workspace(gq_pool_threads(op->delegate->pool), batch,
                                                  cfg.in_features);
     if (ws_need == 0 && batch != 0) {
-      report(context, GQ_OP_NAME " (node %d): kernel workspace for batch %zu x %zu inputs does "
-             "not fit in memory.", n, batch, cfg.in_features);
+      gq_report(context, GQ_OP_NAME " (node %d): kernel workspace for batch %zu x %zu inputs does "
+                "not fit in memory.", n, batch, cfg.in_features);
       return kTfLiteError;
     }
-    if (ws_need > op->workspace_size) {
-      /* 64-byte aligned; size rounded up as aligned_alloc requires. */
-      void* grown = aligned_alloc(64, (ws_need + 63u) & ~(size_t)63u);
-      if (grown == NULL) {
-        report(context, GQ_OP_NAME " (node %d): out of memory (%zu bytes of kernel workspace).",
-               n, ws_need);
-        return kTfLiteError;
-      }
-      free(op->workspace);
-      op->workspace = grown;
-      op->workspace_size = ws_need;
+    if (!gq_grow_aligned(&op->workspace, &op->workspace_size, ws_need)) {
+      gq_report(context, GQ_OP_NAME " (node %d): out of memory (%zu bytes of kernel workspace).",
+                n, ws_need);
+      return kTfLiteError;
     }
     op->codebook_constant = in[2]->allocation_type == kTfLiteMmapRo && in[2]->data != NULL;
     if (op->kernel->qd8 && op->codebook_constant) {
@@ -584,23 +335,23 @@ static TfLiteStatus fc_prepare(TfLiteContext* context, TfLiteNode* node) {
 static TfLiteStatus fc_invoke(TfLiteContext* context, TfLiteNode* node) {
   gq_fc_op* op = (gq_fc_op*)node->user_data;
   if (op == NULL || !op->ready) {
-    report(context, GQ_OP_NAME ": invoked before a successful prepare.");
+    gq_report(context, GQ_OP_NAME ": invoked before a successful prepare.");
     return kTfLiteError;
   }
-  const int n = op->node_index;
+  const int n = op->node.node_index;
   /* Indices were range-checked in prepare; pointers are fetched again
    * because the runtime may move tensor storage between prepare and invoke. */
-  const TfLiteTensor* x = &context->tensors[op->inputs[0]];
-  const TfLiteTensor* packed = &context->tensors[op->inputs[1]];
-  const TfLiteTensor* cent = &context->tensors[op->inputs[2]];
-  const TfLiteTensor* bias = op->has_bias ? &context->tensors[op->inputs[3]] : NULL;
-  TfLiteTensor* y = &context->tensors[op->inputs[op->num_inputs]];
+  const TfLiteTensor* x = &context->tensors[op->node.tensors[0]];
+  const TfLiteTensor* packed = &context->tensors[op->node.tensors[1]];
+  const TfLiteTensor* cent = &context->tensors[op->node.tensors[2]];
+  const TfLiteTensor* bias = op->has_bias ? &context->tensors[op->node.tensors[3]] : NULL;
+  TfLiteTensor* y = &context->tensors[op->node.tensors[op->node.num_inputs]];
   const size_t x_bytes = op->batch * op->in_features * sizeof(float);
   const size_t y_bytes = op->batch * op->out_features * sizeof(float);
   if (x->bytes != x_bytes || y->bytes != y_bytes) {
-    report(context, GQ_OP_NAME " (node %d): tensor sizes changed since prepare (x %zu bytes, "
-           "expected %zu; output %zu bytes, expected %zu).", n, x->bytes, x_bytes, y->bytes,
-           y_bytes);
+    gq_report(context, GQ_OP_NAME " (node %d): tensor sizes changed since prepare (x %zu bytes, "
+              "expected %zu; output %zu bytes, expected %zu).", n, x->bytes, x_bytes, y->bytes,
+              y_bytes);
     return kTfLiteError;
   }
   if (op->batch == 0) {
@@ -608,7 +359,7 @@ static TfLiteStatus fc_invoke(TfLiteContext* context, TfLiteNode* node) {
   }
   if (x->data == NULL || packed->data == NULL || cent->data == NULL || y->data == NULL ||
       (bias != NULL && bias->data == NULL)) {
-    report(context, GQ_OP_NAME " (node %d): an input or output tensor has no data.", n);
+    gq_report(context, GQ_OP_NAME " (node %d): an input or output tensor has no data.", n);
     return kTfLiteError;
   }
   if (op->kernel->qd8 && !op->codebook_constant) {
@@ -637,48 +388,14 @@ static void* fc_init(TfLiteContext* context, const char* buffer, size_t length) 
   if (op == NULL) {
     return NULL;
   }
-  op->node_index = -1;
-  const TfLiteDelegateParams* params = (const TfLiteDelegateParams*)(const void*)buffer;
-  if (params == NULL || params->delegate == NULL || params->nodes_to_replace == NULL ||
-      params->nodes_to_replace->size != 1) {
-    op->init_error = "delegate kernel created without exactly one node to replace.";
+  const TfLiteDelegateParams* params = gq_node_params(&op->node, buffer);
+  if (params == NULL) {
     return op;
   }
   const gq_delegate* delegate = (const gq_delegate*)params->delegate;
   op->kernel = delegate->kernel;
   op->delegate = (gq_delegate*)params->delegate;
-  op->node_index = params->nodes_to_replace->data[0];
-  TfLiteNode* orig = NULL;
-  TfLiteRegistration* reg = NULL;
-  if (context->GetNodeAndRegistration(context, op->node_index, &orig, &reg) != kTfLiteOk ||
-      orig == NULL || reg == NULL) {
-    op->init_error = "cannot look up the original node.";
-    return op;
-  }
-  op->op_version = reg->version;
-  if (orig->inputs == NULL || orig->outputs == NULL || orig->inputs->size < 0 ||
-      orig->outputs->size < 0 || orig->inputs->size > 64 || orig->outputs->size > 64) {
-    op->init_error = "the node's input or output list is missing or implausibly long.";
-    return op;
-  }
-  op->num_inputs = orig->inputs->size;
-  op->num_outputs = orig->outputs->size;
-  op->inputs = malloc(((size_t)op->num_inputs + (size_t)op->num_outputs + 1) * sizeof(int));
-  if (op->inputs == NULL) {
-    op->init_error = "out of memory.";
-    return op;
-  }
-  memcpy(op->inputs, orig->inputs->data, (size_t)op->num_inputs * sizeof(int));
-  memcpy(op->inputs + op->num_inputs, orig->outputs->data, (size_t)op->num_outputs * sizeof(int));
-  if (orig->custom_initial_data != NULL && orig->custom_initial_data_size > 0) {
-    op->options_len = (size_t)orig->custom_initial_data_size;
-    op->options = malloc(op->options_len);
-    if (op->options == NULL) {
-      op->init_error = "out of memory.";
-      return op;
-    }
-    memcpy(op->options, orig->custom_initial_data, op->options_len);
-  }
+  gq_node_copy_in(context, &op->node);
   return op;
 }
 
@@ -686,8 +403,7 @@ static void fc_free(TfLiteContext* context, void* buffer) {
   (void)context;
   gq_fc_op* op = (gq_fc_op*)buffer;
   if (op != NULL) {
-    free(op->inputs);
-    free(op->options);
+    gq_node_free(&op->node);
     free(op->workspace);
     free(op);
   }
@@ -708,8 +424,8 @@ static TfLiteStatus check_tensor_abi(TfLiteContext* context) {
   const int last = (int)(context->tensors_size - 1);
   const TfLiteTensor* theirs = context->GetTensor(context, last);
   if (theirs != NULL && theirs != &context->tensors[last]) {
-    report(context, "gq_delegate: TfLiteTensor ABI mismatch (this library assumes %zu bytes per "
-           "tensor); rebuild the delegate for this runtime.", sizeof(TfLiteTensor));
+    gq_report(context, "gq_delegate: TfLiteTensor ABI mismatch (this library assumes %zu bytes per "
+              "tensor); rebuild the delegate for this runtime.", sizeof(TfLiteTensor));
     return kTfLiteError;
   }
   return kTfLiteOk;
@@ -724,7 +440,7 @@ static TfLiteStatus check_claim(TfLiteContext* context, const TfLiteIntArray* pl
                                 const TfLiteNode* node, const int* producer, const char* op_name) {
   const int n = plan->data[position];
   if (node->inputs == NULL || node->outputs == NULL) {
-    report(context, "%s (node %d): the node has no input or output list.", op_name, n);
+    gq_report(context, "%s (node %d): the node has no input or output list.", op_name, n);
     return kTfLiteError;
   }
   const size_t last = context->tensors_size == 0 ? 0 : context->tensors_size - 1;
@@ -734,21 +450,21 @@ static TfLiteStatus check_claim(TfLiteContext* context, const TfLiteIntArray* pl
       continue;
     }
     if (t < 0 || (size_t)t >= context->tensors_size) {
-      report(context, "%s (node %d): input %d has tensor index %d, expected 0..%zu.", op_name,
-             n, k, t, last);
+      gq_report(context, "%s (node %d): input %d has tensor index %d, expected 0..%zu.", op_name,
+                n, k, t, last);
       return kTfLiteError;
     }
     if (producer[t] >= position) {
-      report(context, "%s (node %d): input %d (tensor %d) is written by node %d, which does not "
-             "run before it: the graph has a cycle.", op_name, n, k, t, plan->data[producer[t]]);
+      gq_report(context, "%s (node %d): input %d (tensor %d) is written by node %d, which does not "
+                "run before it: the graph has a cycle.", op_name, n, k, t, plan->data[producer[t]]);
       return kTfLiteError;
     }
   }
   for (int k = 0; k < node->outputs->size; ++k) {
     const int t = node->outputs->data[k];
     if (t < 0 || (size_t)t >= context->tensors_size) {
-      report(context, "%s (node %d): output %d has tensor index %d, expected 0..%zu.", op_name,
-             n, k, t, last);
+      gq_report(context, "%s (node %d): output %d has tensor index %d, expected 0..%zu.", op_name,
+                n, k, t, last);
       return kTfLiteError;
     }
   }
@@ -767,7 +483,7 @@ static TfLiteStatus delegate_prepare(TfLiteContext* context, TfLiteDelegate* del
   TfLiteIntArray* plan = NULL;
   if (context->GetExecutionPlan(context, &plan) != kTfLiteOk || plan == NULL || plan->size < 0 ||
       context->tensors_size > (size_t)INT32_MAX) {
-    report(context, "gq_delegate: cannot read the execution plan.");
+    gq_report(context, "gq_delegate: cannot read the execution plan.");
     return kTfLiteError;
   }
   /* The plan changes with every replacement: collect first, replace after. */
@@ -777,7 +493,7 @@ static TfLiteStatus delegate_prepare(TfLiteContext* context, TfLiteDelegate* del
   TfLiteIntArray* one = malloc(sizeof(TfLiteIntArray) + sizeof(int));
   TfLiteStatus status = kTfLiteOk;
   if (claimed == NULL || claimed_lstm == NULL || producer == NULL || one == NULL) {
-    report(context, "gq_delegate: out of memory.");
+    gq_report(context, "gq_delegate: out of memory.");
     status = kTfLiteError;
   }
   int count = 0;
@@ -894,7 +610,7 @@ GQ_EXPORT TfLiteDelegate* tflite_plugin_create_delegate(char** keys, char** valu
     }
     if (strcmp(key, "kernel") != 0) {
       plugin_error(report_error, "gq_delegate: unknown option '%s' (known options: kernel).",
-                   printable(key, strlen(key), shown_key, sizeof shown_key));
+                   gq_printable(key, strlen(key), shown_key, sizeof shown_key));
       return NULL;
     }
     kernel = gq_fc_kernel_find(value);
@@ -902,8 +618,8 @@ GQ_EXPORT TfLiteDelegate* tflite_plugin_create_delegate(char** keys, char** valu
       char known[256];
       kernel_list(known, sizeof known);
       plugin_error(report_error, "gq_delegate: expected option kernel in 'auto'%s, received "
-                   "'%s'%s.", known, printable(value, strlen(value), shown_value,
-                                               sizeof shown_value),
+                   "'%s'%s.", known, gq_printable(value, strlen(value), shown_value,
+                                                  sizeof shown_value),
                    kernel_compiled(value) ? " (compiled in, but this CPU lacks its instructions)"
                                           : "");
       return NULL;

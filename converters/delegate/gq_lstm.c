@@ -39,7 +39,6 @@
  *
  * Pure C11, libc only (the exponential below avoids a libm dependency). */
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,20 +46,13 @@
 
 #include "../kernels/gq_fc.h"
 #include "flexbuf.h"
+#include "gq_common.h"
 #include "gq_lstm.h"
 #include "gq_threads.h"
 #include "tflite_abi.h"
 
-#if defined(__GNUC__)
-#define GQ_LSTM_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
-#else
-#define GQ_LSTM_PRINTF(fmt, args)
-#endif
-
 #define GQ_LSTM_OP_VERSION 1
 #define GQ_LSTM_OPTIONS_VERSION 1
-#define GQ_LSTM_MSG_LEN 512
-#define GQ_LSTM_MAX_LIST 64 /* longest input/output list copied from a node */
 
 /* Logical inputs; slot[] maps them to tensor indices (-1: absent). */
 enum {
@@ -82,14 +74,7 @@ static const char* const kSlotNames[LSTM_NUM_SLOTS] = {
 };
 
 typedef struct gq_lstm_op {
-  int node_index; /* the original GQ_LSTM node, for messages */
-  const char* init_error;
-  int op_version;
-  size_t options_len;
-  uint8_t* options;
-  int num_inputs;
-  int num_outputs;
-  int* tensors; /* num_inputs + num_outputs tensor indices, outputs last */
+  gq_node_copy node; /* the original GQ_LSTM node */
   const gq_fc_kernel_info* kernel;
   gq_pool* pool; /* the delegate's threads (NULL: one) */
   /* Set by prepare. */
@@ -113,82 +98,6 @@ typedef struct gq_lstm_op {
   size_t scratch_count;
 } gq_lstm_op;
 
-/* ---------------------------------------------------------------- errors */
-
-static void report(TfLiteContext* context, const char* fmt, ...) GQ_LSTM_PRINTF(2, 3);
-
-/* Messages are formatted here and handed to ReportError as "%s", so text
- * from the model never becomes a format string. */
-static void report(TfLiteContext* context, const char* fmt, ...) {
-  char msg[GQ_LSTM_MSG_LEN];
-  va_list args;
-  va_start(args, fmt);
-  vsnprintf(msg, sizeof msg, fmt, args);
-  va_end(args);
-  if (context != NULL && context->ReportError != NULL) {
-    context->ReportError(context, "%s", msg);
-  }
-}
-
-/* Model-controlled bytes as printable ASCII (\xNN escapes), truncated. */
-static const char* printable(const char* s, size_t len, char* out, size_t out_len) {
-  size_t o = 0, i = 0;
-  for (; i < len && o + 8 <= out_len; ++i) {
-    const unsigned char ch = (unsigned char)s[i];
-    if (ch >= 0x20 && ch < 0x7f && ch != '\\' && ch != '\'') {
-      out[o++] = (char)ch;
-    } else {
-      o += (size_t)snprintf(out + o, out_len - o, "\\x%02x", ch);
-    }
-  }
-  if (i < len) {
-    memcpy(out + o, "...", 3);
-    o += 3;
-  }
-  out[o] = '\0';
-  return out;
-}
-
-static const char* type_name(int type) {
-  switch (type) {
-    case kTfLiteFloat32: return "FLOAT32";
-    case kTfLiteInt32: return "INT32";
-    case kTfLiteUInt8: return "UINT8";
-    case kTfLiteInt64: return "INT64";
-    case kTfLiteInt8: return "INT8";
-    case kTfLiteInt16: return "INT16";
-    case kTfLiteFloat16: return "FLOAT16";
-    case kTfLiteFloat64: return "FLOAT64";
-    case kTfLiteBool: return "BOOL";
-    case kTfLiteString: return "STRING";
-    default: return "another type";
-  }
-}
-
-static const char* shape_str(const TfLiteIntArray* dims, char* out, size_t out_len) {
-  if (dims == NULL) {
-    snprintf(out, out_len, "NULL");
-    return out;
-  }
-  size_t o = (size_t)snprintf(out, out_len, "[");
-  for (int i = 0; i < dims->size && o < out_len; ++i) {
-    o += (size_t)snprintf(out + o, out_len - o, i ? ", %d" : "%d", dims->data[i]);
-  }
-  if (o < out_len) {
-    snprintf(out + o, out_len - o, "]");
-  }
-  return out;
-}
-
-/* a * b, or 0 with *ok = 0 on size_t overflow. */
-static size_t mul_size(size_t a, size_t b, int* ok) {
-  if (a != 0 && b > SIZE_MAX / a) {
-    *ok = 0;
-    return 0;
-  }
-  return a * b;
-}
-
 /* ------------------------------------------------------------- options */
 
 typedef struct gq_lstm_config {
@@ -209,39 +118,15 @@ static const char* const kOptionKeys[] = {
   "version, kernel_bits, recurrent_bits, in_features, units, return_sequences, return_state, " \
   "block_size"
 
-static const char* flex_text(int status) {
-  switch (status) {
-    case GQ_FLEX_MALFORMED: return "malformed flexbuffer";
-    case GQ_FLEX_NOT_MAP: return "the flexbuffer root is not a map";
-    case GQ_FLEX_MISSING: return "missing";
-    case GQ_FLEX_WRONG_TYPE: return "wrong value type";
-    default: return "unknown flexbuffer error";
-  }
-}
-
 /* Reads integer option key into *value within [lo, hi]; reports otherwise. */
 static int option_in(TfLiteContext* context, int node, const gq_flexmap* map, const char* key,
                      int64_t lo, int64_t hi, int64_t* value) {
-  const int status = gq_flexmap_get_int(map, key, value);
-  if (status == GQ_FLEX_WRONG_TYPE) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected option '%s' to be an integer, "
-           "received another flexbuffer type.", node, key);
-    return 0;
-  }
-  if (status == GQ_FLEX_MISSING) {
-    /* The key scan found it, so the binary search failed: unsorted keys. */
-    report(context, GQ_LSTM_OP_NAME " (node %d): cannot look up option '%s': the custom options "
-           "map is not sorted by key (not written by a flexbuffer writer).", node, key);
-    return 0;
-  }
-  if (status != GQ_FLEX_OK) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): cannot read option '%s': %s.", node, key,
-           flex_text(status));
+  if (!gq_option_int(context, GQ_LSTM_OP_NAME, node, map, key, value)) {
     return 0;
   }
   if (*value < lo || *value > hi) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected option %s in %" PRId64 "..%" PRId64
-           ", received %s=%" PRId64 ".", node, key, lo, hi, key, *value);
+    gq_report(context, GQ_LSTM_OP_NAME " (node %d): expected option %s in %" PRId64 "..%" PRId64
+              ", received %s=%" PRId64 ".", node, key, lo, hi, key, *value);
     return 0;
   }
   return 1;
@@ -249,65 +134,14 @@ static int option_in(TfLiteContext* context, int node, const gq_flexmap* map, co
 
 static TfLiteStatus parse_options(TfLiteContext* context, const gq_lstm_op* op,
                                   gq_lstm_config* config) {
-  const int node = op->node_index;
-  if (op->options == NULL || op->options_len == 0) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected custom options (a flexbuffer map with "
-           "keys " LSTM_KEYS_TEXT "), received none.", node);
-    return kTfLiteError;
-  }
+  const int node = op->node.node_index;
   gq_flexmap map;
-  int status = gq_flexmap_open(&map, op->options, op->options_len);
-  if (status != GQ_FLEX_OK) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected custom options to be a flexbuffer map, "
-           "received %zu bytes that are not one (%s).", node, op->options_len, flex_text(status));
+  if (!gq_open_options(context, GQ_LSTM_OP_NAME, node, op->node.options, op->node.options_len,
+                       kOptionKeys, LSTM_NUM_KEYS, LSTM_KEYS_TEXT, &map) ||
+      !gq_option_version(context, GQ_LSTM_OP_NAME, node, &map, GQ_LSTM_OPTIONS_VERSION)) {
     return kTfLiteError;
   }
-  /* Exactly the known keys: an unknown one would come from a newer writer
-   * whose meaning this reader would silently drop. */
-  int seen[LSTM_NUM_KEYS] = {0};
-  for (size_t i = 0; i < map.count; ++i) {
-    const char* key;
-    size_t key_len;
-    status = gq_flexmap_key_at(&map, i, &key, &key_len);
-    if (status != GQ_FLEX_OK) {
-      report(context, GQ_LSTM_OP_NAME " (node %d): cannot read option key %zu of %zu: %s.", node,
-             i, map.count, flex_text(status));
-      return kTfLiteError;
-    }
-    size_t k = 0;
-    while (k < LSTM_NUM_KEYS &&
-           !(strlen(kOptionKeys[k]) == key_len && memcmp(kOptionKeys[k], key, key_len) == 0)) {
-      ++k;
-    }
-    if (k == LSTM_NUM_KEYS) {
-      char shown[96];
-      report(context, GQ_LSTM_OP_NAME " (node %d): unknown option key '%s' (expected exactly the "
-             "keys " LSTM_KEYS_TEXT ").", node, printable(key, key_len, shown, sizeof shown));
-      return kTfLiteError;
-    }
-    if (seen[k]++) {
-      report(context, GQ_LSTM_OP_NAME " (node %d): option key '%s' appears more than once.", node,
-             kOptionKeys[k]);
-      return kTfLiteError;
-    }
-  }
-  for (size_t k = 0; k < LSTM_NUM_KEYS; ++k) {
-    if (!seen[k]) {
-      report(context, GQ_LSTM_OP_NAME " (node %d): missing option '%s' (expected exactly the keys "
-             LSTM_KEYS_TEXT ").", node, kOptionKeys[k]);
-      return kTfLiteError;
-    }
-  }
-  int64_t version, kbits, rbits, in_f, units, seq, state, block;
-  if (!option_in(context, node, &map, "version", INT64_MIN, INT64_MAX, &version)) {
-    return kTfLiteError;
-  }
-  if (version != GQ_LSTM_OPTIONS_VERSION) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected option version %d, received version=%"
-           PRId64 " (a model written for a newer delegate?).", node, GQ_LSTM_OPTIONS_VERSION,
-           version);
-    return kTfLiteError;
-  }
+  int64_t kbits, rbits, in_f, units, seq, state;
   /* Tensor dimensions are C ints: 4 * units must be one. */
   if (!option_in(context, node, &map, "kernel_bits", 1, 8, &kbits) ||
       !option_in(context, node, &map, "recurrent_bits", 1, 8, &rbits) ||
@@ -317,12 +151,7 @@ static TfLiteStatus parse_options(TfLiteContext* context, const gq_lstm_op* op,
       !option_in(context, node, &map, "return_state", 0, 1, &state)) {
     return kTfLiteError;
   }
-  if (!option_in(context, node, &map, "block_size", INT64_MIN, INT64_MAX, &block)) {
-    return kTfLiteError;
-  }
-  if (block != GQ_FC_BLOCK) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected option block_size=%d (layout "
-           "planes64), received block_size=%" PRId64 ".", node, GQ_FC_BLOCK, block);
+  if (!gq_option_block_size(context, GQ_LSTM_OP_NAME, node, &map)) {
     return kTfLiteError;
   }
   config->kernel_bits = (int)kbits;
@@ -336,77 +165,29 @@ static TfLiteStatus parse_options(TfLiteContext* context, const gq_lstm_op* op,
 
 /* ------------------------------------------------------- tensor checks */
 
-static TfLiteTensor* tensor_at(TfLiteContext* context, int node, int index, const char* what) {
-  if (index < 0 || (size_t)index >= context->tensors_size || context->tensors == NULL) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): %s has tensor index %d, expected 0..%zu.", node,
-           what, index, context->tensors_size == 0 ? (size_t)0 : context->tensors_size - 1);
-    return NULL;
-  }
-  return &context->tensors[index];
-}
-
-/* Checks type, rank and that dims and bytes agree; *count = elements. */
-static int check_tensor(TfLiteContext* context, int node, const TfLiteTensor* t, const char* what,
-                        TfLiteType type, int rank, size_t* count) {
-  char shape[128];
-  if (t->type != type) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected %s of type %s, received %s (%d).", node,
-           what, type_name((int)type), type_name((int)t->type), (int)t->type);
-    return 0;
-  }
-  if (t->dims == NULL || t->dims->size != rank) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected %s of rank %d, received shape %s.",
-           node, what, rank, shape_str(t->dims, shape, sizeof shape));
-    return 0;
-  }
-  int ok = 1;
-  size_t n = 1;
-  for (int i = 0; i < rank && ok; ++i) {
-    if (t->dims->data[i] < 0) {
-      ok = 0;
-    } else {
-      n = mul_size(n, (size_t)t->dims->data[i], &ok);
-    }
-  }
-  const size_t elem = type == kTfLiteUInt8 ? 1 : 4;
-  const size_t bytes = mul_size(n, elem, &ok);
-  if (!ok) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): %s has an invalid shape %s.", node, what,
-           shape_str(t->dims, shape, sizeof shape));
-    return 0;
-  }
-  if (t->bytes != bytes) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): %s of shape %s needs %zu bytes, the tensor has "
-           "%zu.", node, what, shape_str(t->dims, shape, sizeof shape), bytes, t->bytes);
-    return 0;
-  }
-  *count = n;
-  return 1;
-}
-
 /* A packed matrix: uint8 [gq_fc_packed_size(bits, cols, rows)], constant. */
 static int check_packed(TfLiteContext* context, int node, const TfLiteTensor* t, const char* what,
                         int bits, size_t cols, size_t rows) {
   const size_t need = gq_fc_packed_size(bits, cols, rows);
   size_t count;
   if (need == 0) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): the packed size of %s (bits=%d, %zu x %zu) does "
-           "not fit in memory.", node, what, bits, rows, cols);
+    gq_report(context, GQ_LSTM_OP_NAME " (node %d): the packed size of %s (bits=%d, %zu x %zu) "
+              "does not fit in memory.", node, what, bits, rows, cols);
     return 0;
   }
-  if (!check_tensor(context, node, t, what, kTfLiteUInt8, 1, &count)) {
+  if (!gq_check_tensor(context, GQ_LSTM_OP_NAME, node, t, what, kTfLiteUInt8, 1, &count)) {
     return 0;
   }
   if (count != need) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected %s of %zu bytes for bits=%d and a "
-           "[%zu, %zu] matrix (planes64 layout), received %zu bytes.", node, what, need, bits,
-           rows, cols, count);
+    gq_report(context, GQ_LSTM_OP_NAME " (node %d): expected %s of %zu bytes for bits=%d and a "
+              "[%zu, %zu] matrix (planes64 layout), received %zu bytes.", node, what, need, bits,
+              rows, cols, count);
     return 0;
   }
   if (t->allocation_type != kTfLiteMmapRo || t->data == NULL) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected %s to be a constant of the model "
-           "(read-only allocation with data), received allocation type %d%s.", node, what,
-           (int)t->allocation_type, t->data == NULL ? " without data" : "");
+    gq_report(context, GQ_LSTM_OP_NAME " (node %d): expected %s to be a constant of the model "
+              "(read-only allocation with data), received allocation type %d%s.", node, what,
+              (int)t->allocation_type, t->data == NULL ? " without data" : "");
     return 0;
   }
   return 1;
@@ -416,12 +197,12 @@ static int check_vector(TfLiteContext* context, int node, const TfLiteTensor* t,
                         size_t want, const char* why) {
   size_t count;
   char shape[128];
-  if (!check_tensor(context, node, t, what, kTfLiteFloat32, 1, &count)) {
+  if (!gq_check_tensor(context, GQ_LSTM_OP_NAME, node, t, what, kTfLiteFloat32, 1, &count)) {
     return 0;
   }
   if (count != want) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected %s of shape [%zu] (%s), received %s.",
-           node, what, want, why, shape_str(t->dims, shape, sizeof shape));
+    gq_report(context, GQ_LSTM_OP_NAME " (node %d): expected %s of shape [%zu] (%s), received %s.",
+              node, what, want, why, gq_shape_str(t->dims, shape, sizeof shape));
     return 0;
   }
   return 1;
@@ -432,12 +213,13 @@ static int check_state(TfLiteContext* context, int node, const TfLiteTensor* t, 
                        size_t batch, size_t units) {
   size_t count;
   char shape[128];
-  if (!check_tensor(context, node, t, what, kTfLiteFloat32, 2, &count)) {
+  if (!gq_check_tensor(context, GQ_LSTM_OP_NAME, node, t, what, kTfLiteFloat32, 2, &count)) {
     return 0;
   }
   if ((size_t)t->dims->data[0] != batch || (size_t)t->dims->data[1] != units) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected %s of shape [%zu, %zu] (batch, units), "
-           "received %s.", node, what, batch, units, shape_str(t->dims, shape, sizeof shape));
+    gq_report(context, GQ_LSTM_OP_NAME " (node %d): expected %s of shape [%zu, %zu] (batch, "
+              "units), received %s.", node, what, batch, units,
+              gq_shape_str(t->dims, shape, sizeof shape));
     return 0;
   }
   return 1;
@@ -445,56 +227,41 @@ static int check_state(TfLiteContext* context, int node, const TfLiteTensor* t, 
 
 /* Maps the node's inputs to slots (5..8 inputs, see the contract). */
 static TfLiteStatus resolve_slots(TfLiteContext* context, gq_lstm_op* op) {
-  const int node = op->node_index;
-  const int n = op->num_inputs;
+  const int node = op->node.node_index;
+  const int n = op->node.num_inputs;
   if (n < 5 || n > 8) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected 5 to 8 inputs (x, kernel, kernel "
-           "centroids, recurrent kernel, recurrent centroids[, bias][, h0, c0]), received %d.",
-           node, n);
+    gq_report(context, GQ_LSTM_OP_NAME " (node %d): expected 5 to 8 inputs (x, kernel, kernel "
+              "centroids, recurrent kernel, recurrent centroids[, bias][, h0, c0]), received %d.",
+              node, n);
     return kTfLiteError;
   }
   for (int s = 0; s < LSTM_NUM_SLOTS; ++s) {
     op->slot[s] = kTfLiteOptionalTensor;
   }
   for (int s = 0; s < 5; ++s) {
-    op->slot[s] = op->tensors[s];
+    op->slot[s] = op->node.tensors[s];
     if (op->slot[s] == kTfLiteOptionalTensor) {
-      report(context, GQ_LSTM_OP_NAME " (node %d): %s (input %d) is required, received the "
-             "optional-tensor index -1.", node, kSlotNames[s], s);
+      gq_report(context, GQ_LSTM_OP_NAME " (node %d): %s (input %d) is required, received the "
+                "optional-tensor index -1.", node, kSlotNames[s], s);
       return kTfLiteError;
     }
   }
   if (n == 6 || n == 8) {
-    op->slot[LSTM_BIAS] = op->tensors[5];
+    op->slot[LSTM_BIAS] = op->node.tensors[5];
   }
   if (n == 7 || n == 8) {
-    op->slot[LSTM_H0] = op->tensors[n - 2];
-    op->slot[LSTM_C0] = op->tensors[n - 1];
+    op->slot[LSTM_H0] = op->node.tensors[n - 2];
+    op->slot[LSTM_C0] = op->node.tensors[n - 1];
   }
   if ((op->slot[LSTM_H0] == kTfLiteOptionalTensor) != (op->slot[LSTM_C0] == kTfLiteOptionalTensor)) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected both h0 and c0 or neither, received "
-           "only %s.", node, op->slot[LSTM_H0] == kTfLiteOptionalTensor ? "c0" : "h0");
+    gq_report(context, GQ_LSTM_OP_NAME " (node %d): expected both h0 and c0 or neither, received "
+              "only %s.", node, op->slot[LSTM_H0] == kTfLiteOptionalTensor ? "c0" : "h0");
     return kTfLiteError;
   }
   return kTfLiteOk;
 }
 
 /* ------------------------------------------------------------- prepare */
-
-static int grow_workspace(gq_lstm_op* op, size_t need) {
-  if (need <= op->workspace_size) {
-    return 1;
-  }
-  /* 64-byte aligned; aligned_alloc wants a multiple of the alignment. */
-  void* grown = aligned_alloc(64, (need + 63u) & ~(size_t)63u);
-  if (grown == NULL) {
-    return 0;
-  }
-  free(op->workspace);
-  op->workspace = grown;
-  op->workspace_size = need;
-  return 1;
-}
 
 static int grow_scratch(gq_lstm_op* op, size_t count) {
   if (count <= op->scratch_count) {
@@ -510,40 +277,15 @@ static int grow_scratch(gq_lstm_op* op, size_t count) {
   return 1;
 }
 
-static TfLiteStatus resize_output(TfLiteContext* context, int node, TfLiteTensor* out,
-                                  const char* what, int rank, const size_t* shape) {
-  TfLiteIntArray* dims = malloc(sizeof(TfLiteIntArray) + (size_t)rank * sizeof(int));
-  if (dims == NULL) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): out of memory.", node);
-    return kTfLiteError;
-  }
-  dims->size = rank;
-  for (int i = 0; i < rank; ++i) {
-    dims->data[i] = (int)shape[i]; /* every entry came from an int dimension */
-  }
-  /* ResizeTensor owns dims from here on, on success and failure. */
-  if (context->ResizeTensor(context, out, dims) != kTfLiteOk) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): could not resize %s.", node, what);
-    return kTfLiteError;
-  }
-  return kTfLiteOk;
-}
-
 TfLiteStatus gq_lstm_prepare(TfLiteContext* context, TfLiteNode* node) {
   gq_lstm_op* op = (gq_lstm_op*)node->user_data;
   if (op == NULL) {
-    report(context, GQ_LSTM_OP_NAME ": delegate kernel state missing (out of memory in init).");
+    gq_report(context, GQ_LSTM_OP_NAME ": delegate kernel state missing (out of memory in init).");
     return kTfLiteError;
   }
   op->ready = 0;
-  const int n = op->node_index;
-  if (op->init_error != NULL) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): %s", n, op->init_error);
-    return kTfLiteError;
-  }
-  if (op->op_version != GQ_LSTM_OP_VERSION) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected op version %d, received version %d "
-           "(a model written for a newer delegate?).", n, GQ_LSTM_OP_VERSION, op->op_version);
+  const int n = op->node.node_index;
+  if (!gq_check_node(context, GQ_LSTM_OP_NAME, &op->node, GQ_LSTM_OP_VERSION)) {
     return kTfLiteError;
   }
   gq_lstm_config cfg;
@@ -551,31 +293,31 @@ TfLiteStatus gq_lstm_prepare(TfLiteContext* context, TfLiteNode* node) {
     return kTfLiteError;
   }
   const int want_outputs = cfg.return_state ? 3 : 1;
-  if (op->num_outputs != want_outputs) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected %d output%s (return_state=%d), "
-           "received %d.", n, want_outputs, want_outputs == 1 ? " (y)" : "s (y, h, c)",
-           cfg.return_state, op->num_outputs);
+  if (op->node.num_outputs != want_outputs) {
+    gq_report(context, GQ_LSTM_OP_NAME " (node %d): expected %d output%s (return_state=%d), "
+              "received %d.", n, want_outputs, want_outputs == 1 ? " (y)" : "s (y, h, c)",
+              cfg.return_state, op->node.num_outputs);
     return kTfLiteError;
   }
   TfLiteTensor* in[LSTM_NUM_SLOTS] = {NULL};
   for (int s = 0; s < LSTM_NUM_SLOTS; ++s) {
     if (op->slot[s] != kTfLiteOptionalTensor) {
-      in[s] = tensor_at(context, n, op->slot[s], kSlotNames[s]);
+      in[s] = gq_tensor_at(context, GQ_LSTM_OP_NAME, n, op->slot[s], kSlotNames[s]);
       if (in[s] == NULL) return kTfLiteError;
     }
   }
   static const char* const kOutputNames[3] = {"output y", "output h", "output c"};
   TfLiteTensor* out[3] = {NULL, NULL, NULL};
-  for (int k = 0; k < op->num_outputs; ++k) {
-    const int t = op->tensors[op->num_inputs + k];
-    out[k] = tensor_at(context, n, t, kOutputNames[k]);
+  for (int k = 0; k < op->node.num_outputs; ++k) {
+    const int t = op->node.tensors[op->node.num_inputs + k];
+    out[k] = gq_tensor_at(context, GQ_LSTM_OP_NAME, n, t, kOutputNames[k]);
     if (out[k] == NULL) return kTfLiteError;
     /* Outputs are written while inputs are still read. */
-    for (int j = 0; j < op->num_inputs + k; ++j) {
-      if (op->tensors[j] == t) {
-        report(context, GQ_LSTM_OP_NAME " (node %d): %s (tensor %d) is also %s %d.", n,
-               kOutputNames[k], t, j < op->num_inputs ? "input" : "output",
-               j < op->num_inputs ? j : j - op->num_inputs);
+    for (int j = 0; j < op->node.num_inputs + k; ++j) {
+      if (op->node.tensors[j] == t) {
+        gq_report(context, GQ_LSTM_OP_NAME " (node %d): %s (tensor %d) is also %s %d.", n,
+                  kOutputNames[k], t, j < op->node.num_inputs ? "input" : "output",
+                  j < op->node.num_inputs ? j : j - op->node.num_inputs);
         return kTfLiteError;
       }
     }
@@ -584,13 +326,14 @@ TfLiteStatus gq_lstm_prepare(TfLiteContext* context, TfLiteNode* node) {
   /* x: float32 [B, T, in] */
   char shape[128];
   size_t count;
-  if (!check_tensor(context, n, in[LSTM_X], kSlotNames[LSTM_X], kTfLiteFloat32, 3, &count)) {
+  if (!gq_check_tensor(context, GQ_LSTM_OP_NAME, n, in[LSTM_X], kSlotNames[LSTM_X],
+                       kTfLiteFloat32, 3, &count)) {
     return kTfLiteError;
   }
   if ((size_t)in[LSTM_X]->dims->data[2] != cfg.in_features) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): expected input x of shape [batch, steps, %zu] "
-           "(in_features), received %s.", n, cfg.in_features,
-           shape_str(in[LSTM_X]->dims, shape, sizeof shape));
+    gq_report(context, GQ_LSTM_OP_NAME " (node %d): expected input x of shape [batch, steps, %zu] "
+              "(in_features), received %s.", n, cfg.in_features,
+              gq_shape_str(in[LSTM_X]->dims, shape, sizeof shape));
     return kTfLiteError;
   }
   const size_t batch = (size_t)in[LSTM_X]->dims->data[0];
@@ -617,26 +360,26 @@ TfLiteStatus gq_lstm_prepare(TfLiteContext* context, TfLiteNode* node) {
        !check_state(context, n, in[LSTM_C0], kSlotNames[LSTM_C0], batch, units))) {
     return kTfLiteError;
   }
-  for (int k = 0; k < op->num_outputs; ++k) {
+  for (int k = 0; k < op->node.num_outputs; ++k) {
     if (out[k]->type != kTfLiteFloat32) {
-      report(context, GQ_LSTM_OP_NAME " (node %d): expected %s of type FLOAT32, received %s "
-             "(%d).", n, kOutputNames[k], type_name((int)out[k]->type), (int)out[k]->type);
+      gq_report(context, GQ_LSTM_OP_NAME " (node %d): expected %s of type FLOAT32, received %s "
+                "(%d).", n, kOutputNames[k], gq_type_name((int)out[k]->type), (int)out[k]->type);
       return kTfLiteError;
     }
     if (out[k]->allocation_type == kTfLiteMmapRo ||
         out[k]->allocation_type == kTfLitePersistentRo) {
-      report(context, GQ_LSTM_OP_NAME " (node %d): %s is a read-only constant.", n,
-             kOutputNames[k]);
+      gq_report(context, GQ_LSTM_OP_NAME " (node %d): %s is a read-only constant.", n,
+                kOutputNames[k]);
       return kTfLiteError;
     }
   }
 
   /* Scratch: xp [B*T, 4u], z [B, 4u], h [B, u], c [B, u]. */
   int ok = 1;
-  const size_t rows = mul_size(batch, steps, &ok);
-  const size_t xp_count = mul_size(rows, gates, &ok);
-  const size_t z_count = mul_size(batch, gates, &ok);
-  const size_t hc_count = mul_size(batch, units, &ok);
+  const size_t rows = gq_mul_size(batch, steps, &ok);
+  const size_t xp_count = gq_mul_size(rows, gates, &ok);
+  const size_t z_count = gq_mul_size(batch, gates, &ok);
+  const size_t hc_count = gq_mul_size(batch, units, &ok);
   size_t scratch = xp_count;
   ok = ok && z_count <= SIZE_MAX - scratch;
   scratch += ok ? z_count : 0;
@@ -644,13 +387,13 @@ TfLiteStatus gq_lstm_prepare(TfLiteContext* context, TfLiteNode* node) {
   scratch += ok ? 2 * hc_count : 0;
   ok = ok && scratch <= SIZE_MAX / sizeof(float);
   if (!ok) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): batch %zu x %zu steps x %zu gates does not fit "
-           "in memory.", n, batch, steps, gates);
+    gq_report(context, GQ_LSTM_OP_NAME " (node %d): batch %zu x %zu steps x %zu gates does not fit "
+              "in memory.", n, batch, steps, gates);
     return kTfLiteError;
   }
   if (!grow_scratch(op, scratch)) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): out of memory (%zu floats of scratch).", n,
-           scratch);
+    gq_report(context, GQ_LSTM_OP_NAME " (node %d): out of memory (%zu floats of scratch).", n,
+              scratch);
     return kTfLiteError;
   }
   {
@@ -660,14 +403,14 @@ TfLiteStatus gq_lstm_prepare(TfLiteContext* context, TfLiteNode* node) {
     const size_t ws_x = gq_fc_parallel_workspace(threads, rows, cfg.in_features);
     const size_t ws_h = gq_fc_parallel_workspace(threads, batch, units);
     if ((ws_x == 0 && rows != 0) || (ws_h == 0 && batch != 0)) {
-      report(context, GQ_LSTM_OP_NAME " (node %d): kernel workspace for %zu rows x %zu inputs "
-             "does not fit in memory.", n, rows, cfg.in_features);
+      gq_report(context, GQ_LSTM_OP_NAME " (node %d): kernel workspace for %zu rows x %zu inputs "
+                "does not fit in memory.", n, rows, cfg.in_features);
       return kTfLiteError;
     }
     const size_t need = ws_x > ws_h ? ws_x : ws_h;
-    if (!grow_workspace(op, need)) {
-      report(context, GQ_LSTM_OP_NAME " (node %d): out of memory (%zu bytes of kernel "
-             "workspace).", n, need);
+    if (!gq_grow_aligned(&op->workspace, &op->workspace_size, need)) {
+      gq_report(context, GQ_LSTM_OP_NAME " (node %d): out of memory (%zu bytes of kernel "
+                "workspace).", n, need);
       return kTfLiteError;
     }
   }
@@ -686,12 +429,14 @@ TfLiteStatus gq_lstm_prepare(TfLiteContext* context, TfLiteNode* node) {
 
   const size_t y_seq[3] = {batch, steps, units};
   const size_t y_last[2] = {batch, units};
-  if (resize_output(context, n, out[0], kOutputNames[0], cfg.return_sequences ? 3 : 2,
-                    cfg.return_sequences ? y_seq : y_last) != kTfLiteOk) {
+  if (gq_resize_output(context, GQ_LSTM_OP_NAME, n, out[0], kOutputNames[0],
+                       cfg.return_sequences ? 3 : 2, cfg.return_sequences ? y_seq : y_last) !=
+      kTfLiteOk) {
     return kTfLiteError;
   }
-  for (int k = 1; k < op->num_outputs; ++k) {
-    if (resize_output(context, n, out[k], kOutputNames[k], 2, y_last) != kTfLiteOk) {
+  for (int k = 1; k < op->node.num_outputs; ++k) {
+    if (gq_resize_output(context, GQ_LSTM_OP_NAME, n, out[k], kOutputNames[k], 2, y_last) !=
+        kTfLiteOk) {
       return kTfLiteError;
     }
   }
@@ -772,10 +517,10 @@ static void run_fc(const gq_lstm_op* op, size_t batch, size_t in_features, int b
 TfLiteStatus gq_lstm_invoke(TfLiteContext* context, TfLiteNode* node) {
   gq_lstm_op* op = (gq_lstm_op*)node->user_data;
   if (op == NULL || !op->ready) {
-    report(context, GQ_LSTM_OP_NAME ": invoked before a successful prepare.");
+    gq_report(context, GQ_LSTM_OP_NAME ": invoked before a successful prepare.");
     return kTfLiteError;
   }
-  const int n = op->node_index;
+  const int n = op->node.node_index;
   const size_t B = op->batch, T = op->steps, U = op->units, G = 4 * op->units;
   /* Pointers are fetched again: the runtime may move tensor storage between
    * prepare and invoke. Indices were range-checked in prepare. */
@@ -784,14 +529,14 @@ TfLiteStatus gq_lstm_invoke(TfLiteContext* context, TfLiteNode* node) {
     if (op->slot[s] != kTfLiteOptionalTensor) {
       in[s] = &context->tensors[op->slot[s]];
       if (in[s]->data == NULL && in[s]->bytes != 0) {
-        report(context, GQ_LSTM_OP_NAME " (node %d): %s has no data.", n, kSlotNames[s]);
+        gq_report(context, GQ_LSTM_OP_NAME " (node %d): %s has no data.", n, kSlotNames[s]);
         return kTfLiteError;
       }
     }
   }
   TfLiteTensor* out[3] = {NULL, NULL, NULL};
-  for (int k = 0; k < op->num_outputs; ++k) {
-    out[k] = &context->tensors[op->tensors[op->num_inputs + k]];
+  for (int k = 0; k < op->node.num_outputs; ++k) {
+    out[k] = &context->tensors[op->node.tensors[op->node.num_inputs + k]];
   }
   const size_t y_count = op->return_sequences ? B * T * U : B * U;
   if (in[LSTM_X]->bytes != B * T * op->in_features * sizeof(float) ||
@@ -801,15 +546,15 @@ TfLiteStatus gq_lstm_invoke(TfLiteContext* context, TfLiteNode* node) {
       out[0]->bytes != y_count * sizeof(float) ||
       (op->return_state && (out[1]->bytes != B * U * sizeof(float) ||
                             out[2]->bytes != B * U * sizeof(float)))) {
-    report(context, GQ_LSTM_OP_NAME " (node %d): tensor sizes changed since prepare.", n);
+    gq_report(context, GQ_LSTM_OP_NAME " (node %d): tensor sizes changed since prepare.", n);
     return kTfLiteError;
   }
   if (B == 0) {
     return kTfLiteOk;
   }
-  for (int k = 0; k < op->num_outputs; ++k) {
+  for (int k = 0; k < op->node.num_outputs; ++k) {
     if (out[k]->data == NULL && out[k]->bytes != 0) {
-      report(context, GQ_LSTM_OP_NAME " (node %d): output %d has no data.", n, k);
+      gq_report(context, GQ_LSTM_OP_NAME " (node %d): output %d has no data.", n, k);
       return kTfLiteError;
     }
   }
@@ -880,54 +625,17 @@ void* gq_lstm_init(TfLiteContext* context, const char* buffer, size_t length) {
   if (op == NULL) {
     return NULL;
   }
-  op->node_index = -1;
-  const TfLiteDelegateParams* params = (const TfLiteDelegateParams*)(const void*)buffer;
-  if (params == NULL || params->delegate == NULL || params->nodes_to_replace == NULL ||
-      params->nodes_to_replace->size != 1) {
-    op->init_error = "delegate kernel created without exactly one node to replace.";
+  const TfLiteDelegateParams* params = gq_node_params(&op->node, buffer);
+  if (params == NULL) {
     return op;
   }
   op->kernel = gq_delegate_kernel(params->delegate);
   op->pool = gq_delegate_pool(params->delegate);
-  op->node_index = params->nodes_to_replace->data[0];
   if (op->kernel == NULL) {
-    op->init_error = "the delegate has no FC kernel.";
+    op->node.init_error = "the delegate has no FC kernel.";
     return op;
   }
-  /* Copied now: GetNodeAndRegistration may not be called once kernels run. */
-  TfLiteNode* orig = NULL;
-  TfLiteRegistration* reg = NULL;
-  if (context->GetNodeAndRegistration(context, op->node_index, &orig, &reg) != kTfLiteOk ||
-      orig == NULL || reg == NULL) {
-    op->init_error = "cannot look up the original node.";
-    return op;
-  }
-  op->op_version = reg->version;
-  if (orig->inputs == NULL || orig->outputs == NULL || orig->inputs->size < 0 ||
-      orig->outputs->size < 0 || orig->inputs->size > GQ_LSTM_MAX_LIST ||
-      orig->outputs->size > GQ_LSTM_MAX_LIST) {
-    op->init_error = "the node's input or output list is missing or implausibly long.";
-    return op;
-  }
-  op->num_inputs = orig->inputs->size;
-  op->num_outputs = orig->outputs->size;
-  op->tensors = malloc(((size_t)op->num_inputs + (size_t)op->num_outputs + 1) * sizeof(int));
-  if (op->tensors == NULL) {
-    op->init_error = "out of memory.";
-    return op;
-  }
-  memcpy(op->tensors, orig->inputs->data, (size_t)op->num_inputs * sizeof(int));
-  memcpy(op->tensors + op->num_inputs, orig->outputs->data,
-         (size_t)op->num_outputs * sizeof(int));
-  if (orig->custom_initial_data != NULL && orig->custom_initial_data_size > 0) {
-    op->options_len = (size_t)orig->custom_initial_data_size;
-    op->options = malloc(op->options_len);
-    if (op->options == NULL) {
-      op->init_error = "out of memory.";
-      return op;
-    }
-    memcpy(op->options, orig->custom_initial_data, op->options_len);
-  }
+  gq_node_copy_in(context, &op->node);
   return op;
 }
 
@@ -935,8 +643,7 @@ void gq_lstm_free(TfLiteContext* context, void* buffer) {
   (void)context;
   gq_lstm_op* op = (gq_lstm_op*)buffer;
   if (op != NULL) {
-    free(op->tensors);
-    free(op->options);
+    gq_node_free(&op->node);
     free(op->workspace);
     free(op->scratch);
     free(op);

@@ -112,19 +112,7 @@ static void quantize_row(const float* x, size_t n, size_t in_pad, int8_t* xq, fl
 
 typedef struct ctx2 {
   __m256i tab[16]; /* signed codes, 16 per table, both 128-bit lanes */
-  const uint8_t* packed;
-  size_t row_bytes;
-  size_t nblk;
-  size_t out;
-  const int8_t* xq;
-  size_t in_pad;
-  const float* sx;
-  const int32_t* xsum;
-  float sc;
-  const float* bias;
-  float* y;
-  int act;
-  int32_t q0, q1; /* b == 1: the two codes */
+  gq_fc_rows r; /* packed, row_bytes, nblk, ... (gq_fc_internal.h) */
 } ctx2;
 
 static inline uint64_t load_u64(const uint8_t* p) {
@@ -267,14 +255,14 @@ GQ_INLINE void epilogue(const ctx2* c, __m128i sums, size_t o0, size_t n0, int b
     const size_t n = n0 + (size_t)(j % NB);
     uint32_t acc;
     if (b == 1) {
-      acc = (uint32_t)c->q0 * (uint32_t)c->xsum[n] + (uint32_t)(c->q1 - c->q0) * (uint32_t)s[j];
+      acc = (uint32_t)c->r.q0 * (uint32_t)c->r.xsum[n] + (uint32_t)(c->r.q1 - c->r.q0) * (uint32_t)s[j];
     } else {
       acc = (uint32_t)s[j]; /* codes are signed: nothing to correct */
     }
-    const float bias = c->bias != NULL ? c->bias[o] : 0.0f;
+    const float bias = c->r.bias != NULL ? c->r.bias[o] : 0.0f;
     /* The scalar model's float operations: (float)acc * (sx * sc) + b */
-    const float v = (float)(int32_t)acc * (c->sx[n] * c->sc) + bias;
-    c->y[n * c->out + o] = activate(v, c->act);
+    const float v = (float)(int32_t)acc * (c->r.sx[n] * c->r.sc) + bias;
+    c->r.y[n * c->r.out + o] = activate(v, c->r.act);
   }
 }
 
@@ -285,12 +273,12 @@ GQ_INLINE void tile(const ctx2* c, size_t o0, size_t n0, int b, int R, int NB) {
   __m256i a1 = _mm256_setzero_si256();
   __m256i a2 = _mm256_setzero_si256();
   __m256i a3 = _mm256_setzero_si256();
-  const size_t rb = c->row_bytes;
-  const size_t ip = c->in_pad;
+  const size_t rb = c->r.row_bytes;
+  const size_t ip = c->r.in_pad;
   const size_t bb = (size_t)(8 * b);
-  const uint8_t* wp = c->packed + o0 * rb;
-  const int8_t* xp = c->xq + n0 * ip;
-  for (size_t k = 0; k < c->nblk; ++k) {
+  const uint8_t* wp = c->r.packed + o0 * rb;
+  const int8_t* xp = c->r.xq + n0 * ip;
+  for (size_t k = 0; k < c->r.nblk; ++k) {
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
       __m256i w = _mm256_setzero_si256();
@@ -323,7 +311,7 @@ GQ_INLINE void tile(const ctx2* c, size_t o0, size_t n0, int b, int R, int NB) {
 /* Output rows 0..out-1 for batch rows n0..n0+NB-1, R at a time (the last
  * group overlapping); out < R: one row at a time. */
 GQ_INLINE void tile_rows(const ctx2* c, size_t n0, int b, int R, int NB) {
-  const size_t out = c->out;
+  const size_t out = c->r.out;
   if (out < (size_t)R) {
     for (size_t o = 0; o < out; ++o) {
       tile(c, o, n0, b, 1, NB);
@@ -372,29 +360,12 @@ static void init_ctx(ctx2* c, const gq_fc_args* a, const gq_fc_ws* ws) {
     }
     c->tab[k] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(const void*)t));
   }
-  c->q0 = q[0];
-  c->q1 = q[1];
-  c->packed = a->packed;
-  c->row_bytes = gq_fc_row_bytes(b, a->in_features);
-  c->nblk = ws->in_pad / GQ_FC_BLOCK;
-  c->out = a->out_features;
-  c->xq = ws->xq;
-  c->in_pad = ws->in_pad;
-  c->sx = ws->sx;
-  c->xsum = ws->xsum;
-  c->sc = a->codebook->scale;
-  c->bias = a->bias;
-  c->y = a->y;
-  c->act = a->activation;
+  gq_fc_rows_init(&c->r, a, ws);
 }
 
 void gq_fc_qd8__avx2(const gq_fc_args* a) {
-  const gq_fc_ws ws = gq_fc_ws_layout(a->workspace, a->batch, a->in_features);
-  for (size_t n = 0; n < a->batch; ++n) {
-    quantize_row(a->x + n * a->in_features, a->in_features, ws.in_pad, ws.xq + n * ws.in_pad,
-                 &ws.sx[n], &ws.xsum[n]);
-  }
-  if (a->batch == 0 || a->out_features == 0 || a->bits < 1 || a->bits > 8) {
+  gq_fc_ws ws;
+  if (!gq_fc_qd8_begin(a, &ws, quantize_row)) {
     return;
   }
   ctx2 c;

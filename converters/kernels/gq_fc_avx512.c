@@ -117,19 +117,7 @@ static void quantize_row(const float* x, size_t n, size_t in_pad, int8_t* xq, fl
 typedef struct ctx512 {
   __m512i ztab[4]; /* u8 codes q[k] + 128, 64 entries per register */
   __m256i ytab[4]; /* the same, 32 entries per register */
-  const uint8_t* packed;
-  size_t row_bytes;
-  size_t nblk;
-  size_t out;
-  const int8_t* xq;
-  size_t in_pad;
-  const float* sx;
-  const int32_t* xsum;
-  float sc;
-  const float* bias;
-  float* y;
-  int act;
-  int32_t q0, q1; /* b == 1: the two codes */
+  gq_fc_rows r; /* packed, row_bytes, nblk, ... (gq_fc_internal.h) */
   int prefetch;    /* W does not stay in cache: prefetch the next tile */
   size_t row_gcd;  /* gcd(row_bytes, 4096) */
 } ctx512;
@@ -349,38 +337,38 @@ GQ_INLINE void epilogue(const ctx512* c, __m512i sums, size_t o0, size_t n0, int
   __m512i xs;
   __m512 sxv;
   if (NB == 1) {
-    xs = _mm512_set1_epi32(c->xsum[n0]);
-    sxv = _mm512_set1_ps(c->sx[n0]);
+    xs = _mm512_set1_epi32(c->r.xsum[n0]);
+    sxv = _mm512_set1_ps(c->r.sx[n0]);
   } else {
-    xs = _mm512_permutexvar_epi32(nidx, _mm512_maskz_loadu_epi32(nmask, c->xsum + n0));
-    sxv = _mm512_permutexvar_ps(nidx, _mm512_maskz_loadu_ps(nmask, c->sx + n0));
+    xs = _mm512_permutexvar_epi32(nidx, _mm512_maskz_loadu_epi32(nmask, c->r.xsum + n0));
+    sxv = _mm512_permutexvar_ps(nidx, _mm512_maskz_loadu_ps(nmask, c->r.sx + n0));
   }
   __m512 bias = _mm512_setzero_ps();
-  if (c->bias != NULL) {
-    bias = R == 16 ? _mm512_loadu_ps(c->bias + o0)
-                   : _mm512_permutexvar_ps(ridx, _mm512_maskz_loadu_ps(rmask, c->bias + o0));
+  if (c->r.bias != NULL) {
+    bias = R == 16 ? _mm512_loadu_ps(c->r.bias + o0)
+                   : _mm512_permutexvar_ps(ridx, _mm512_maskz_loadu_ps(rmask, c->r.bias + o0));
   }
   __m512i acc;
   if (b == 1) {
     /* sums = sum of x over the weights with index 1: acc = q0 sum x + (q1 - q0) sums */
-    acc = _mm512_add_epi32(_mm512_mullo_epi32(xs, _mm512_set1_epi32(c->q0)),
-                           _mm512_mullo_epi32(sums, _mm512_set1_epi32(c->q1 - c->q0)));
+    acc = _mm512_add_epi32(_mm512_mullo_epi32(xs, _mm512_set1_epi32(c->r.q0)),
+                           _mm512_mullo_epi32(sums, _mm512_set1_epi32(c->r.q1 - c->r.q0)));
   } else {
     /* acc = sum (q + 128) x - 128 sum x, modulo 2^32 */
     acc = _mm512_sub_epi32(sums, _mm512_slli_epi32(xs, 7));
   }
   /* The scalar model's float operations: (float)acc * (sx * sc) + b */
-  const __m512 scale = _mm512_mul_ps(sxv, _mm512_set1_ps(c->sc));
+  const __m512 scale = _mm512_mul_ps(sxv, _mm512_set1_ps(c->r.sc));
   __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), scale), bias);
-  v = activate(v, c->act);
+  v = activate(v, c->r.act);
   if (R == 16) {
-    _mm512_storeu_ps(c->y + n0 * c->out + o0, v);
+    _mm512_storeu_ps(c->r.y + n0 * c->r.out + o0, v);
     return;
   }
   for (int n = 0; n < NB; ++n) {
     /* lanes n, n + NB, n + 2 NB, ... to the front */
     const __m512i sel = _mm512_add_epi32(_mm512_sllv_epi32(iota, lgnb), _mm512_set1_epi32(n));
-    _mm512_mask_storeu_ps(c->y + (n0 + (size_t)n) * c->out + o0, rmask,
+    _mm512_mask_storeu_ps(c->r.y + (n0 + (size_t)n) * c->r.out + o0, rmask,
                           _mm512_permutexvar_ps(sel, v));
   }
 }
@@ -403,7 +391,7 @@ GQ_INLINE void prefetch_next(const ctx512* c, const uint8_t* next, size_t step, 
 /* Base of the next tile's rows, or NULL when there is none or prefetching is
  * off. */
 GQ_INLINE const uint8_t* next_tile(const ctx512* c, size_t o0, int R) {
-  return c->prefetch && o0 + 2 * (size_t)R <= c->out ? c->packed + (o0 + (size_t)R) * c->row_bytes
+  return c->prefetch && o0 + 2 * (size_t)R <= c->r.out ? c->r.packed + (o0 + (size_t)R) * c->r.row_bytes
                                                      : NULL;
 }
 
@@ -414,12 +402,12 @@ GQ_INLINE const uint8_t* next_tile(const ctx512* c, size_t o0, int R) {
  * land in different sets. Costs one more x load per step, so only done when
  * rows collide. Returns h (0: no split); unit = blocks per step. */
 GQ_INLINE size_t split_offset(const ctx512* c, int R, int NB, size_t unit) {
-  if (NB != 1 || R < 8 || c->nblk < 8 || c->nblk % (2 * unit) != 0) {
+  if (NB != 1 || R < 8 || c->r.nblk < 8 || c->r.nblk % (2 * unit) != 0) {
     return 0;
   }
   /* rows at a stride of row_bytes fall into 4096 / gcd(row_bytes, 4096) of
    * the 64 sets: split when that puts more than 4 of the R rows in a set */
-  return (size_t)R * c->row_gcd > 4 * 4096 ? c->nblk / 2 : 0;
+  return (size_t)R * c->row_gcd > 4 * 4096 ? c->r.nblk / 2 : 0;
 }
 
 /* The accumulators are 16 named variables a0..a15 (GCC keeps arrays of
@@ -442,18 +430,18 @@ GQ_INLINE void tile_zmm(const ctx512* c, size_t o0, size_t n0, int b, int R, int
 #define GQ_DECL(j) __m512i a##j = _mm512_setzero_si512();
   GQ_LIST16(GQ_DECL)
 #undef GQ_DECL
-  const size_t rb = c->row_bytes;
-  const size_t ip = c->in_pad;
+  const size_t rb = c->r.row_bytes;
+  const size_t ip = c->r.in_pad;
   const size_t bb = (size_t)(8 * b);
-  const size_t h = SPLIT ? c->nblk / 2 : 0;
-  const uint8_t* wp1 = c->packed + o0 * rb;
+  const size_t h = SPLIT ? c->r.nblk / 2 : 0;
+  const uint8_t* wp1 = c->r.packed + o0 * rb;
   const uint8_t* wp2 = wp1 + (size_t)(R / 2) * rb + h * bb;
-  const int8_t* xp1 = c->xq + n0 * ip;
+  const int8_t* xp1 = c->r.xq + n0 * ip;
   const int8_t* xp2 = xp1 + h * 64;
   const uint8_t* next = next_tile(c, o0, R);
   size_t k = 0;
   for (int phase = 0; phase < 2; ++phase) {
-    for (const size_t end = phase == 0 ? c->nblk - h : c->nblk; k < end; ++k) {
+    for (const size_t end = phase == 0 ? c->r.nblk - h : c->r.nblk; k < end; ++k) {
       prefetch_next(c, next, k, bb, R);
       __m512i w = _mm512_setzero_si512();
 #define GQ_STEP(j)                                                                   \
@@ -472,8 +460,8 @@ GQ_INLINE void tile_zmm(const ctx512* c, size_t o0, size_t n0, int b, int R, int
       xp2 += 64;
     }
     if (SPLIT && phase == 0) { /* the second group wraps to block 0 */
-      wp2 -= c->nblk * bb;
-      xp2 -= c->nblk * 64;
+      wp2 -= c->r.nblk * bb;
+      xp2 -= c->r.nblk * 64;
     }
   }
   epilogue(c,
@@ -488,18 +476,18 @@ GQ_INLINE void tile_ymm(const ctx512* c, size_t o0, size_t n0, int b, int R, int
 #define GQ_DECL(j) __m256i a##j = _mm256_setzero_si256();
   GQ_LIST16(GQ_DECL)
 #undef GQ_DECL
-  const size_t rb = c->row_bytes;
-  const size_t ip = c->in_pad;
+  const size_t rb = c->r.row_bytes;
+  const size_t ip = c->r.in_pad;
   const size_t bb = (size_t)(8 * b);
-  const size_t h = SPLIT ? c->nblk / 2 : 0;
-  const uint8_t* wp1 = c->packed + o0 * rb;
+  const size_t h = SPLIT ? c->r.nblk / 2 : 0;
+  const uint8_t* wp1 = c->r.packed + o0 * rb;
   const uint8_t* wp2 = wp1 + (size_t)(R / 2) * rb + h * bb;
-  const int8_t* xp1 = c->xq + n0 * ip;
+  const int8_t* xp1 = c->r.xq + n0 * ip;
   const int8_t* xp2 = xp1 + h * 64;
   const uint8_t* next = next_tile(c, o0, R);
   size_t k = 0;
   for (int phase = 0; phase < 2; ++phase) {
-    for (const size_t end = phase == 0 ? c->nblk - h : c->nblk; k < end; ++k) {
+    for (const size_t end = phase == 0 ? c->r.nblk - h : c->r.nblk; k < end; ++k) {
       prefetch_next(c, next, k, bb, R);
       __m256i w0 = _mm256_setzero_si256();
       __m256i w1 = _mm256_setzero_si256();
@@ -522,8 +510,8 @@ GQ_INLINE void tile_ymm(const ctx512* c, size_t o0, size_t n0, int b, int R, int
       xp2 += 64;
     }
     if (SPLIT && phase == 0) {
-      wp2 -= c->nblk * bb;
-      xp2 -= c->nblk * 64;
+      wp2 -= c->r.nblk * bb;
+      xp2 -= c->r.nblk * 64;
     }
   }
   if (R * NB == 1) {
@@ -549,19 +537,19 @@ GQ_INLINE void tile_multi(const ctx512* c, size_t o0, size_t n0, int b, int R, i
 #define GQ_DECL(j) __m512i a##j = _mm512_setzero_si512();
   GQ_LIST16(GQ_DECL)
 #undef GQ_DECL
-  const size_t rb = c->row_bytes;
-  const size_t ip = c->in_pad;
+  const size_t rb = c->r.row_bytes;
+  const size_t ip = c->r.in_pad;
   const size_t bb = (size_t)(8 * b);
-  const size_t h = SPLIT ? c->nblk / 2 : 0;
-  const uint8_t* wp1 = c->packed + o0 * rb;
+  const size_t h = SPLIT ? c->r.nblk / 2 : 0;
+  const uint8_t* wp1 = c->r.packed + o0 * rb;
   const uint8_t* wp2 = wp1 + (size_t)(R / 2) * rb + h * bb;
-  const int8_t* xp1 = c->xq + n0 * ip;
+  const int8_t* xp1 = c->r.xq + n0 * ip;
   const int8_t* xp2 = xp1 + h * 64;
   const __m512i tab = c->ztab[0];
   const uint8_t* next = next_tile(c, o0, R);
   size_t k = 0;
   for (int phase = 0; phase < 2; ++phase) {
-    for (const size_t end = phase == 0 ? c->nblk - h : c->nblk; k + (size_t)G <= end;
+    for (const size_t end = phase == 0 ? c->r.nblk - h : c->r.nblk; k + (size_t)G <= end;
          k += (size_t)G) {
       prefetch_next(c, next, k / (size_t)G, 64, R);
       __m512i w0 = _mm512_setzero_si512();
@@ -607,11 +595,11 @@ GQ_INLINE void tile_multi(const ctx512* c, size_t o0, size_t n0, int b, int R, i
       xp2 += 64 * G;
     }
     if (SPLIT && phase == 0) {
-      wp2 -= c->nblk * bb;
-      xp2 -= c->nblk * 64;
+      wp2 -= c->r.nblk * bb;
+      xp2 -= c->r.nblk * 64;
     }
   }
-  for (; k < c->nblk; ++k) { /* leftover blocks (then h == 0) */
+  for (; k < c->r.nblk; ++k) { /* leftover blocks (then h == 0) */
     __m256i w0 = _mm256_setzero_si256();
     __m256i w1 = _mm256_setzero_si256();
 #define GQ_STEP(j)                                                                         \
@@ -751,39 +739,22 @@ static void init_ctx(ctx512* c, const gq_fc_args* a, const gq_fc_ws* ws) {
   c->ytab[1] = _mm512_extracti64x4_epi64(c->ztab[0], 1);
   c->ytab[2] = _mm512_castsi512_si256(c->ztab[1]);
   c->ytab[3] = _mm512_extracti64x4_epi64(c->ztab[1], 1);
-  c->q0 = q[0];
-  c->q1 = q[1];
+  gq_fc_rows_init(&c->r, a, ws);
   /* half of L2 (1 MiB on Zen 4): smaller matrices stay in cache from call
    * to call */
   c->prefetch = gq_fc_packed_size(b, a->in_features, a->out_features) > (size_t)512 * 1024;
-  c->packed = a->packed;
-  c->row_bytes = gq_fc_row_bytes(b, a->in_features);
   size_t g = 4096;
-  for (size_t r = c->row_bytes % 4096; r != 0;) {
+  for (size_t r = c->r.row_bytes % 4096; r != 0;) {
     const size_t rem = g % r;
     g = r;
     r = rem;
   }
   c->row_gcd = g;
-  c->nblk = ws->in_pad / GQ_FC_BLOCK;
-  c->out = a->out_features;
-  c->xq = ws->xq;
-  c->in_pad = ws->in_pad;
-  c->sx = ws->sx;
-  c->xsum = ws->xsum;
-  c->sc = a->codebook->scale;
-  c->bias = a->bias;
-  c->y = a->y;
-  c->act = a->activation;
 }
 
 void gq_fc_qd8__avx512(const gq_fc_args* a) {
-  const gq_fc_ws ws = gq_fc_ws_layout(a->workspace, a->batch, a->in_features);
-  for (size_t n = 0; n < a->batch; ++n) {
-    quantize_row(a->x + n * a->in_features, a->in_features, ws.in_pad, ws.xq + n * ws.in_pad,
-                 &ws.sx[n], &ws.xsum[n]);
-  }
-  if (a->batch == 0 || a->out_features == 0 || a->bits < 1 || a->bits > 8) {
+  gq_fc_ws ws;
+  if (!gq_fc_qd8_begin(a, &ws, quantize_row)) {
     return;
   }
   ctx512 c;

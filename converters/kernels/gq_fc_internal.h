@@ -60,6 +60,55 @@ static inline float gq_fc_activate(float v, int activation) {
   }
 }
 
+/* The plain (instruction-set independent) part of the row context of the
+ * SIMD qd8 kernels (gq_fc_avx2.c, gq_fc_avx512.c), set by gq_fc_rows_init. */
+typedef struct gq_fc_rows {
+  const uint8_t* packed;
+  size_t row_bytes;
+  size_t nblk;
+  size_t out;
+  const int8_t* xq;
+  size_t in_pad;
+  const float* sx;
+  const int32_t* xsum;
+  float sc;
+  const float* bias;
+  float* y;
+  int act;
+  int32_t q0, q1; /* b == 1: the two codes */
+} gq_fc_rows;
+
+static inline void gq_fc_rows_init(gq_fc_rows* r, const gq_fc_args* a, const gq_fc_ws* ws) {
+  r->q0 = a->codebook->q[0];
+  r->q1 = a->codebook->q[1];
+  r->packed = a->packed;
+  r->row_bytes = gq_fc_row_bytes(a->bits, a->in_features);
+  r->nblk = ws->in_pad / GQ_FC_BLOCK;
+  r->out = a->out_features;
+  r->xq = ws->xq;
+  r->in_pad = ws->in_pad;
+  r->sx = ws->sx;
+  r->xsum = ws->xsum;
+  r->sc = a->codebook->scale;
+  r->bias = a->bias;
+  r->y = a->y;
+  r->act = a->activation;
+}
+
+/* The start of a SIMD qd8 kernel: lays out the workspace and rounds every
+ * x row with quantize (the file's SIMD version of gq_fc_quantize_row).
+ * Returns 0 when no output is left to compute. */
+static inline int gq_fc_qd8_begin(const gq_fc_args* a, gq_fc_ws* ws,
+                                  void (*quantize)(const float* x, size_t n, size_t in_pad,
+                                                   int8_t* xq, float* sx, int32_t* xsum)) {
+  *ws = gq_fc_ws_layout(a->workspace, a->batch, a->in_features);
+  for (size_t n = 0; n < a->batch; ++n) {
+    quantize(a->x + n * a->in_features, a->in_features, ws->in_pad, ws->xq + n * ws->in_pad,
+             &ws->sx[n], &ws->xsum[n]);
+  }
+  return a->batch != 0 && a->out_features != 0 && a->bits >= 1 && a->bits <= 8;
+}
+
 /* Indices of one packed block in weight order (gq_fc_ref.c). */
 GQ_FC_INTERNAL void gq_fc_decode_block(const uint8_t* block, int bits, uint8_t idx[GQ_FC_BLOCK]);
 
