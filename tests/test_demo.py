@@ -28,13 +28,14 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
         assert k["packed_kb"] < k["float_kb"]
     for r in res["results"].values():
         assert 0.0 <= r["accuracy"] <= 1.0
-    # The deployed files exist and run; GQ is smaller than float (its LSTM and
-    # k=3 convolution are not packed yet, so not always smaller than int8).
+    # The deployed files exist and run; with every GQ kernel packed (LSTM and
+    # k=3 convolution included) GQ mixed is smaller than the int8 file too.
     tfl = {name: res["results"][name]["tflite"] for name in ("float", "uniform 8-bit QAT", "GQ mixed")}
     for r in tfl.values():
         assert os.path.getsize(r["path"]) == round(r["file_kb"] * 1024) and 0.0 <= r["accuracy"] <= 1.0
     assert tfl["GQ mixed"]["file_kb"] < tfl["float"]["file_kb"]
     assert tfl["uniform 8-bit QAT"]["file_kb"] < tfl["float"]["file_kb"]
+    assert tfl["GQ mixed"]["file_kb"] < tfl["uniform 8-bit QAT"]["file_kb"]
     assert "Deployed .tflite files" in text
     qat = gq_tf.load_qat(out / "gq_mixed")
     assert len(gq_tf.extract_codebooks(qat)) == len(kernels)
