@@ -293,8 +293,12 @@ def test_api_edge_cases(driver):
 
 
 def _kernel_list(driver):
+    return parse_kernel_list(_run_ok(driver, "list").stdout)
+
+
+def parse_kernel_list(stdout):
     """{name: (supported, qd8)} and auto's choice, from ``test_gq_fc list``."""
-    out = _run_ok(driver, "list").stdout.splitlines()
+    out = stdout.splitlines()
     kernels = {}
     for line in out:
         if line.startswith("kernel "):
@@ -365,12 +369,11 @@ def test_kernel_detects_corrupted_expectation(driver, fc_file, tmp_path):
     assert sum(line.startswith("fc[") and line.endswith(" 1 failure(s)") for line in r.stdout.splitlines()) == len(_supported(driver)), r.stdout
 
 
-def test_kernel_detects_flipped_weight_bit(driver, fc_file, tmp_path):
-    """The packed bytes are really decoded: bit 0 of a row's first byte is
-    bit 0 of weight 0's index (never padding), so flipping it must change y
-    in every kernel. Victims are cases where it also changes the int8 codes
-    seen by the qd8 kernels (two centroids can share a code)."""
-    _, cases = fc_file
+def flip_weight_bits(cases, bits):
+    """Copies of the cases with bit 0 of the first packed byte flipped in one
+    case per b in ``bits``: one without activation (no clamp can hide the
+    change) where the flip also changes the int8 codes the qd8 kernels see
+    (two centroids can share a code). Returns (cases, victim positions)."""
     bad = [dict(c) for c in cases]
 
     def visible(c):
@@ -379,12 +382,21 @@ def test_kernel_detects_flipped_weight_bit(driver, fc_file, tmp_path):
         y2, _, _ = reference.fully_connected_qd8(c["x"], flipped, c["centroids"], c["bias"])
         return (np.abs(y2 - c["expected_qd8"]) > 10 * c["tol_qd8"]).any()
 
-    # Without activation, so no clamp can hide the change.
-    victims = [next(k for k, c in enumerate(bad) if c["bits"] == b and c["act"] == 0 and visible(c)) for b in (1, 5, 8)]
+    victims = [next(k for k, c in enumerate(bad) if c["bits"] == b and c["act"] == 0 and visible(c)) for b in bits]
     for k in victims:
         packed = np.array(bad[k]["packed"], np.uint8)
         packed[0] ^= 1
         bad[k]["packed"] = packed
+    return bad, victims
+
+
+def test_kernel_detects_flipped_weight_bit(driver, fc_file, tmp_path):
+    """The packed bytes are really decoded: bit 0 of a row's first byte is
+    bit 0 of weight 0's index (never padding), so flipping it must change y
+    in every kernel. Victims are cases where it also changes the int8 codes
+    seen by the qd8 kernels (two centroids can share a code)."""
+    _, cases = fc_file
+    bad, victims = flip_weight_bits(cases, (1, 5, 8))
     path = tmp_path / "flipped.bin"
     write_fc_file(path, bad)
     r = _run(driver, "fc", path, "all")

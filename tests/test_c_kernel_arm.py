@@ -24,12 +24,11 @@ import os
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from converters import cbuild
-from gq_tf import reference
-from test_c_kernel import INCLUDES, SANITIZE, SANITIZER_MARKS, SOURCES, WARNINGS, fc_cases, write_fc_file
+from test_c_kernel import (INCLUDES, SANITIZE, SANITIZER_MARKS, SOURCES, WARNINGS, fc_cases, flip_weight_bits,
+                           parse_kernel_list, write_fc_file)
 from toolchain import ensure_debian_packages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,14 +123,8 @@ def test_cross_toolchain_targets_aarch64(toolchain):
 
 @pytest.mark.parametrize("cpu", sorted(CPUS))
 def test_kernel_list_and_auto_choice(arm_driver, cpu):
-    out = run_ok(arm_driver, cpu, "list").stdout.splitlines()
-    kernels = {}
-    for line in out:
-        if line.startswith("kernel "):
-            _, name, sup, qd8 = line.split()
-            kernels[name] = (sup == "supported=1", qd8 == "qd8=1")
-    auto = next(line.split()[1] for line in out if line.startswith("auto "))
-    assert set(kernels) == {"reference", "scalar", "neon", "neondot"}, out
+    kernels, auto = parse_kernel_list(run_ok(arm_driver, cpu, "list").stdout)
+    assert set(kernels) == {"reference", "scalar", "neon", "neondot"}, kernels
     assert kernels["reference"] == (True, False) and kernels["scalar"] == (True, True)
     assert kernels["neon"] == (True, True)
     assert kernels["neondot"] == (cpu == "max", True)
@@ -167,19 +160,7 @@ def test_kernels_detect_flipped_weight_bits(arm_driver, fc_file, tmp_path):
     (weight 0's lowest index bit) flipped, for every b, must be reported by
     both kernels in exactly those cases."""
     _, cases = fc_file
-    bad = [dict(c) for c in cases]
-
-    def visible(c):
-        flipped = c["indices"].copy()
-        flipped[0, 0] ^= 1
-        y2, _, _ = reference.fully_connected_qd8(c["x"], flipped, c["centroids"], c["bias"])
-        return (np.abs(y2 - c["expected_qd8"]) > 10 * c["tol_qd8"]).any()
-
-    victims = [next(k for k, c in enumerate(bad) if c["bits"] == b and c["act"] == 0 and visible(c)) for b in range(1, 9)]
-    for k in victims:
-        packed = np.array(bad[k]["packed"], np.uint8)
-        packed[0] ^= 1
-        bad[k]["packed"] = packed
+    bad, victims = flip_weight_bits(cases, range(1, 9))
     path = tmp_path / "flipped.bin"
     write_fc_file(path, bad)
     r = run(arm_driver, "max", "fc", path, "neon", "neondot")
