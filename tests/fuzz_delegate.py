@@ -169,6 +169,65 @@ _SMALL_DIM_POOL = (-1, 0, 1, 2, 3, 4, 7, 64, 69, 70, 71, 130, 200)
 _WEIRD_VALUES = (3.0, "4", True, False, [4], {"a": 1}, None, "", "RELU", b"\x00\x01", -1.5)
 
 
+# Targeted edits for the malformed-model tests: each returns edit(model, op).
+
+DROP = object()  # edit_options(key=DROP) removes the key
+
+
+def edit_options(**changes):
+    def edit(model, op):
+        opts = get_options(op)
+        for k, v in changes.items():
+            if v is DROP:
+                del opts[k]
+            else:
+                opts[k] = v
+        set_options(op, opts)
+    return edit
+
+
+def edit_inputs(fn):
+    def edit(model, op):
+        op.inputs = np.array(fn([int(i) for i in op.inputs]), np.int32)
+    return edit
+
+
+def edit_outputs(fn):
+    def edit(model, op):
+        op.outputs = np.array(fn([int(i) for i in op.outputs]), np.int32)
+    return edit
+
+
+def set_type(slot, code):
+    def edit(model, op):
+        tensor(model, int(op.inputs[slot])).type = code
+    return edit
+
+
+def resize_const(slot, nbytes):
+    def edit(model, op):
+        raw = bytes(buffer_of(model, int(op.inputs[slot])).data)
+        raw = raw[:nbytes] if nbytes <= len(raw) else raw + bytes(nbytes - len(raw))
+        set_buffer(model, int(op.inputs[slot]), raw, fix_shape=True)
+    return edit
+
+
+def opcode_version(v):
+    def edit(model, op):
+        model.operatorCodes[op.opcodeIndex].version = v
+    return edit
+
+
+def edited(data, edit, ops=None):
+    """``data`` with ``edit`` applied to the first op ``ops(model)`` returns
+    (default: the first GQ_FULLY_CONNECTED)."""
+    from converters import flatbuf
+
+    model = flatbuf.read(data)
+    edit(model, (ops or gq_ops)(model)[0])
+    return flatbuf.write(model)
+
+
 def _pick(rng, seq):
     return seq[int(rng.integers(len(seq)))]
 

@@ -253,52 +253,13 @@ def test_library_exports_only_its_api():
 # ------------------------------------------------------ malformed models
 
 
-def _opts(**changes):
-    def edit(model, op):
-        opts = fz.get_options(op)
-        for k, v in changes.items():
-            if v is _DROP:
-                del opts[k]
-            else:
-                opts[k] = v
-        fz.set_options(op, opts)
-    return edit
-
-
-_DROP = object()
 PACKED = layout.packed_size(3, 70, 9)  # 2 blocks * 24 bytes * 9 rows = 432
-
-
-def _set_type(i, type_code):
-    def edit(model, op):
-        fz.tensor(model, int(op.inputs[i])).type = type_code
-    return edit
-
-
-def _resize_const(i, raw_len):
-    def edit(model, op):
-        raw = bytes(fz.buffer_of(model, int(op.inputs[i])).data)
-        raw = raw[:raw_len] if raw_len <= len(raw) else raw + bytes(raw_len - len(raw))
-        fz.set_buffer(model, int(op.inputs[i]), raw, fix_shape=True)
-    return edit
-
-
-def _inputs(fn):
-    def edit(model, op):
-        op.inputs = np.array(fn([int(i) for i in op.inputs]), np.int32)
-    return edit
 
 
 def _x_shape(shape):
     def edit(model, op):
         t = fz.tensor(model, int(op.inputs[0]))
         t.shape, t.shapeSignature = np.array(shape, np.int32), None
-    return edit
-
-
-def _opcode_version(v):
-    def edit(model, op):
-        model.operatorCodes[op.opcodeIndex].version = v
     return edit
 
 
@@ -317,53 +278,47 @@ def _non_constant_packed(model, op):
 
 
 MALFORMED = {
-    "bits_out_of_range": (_opts(bits=9), r"expected option bits in 1\.\.8, received bits=9"),
-    "bits_zero": (_opts(bits=0), r"expected option bits in 1\.\.8, received bits=0"),
-    "bits_inconsistent": (_opts(bits=4), (rf"expected packed weights of {layout.packed_size(4, 70, 9)} "
+    "bits_out_of_range": (fz.edit_options(bits=9), r"expected option bits in 1\.\.8, received bits=9"),
+    "bits_zero": (fz.edit_options(bits=0), r"expected option bits in 1\.\.8, received bits=0"),
+    "bits_inconsistent": (fz.edit_options(bits=4), (rf"expected packed weights of {layout.packed_size(4, 70, 9)} "
                           rf"bytes for bits=4, in_features=70, out_features=9 .*received {PACKED} bytes")),
-    "bits_not_int": (_opts(bits="3"), r"expected option 'bits' to be an integer"),
-    "unknown_key": (_opts(scale=1), r"unknown option key 'scale' \(expected exactly the keys"),
-    "missing_key": (_opts(block_size=_DROP), r"missing option 'block_size'"),
-    "options_version_2": (_opts(version=2), r"expected option version 1, received version=2"),
-    "op_version_2": (_opcode_version(2), r"custom op GQ_FULLY_CONNECTED has version 2"),
-    "block_size": (_opts(block_size=32), r"expected option block_size=64 .*received block_size=32"),
-    "activation": (_opts(fused_activation="TANH"),
+    "bits_not_int": (fz.edit_options(bits="3"), r"expected option 'bits' to be an integer"),
+    "unknown_key": (fz.edit_options(scale=1), r"unknown option key 'scale' \(expected exactly the keys"),
+    "missing_key": (fz.edit_options(block_size=fz.DROP), r"missing option 'block_size'"),
+    "options_version_2": (fz.edit_options(version=2), r"expected option version 1, received version=2"),
+    "op_version_2": (fz.opcode_version(2), r"custom op GQ_FULLY_CONNECTED has version 2"),
+    "block_size": (fz.edit_options(block_size=32), r"expected option block_size=64 .*received block_size=32"),
+    "activation": (fz.edit_options(fused_activation="TANH"),
                    r"expected option fused_activation in NONE, RELU, RELU_N1_TO_1, RELU6, received 'TANH'"),
-    "in_features_zero": (_opts(in_features=0), r"expected option in_features in 1\.\.2147483647"),
-    "out_features_huge": (_opts(out_features=2**40), r"expected option out_features in 1\.\.2147483647"),
+    "in_features_zero": (fz.edit_options(in_features=0), r"expected option in_features in 1\.\.2147483647"),
+    "out_features_huge": (fz.edit_options(out_features=2**40), r"expected option out_features in 1\.\.2147483647"),
     "options_garbage": (_raw_options(b"\x07garbage\x01\x02"),
                         r"expected custom options to be a flexbuffer map, received 10 bytes"),
     "options_missing": (_raw_options(b""), r"expected custom options .* received none"),
-    "packed_truncated": (_resize_const(1, PACKED - 1),
+    "packed_truncated": (fz.resize_const(1, PACKED - 1),
                          rf"expected packed weights of {PACKED} bytes .*received {PACKED - 1} bytes"),
-    "packed_extended": (_resize_const(1, PACKED + 64),
+    "packed_extended": (fz.resize_const(1, PACKED + 64),
                         rf"expected packed weights of {PACKED} bytes .*received {PACKED + 64} bytes"),
-    "packed_wrong_type": (_set_type(1, 9), r"expected input 1 \(packed\) of type UINT8, received INT8"),
+    "packed_wrong_type": (fz.set_type(1, 9), r"expected input 1 \(packed\) of type UINT8, received INT8"),
     "packed_not_constant": (_non_constant_packed, r"expected packed weights to be a constant"),
-    "centroids_length": (_resize_const(2, 16 * 4), (r"expected centroids of shape \[8\] \(2\*\*bits, "
+    "centroids_length": (fz.resize_const(2, 16 * 4), (r"expected centroids of shape \[8\] \(2\*\*bits, "
                                                     r"bits=3\), received \[16\]")),
-    "x_wrong_type": (_set_type(0, 9), r"expected input 0 \(x\) of type FLOAT32, received INT8"),
+    "x_wrong_type": (fz.set_type(0, 9), r"expected input 0 \(x\) of type FLOAT32, received INT8"),
     "x_wrong_last_dim": (_x_shape([2, 71]), (r"expected x of shape \[\.\.\., 70\] \(in_features\), "
                                              r"received \[2, 71\]")),
-    "bias_length": (_resize_const(3, 8 * 4), (r"expected bias of shape \[9\] \(out_features\), "
+    "bias_length": (fz.resize_const(3, 8 * 4), (r"expected bias of shape \[9\] \(out_features\), "
                                               r"received \[8\]")),
-    "two_inputs": (_inputs(lambda i: i[:2]), r"expected 3 or 4 inputs .*received 2"),
-    "five_inputs": (_inputs(lambda i: i + [i[1]]), r"expected 3 or 4 inputs .*received 5"),
+    "two_inputs": (fz.edit_inputs(lambda i: i[:2]), r"expected 3 or 4 inputs .*received 2"),
+    "five_inputs": (fz.edit_inputs(lambda i: i + [i[1]]), r"expected 3 or 4 inputs .*received 5"),
     "reads_own_output": (_reads_own_output, (r"input 3 \(tensor 4\) is written by node 0, which does "
                                              r"not run before it: the graph has a cycle")),
 }
 
 
-def _edited(data, edit):
-    model = flatbuf.read(data)
-    edit(model, fz.gq_ops(model)[0])
-    return flatbuf.write(model)
-
-
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_malformed_model_is_rejected_with_a_clear_error(small_model, case):
     edit, pattern = MALFORMED[case]
-    data = _edited(small_model, edit)
+    data = fz.edited(small_model, edit)
     with pytest.raises(RuntimeError) as info:
         make_interpreter(data)
     message = str(info.value)
@@ -378,7 +333,7 @@ def test_malformed_model_is_rejected_with_a_clear_error(small_model, case):
 def test_malformed_model_in_tf_lite(small_model, case):
     edit, pattern = MALFORMED[case]
     with pytest.raises(RuntimeError, match=pattern):
-        make_interpreter(_edited(small_model, edit), runtime="tflite")
+        make_interpreter(fz.edited(small_model, edit), runtime="tflite")
 
 
 def test_inconsistent_models_are_caught_by_the_runtime(small_model):
@@ -387,15 +342,15 @@ def test_inconsistent_models_are_caught_by_the_runtime(small_model):
         fz.set_buffer(model, int(op.inputs[1]), bytes(PACKED - 1), fix_shape=False)
 
     with pytest.raises(ValueError, match="could not load model .*required_bytes <= bytes"):
-        make_interpreter(_edited(small_model, short_buffer))
+        make_interpreter(fz.edited(small_model, short_buffer))
     # The runtime marks such a model inconsistent and never applies delegates.
     with pytest.raises(RuntimeError, match="Invalid tensor index 999 in node inputs"):
-        make_interpreter(_edited(small_model, _inputs(lambda i: i[:3] + [999])))
+        make_interpreter(fz.edited(small_model, fz.edit_inputs(lambda i: i[:3] + [999])))
 
 
 def test_a_valid_edit_still_runs(small_model):
     """The edit helpers themselves keep a model valid: x batch 2 -> 3."""
-    interpreter = make_interpreter(_edited(small_model, _x_shape([3, 70])))
+    interpreter = make_interpreter(fz.edited(small_model, _x_shape([3, 70])))
     assert list(interpreter.get_output_details()[0]["shape"]) == [3, 9]
     interpreter.invoke()
 
@@ -403,7 +358,7 @@ def test_a_valid_edit_still_runs(small_model):
 def test_omitted_optional_bias_runs_without_bias(small):
     """Input 3 given as -1 (TFLite's "no tensor") means no bias."""
     data, truth = small
-    interpreter = make_interpreter(_edited(data, _inputs(lambda i: i[:3] + [-1])))
+    interpreter = make_interpreter(fz.edited(data, fz.edit_inputs(lambda i: i[:3] + [-1])))
     x = _x([2, 70], seed=6)
     out = interpreter.get_signature_runner()(x=x)
     _check_outputs(out, {"y0": dict(truth["y0"], bias=None)}, x)

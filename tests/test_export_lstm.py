@@ -392,47 +392,8 @@ def small_lstm():
     return data
 
 
-_DROP = object()
 K_PACKED = layout.packed_size(3, 70, 20)  # 2 blocks * 24 bytes * 20 rows = 960
 R_PACKED = layout.packed_size(2, 5, 20)  # 1 block * 16 bytes * 20 rows = 320
-
-
-def _opts(**changes):
-    def edit(model, op):
-        opts = fz.get_options(op)
-        for k, v in changes.items():
-            if v is _DROP:
-                del opts[k]
-            else:
-                opts[k] = v
-        fz.set_options(op, opts)
-    return edit
-
-
-def _inputs(fn):
-    def edit(model, op):
-        op.inputs = np.array(fn([int(i) for i in op.inputs]), np.int32)
-    return edit
-
-
-def _outputs(fn):
-    def edit(model, op):
-        op.outputs = np.array(fn([int(i) for i in op.outputs]), np.int32)
-    return edit
-
-
-def _set_type(slot, code):
-    def edit(model, op):
-        fz.tensor(model, int(op.inputs[slot])).type = code
-    return edit
-
-
-def _resize_const(slot, nbytes):
-    def edit(model, op):
-        raw = bytes(fz.buffer_of(model, int(op.inputs[slot])).data)
-        raw = raw[:nbytes] if nbytes <= len(raw) else raw + bytes(nbytes - len(raw))
-        fz.set_buffer(model, int(op.inputs[slot]), raw, fix_shape=True)
-    return edit
 
 
 def _shape(slot, shape):
@@ -448,74 +409,62 @@ def _non_constant(slot):
     return edit
 
 
-def _opcode_version(v):
-    def edit(model, op):
-        model.operatorCodes[op.opcodeIndex].version = v
-    return edit
-
-
 def _reads_own_output(model, op):
     op.inputs = np.array(list(op.inputs[:7]) + [int(op.outputs[2])], np.int32)  # c0 := c_T
 
 
 MALFORMED = {
-    "options_version_2": (_opts(version=2), r"expected option version 1, received version=2"),
-    "op_version_2": (_opcode_version(2), r"custom op GQ_LSTM has version 2"),
-    "kernel_bits_9": (_opts(kernel_bits=9), r"expected option kernel_bits in 1\.\.8, received kernel_bits=9"),
-    "recurrent_bits_0": (_opts(recurrent_bits=0),
+    "options_version_2": (fz.edit_options(version=2), r"expected option version 1, received version=2"),
+    "op_version_2": (fz.opcode_version(2), r"custom op GQ_LSTM has version 2"),
+    "kernel_bits_9": (fz.edit_options(kernel_bits=9), r"expected option kernel_bits in 1\.\.8, received kernel_bits=9"),
+    "recurrent_bits_0": (fz.edit_options(recurrent_bits=0),
                          r"expected option recurrent_bits in 1\.\.8, received recurrent_bits=0"),
-    "kernel_bits_inconsistent": (_opts(kernel_bits=4), (
+    "kernel_bits_inconsistent": (fz.edit_options(kernel_bits=4), (
         rf"expected input kernel \(packed\) of {layout.packed_size(4, 70, 20)} bytes for bits=4 and a "
         rf"\[20, 70\] matrix \(planes64 layout\), received {K_PACKED} bytes")),
-    "units_inconsistent": (_opts(units=6), r"expected input kernel \(packed\) of \d+ bytes .*\[24, 70\]"),
-    "units_huge": (_opts(units=2**30), r"expected option units in 1\.\.536870911, received units=1073741824"),
-    "in_features_mismatch": (_opts(in_features=64), (
+    "units_inconsistent": (fz.edit_options(units=6), r"expected input kernel \(packed\) of \d+ bytes .*\[24, 70\]"),
+    "units_huge": (fz.edit_options(units=2**30), r"expected option units in 1\.\.536870911, received units=1073741824"),
+    "in_features_mismatch": (fz.edit_options(in_features=64), (
         r"expected input x of shape \[batch, steps, 64\] \(in_features\), received \[2, 3, 70\]")),
-    "return_sequences_2": (_opts(return_sequences=2), r"expected option return_sequences in 0\.\.1"),
-    "return_state_0_with_3_outputs": (_opts(return_state=0),
+    "return_sequences_2": (fz.edit_options(return_sequences=2), r"expected option return_sequences in 0\.\.1"),
+    "return_state_0_with_3_outputs": (fz.edit_options(return_state=0),
                                       r"expected 1 output \(y\) \(return_state=0\), received 3"),
-    "unknown_key": (_opts(activation=1), r"unknown option key 'activation' \(expected exactly the keys"),
-    "missing_key": (_opts(units=_DROP), r"missing option 'units'"),
-    "not_an_int": (_opts(units="5"), r"expected option 'units' to be an integer"),
-    "block_size": (_opts(block_size=32), r"expected option block_size=64 .*received block_size=32"),
+    "unknown_key": (fz.edit_options(activation=1), r"unknown option key 'activation' \(expected exactly the keys"),
+    "missing_key": (fz.edit_options(units=fz.DROP), r"missing option 'units'"),
+    "not_an_int": (fz.edit_options(units="5"), r"expected option 'units' to be an integer"),
+    "block_size": (fz.edit_options(block_size=32), r"expected option block_size=64 .*received block_size=32"),
     "options_garbage": (lambda m, op: fz.set_option_bytes(op, b"\x07garbage\x01\x02"),
                         r"expected custom options to be a flexbuffer map, received 10 bytes"),
     "options_missing": (lambda m, op: fz.set_option_bytes(op, b""), r"expected custom options .*received none"),
-    "four_inputs": (_inputs(lambda i: i[:4]), r"expected 5 to 8 inputs .*received 4"),
-    "nine_inputs": (_inputs(lambda i: i + [i[0]]), r"expected 5 to 8 inputs .*received 9"),
-    "x_optional": (_inputs(lambda i: [-1] + i[1:]),
+    "four_inputs": (fz.edit_inputs(lambda i: i[:4]), r"expected 5 to 8 inputs .*received 4"),
+    "nine_inputs": (fz.edit_inputs(lambda i: i + [i[0]]), r"expected 5 to 8 inputs .*received 9"),
+    "x_optional": (fz.edit_inputs(lambda i: [-1] + i[1:]),
                    r"input x \(input 0\) is required, received the optional-tensor index -1"),
-    "only_h0": (_inputs(lambda i: i[:7] + [-1]), r"expected both h0 and c0 or neither, received only h0"),
-    "one_output": (_outputs(lambda o: o[:1]), r"expected 3 outputs \(y, h, c\) \(return_state=1\), received 1"),
+    "only_h0": (fz.edit_inputs(lambda i: i[:7] + [-1]), r"expected both h0 and c0 or neither, received only h0"),
+    "one_output": (fz.edit_outputs(lambda o: o[:1]), r"expected 3 outputs \(y, h, c\) \(return_state=1\), received 1"),
     "x_rank_2": (_shape(0, [6, 70]), r"expected input x of rank 3, received shape \[6, 70\]"),
-    "x_int8": (_set_type(0, 9), r"expected input x of type FLOAT32, received INT8"),
-    "kernel_truncated": (_resize_const(1, K_PACKED - 1),
+    "x_int8": (fz.set_type(0, 9), r"expected input x of type FLOAT32, received INT8"),
+    "kernel_truncated": (fz.resize_const(1, K_PACKED - 1),
                          rf"expected input kernel \(packed\) of {K_PACKED} bytes .*received {K_PACKED - 1} bytes"),
-    "recurrent_extended": (_resize_const(3, R_PACKED + 64), (
+    "recurrent_extended": (fz.resize_const(3, R_PACKED + 64), (
         rf"expected input recurrent kernel \(packed\) of {R_PACKED} bytes .*received {R_PACKED + 64} bytes")),
-    "kernel_int8": (_set_type(1, 9), r"expected input kernel \(packed\) of type UINT8, received INT8"),
+    "kernel_int8": (fz.set_type(1, 9), r"expected input kernel \(packed\) of type UINT8, received INT8"),
     "kernel_not_constant": (_non_constant(1), r"expected input kernel \(packed\) to be a constant of the model"),
-    "centroids_length": (_resize_const(2, 16 * 4), (
+    "centroids_length": (fz.resize_const(2, 16 * 4), (
         r"expected input kernel centroids of shape \[8\] \(2\*\*kernel_bits\), received \[16\]")),
-    "recurrent_centroids_length": (_resize_const(4, 2 * 4), (
+    "recurrent_centroids_length": (fz.resize_const(4, 2 * 4), (
         r"expected input recurrent centroids of shape \[4\] \(2\*\*recurrent_bits\), received \[2\]")),
-    "bias_length": (_resize_const(5, 19 * 4), r"expected input bias of shape \[20\] \(4 \* units\), received \[19\]"),
+    "bias_length": (fz.resize_const(5, 19 * 4), r"expected input bias of shape \[20\] \(4 \* units\), received \[19\]"),
     "h0_shape": (_shape(6, [2, 6]), r"expected input h0 of shape \[2, 5\] \(batch, units\), received \[2, 6\]"),
     "c0_batch": (_shape(7, [3, 5]), r"expected input c0 of shape \[2, 5\] \(batch, units\), received \[3, 5\]"),
     "reads_own_output": (_reads_own_output, r"GQ_LSTM \(node 0\): input 7 \(tensor \d+\) is written by node 0"),
 }
 
 
-def _edited(data, edit):
-    model = flatbuf.read(data)
-    edit(model, lstm_ops(model)[0])
-    return flatbuf.write(model)
-
-
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_malformed_gq_lstm_is_rejected_with_a_clear_error(small_lstm, case):
     edit, pattern = MALFORMED[case]
-    data = _edited(small_lstm, edit)
+    data = fz.edited(small_lstm, ops=lstm_ops, edit=edit)
     with pytest.raises(RuntimeError) as info:
         converters.make_interpreter(data)
     message = str(info.value)
@@ -528,7 +477,7 @@ def test_malformed_gq_lstm_is_rejected_with_a_clear_error(small_lstm, case):
 def test_malformed_gq_lstm_in_tf_lite(small_lstm, case):
     edit, pattern = MALFORMED[case]
     with pytest.raises(RuntimeError, match=pattern):
-        converters.make_interpreter(_edited(small_lstm, edit), runtime="tflite")
+        converters.make_interpreter(fz.edited(small_lstm, ops=lstm_ops, edit=edit), runtime="tflite")
 
 
 @pytest.mark.parametrize("form", ["bias_optional_index", "state_optional_index"])
@@ -537,7 +486,7 @@ def test_optional_tensor_index_marks_an_absent_input(small_lstm, form):
     def edit(model, op):
         i = [int(v) for v in op.inputs]
         op.inputs = np.array(i[:5] + [-1] + i[6:] if form == "bias_optional_index" else i[:6] + [-1, -1], np.int32)
-    runner = converters.make_interpreter(_edited(small_lstm, edit), kernel="reference").get_signature_runner()
+    runner = converters.make_interpreter(fz.edited(small_lstm, ops=lstm_ops, edit=edit), kernel="reference").get_signature_runner()
     f = {"x": np.ones((2, 3, 70), np.float32), "h": np.zeros((2, 5), np.float32), "c": np.zeros((2, 5), np.float32)}
     out = runner(**f)
     assert out["output_0"].shape == (2, 3, 5) and np.all(np.isfinite(out["output_0"]))
