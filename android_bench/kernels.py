@@ -221,6 +221,7 @@ def _target(group, batch, bits):
 
 def run(groups=tuple(GROUPS), bits=DEFAULT_BITS, batches=None, seconds=1.0, seed=0, log=print):
     """Runs the benchmark and returns a ``Report``."""
+    from converters import layout
     from converters.runtime import auto_kernel
 
     log("measuring copy bandwidth...")
@@ -245,8 +246,6 @@ def run(groups=tuple(GROUPS), bits=DEFAULT_BITS, batches=None, seconds=1.0, seed
                 data = _convert(layers, batch, "gq")
                 name = f"gq {b}"
                 interps[name] = _interpreter(data, "gq")
-                from converters import layout
-
                 meta[name] = (b, len(data), depth * (layout.packed_size(b, n_in, n_out) + 4 * 2**b))
                 del layers
             x = np.random.default_rng(seed + 1).normal(size=(batch, n_in)).astype(np.float32)

@@ -15,6 +15,7 @@ Example:
 """
 
 import ctypes
+import functools
 import mmap
 import os
 import tempfile
@@ -62,6 +63,7 @@ class KernelInfo(NamedTuple):
     qd8: bool  # int8 activations and centroid codes (gq_fc.h); else exact float32
 
 
+@functools.lru_cache(maxsize=None)
 def _library():
     lib = ctypes.CDLL(delegate_path())
     lib.gq_fc_kernel_count.restype = ctypes.c_size_t

@@ -43,9 +43,12 @@ def mixed_model():
     out = keras.layers.Dense(10, name="d2_linear_b8")(x)
     model = keras.Model([seq, vec], out)
     policy = {".*_b1": 1, ".*_b2": 2, ".*_b3": 3, ".*_b4": 4, ".*_b5": 5, ".*_b8": 8}
-    qat = gq_tf.quantize_model(model, policy)
-    # Non-zero biases, so that a dropped bias would show.
-    rng = np.random.default_rng(1)
+    return random_biases(gq_tf.quantize_model(model, policy))
+
+
+def random_biases(qat, seed=1):
+    """Non-zero biases, so that a dropped bias would show."""
+    rng = np.random.default_rng(seed)
     for layer in qat.layers:
         for w in layer.weights:
             if w.name.endswith("bias:0"):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_export import random_biases
 
 import converters
 import gq_tf
@@ -55,13 +56,7 @@ def conv_model():
     outs += [keras.layers.Conv2D(name=n, **kw)(img) for n, kw in CONV2D.items()]
     model = keras.Model([seq, img], outs)
     names = list(CONV1D) + list(CONV2D)
-    qat = gq_tf.quantize_model(model, {n: BITS[i % len(BITS)] for i, n in enumerate(names)})
-    rng = np.random.default_rng(1)
-    for layer in qat.layers:
-        for w in layer.weights:
-            if w.name.endswith("bias:0"):
-                w.assign(rng.normal(0, 0.3, w.shape))
-    return qat
+    return random_biases(gq_tf.quantize_model(model, {n: BITS[i % len(BITS)] for i, n in enumerate(names)}))
 
 
 @pytest.fixture(scope="module")

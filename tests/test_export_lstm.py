@@ -27,6 +27,7 @@ from pathlib import Path
 import fuzz_delegate as fz  # tests/ is on sys.path under pytest
 import numpy as np
 import pytest
+from test_export import random_biases
 
 import converters
 import gq_tf
@@ -39,15 +40,6 @@ TOL = {"reference": 1e-4, "auto": 2e-2}
 
 
 # ------------------------------------------------------------------ models
-
-
-def _random_biases(qat, seed=1):
-    rng = np.random.default_rng(seed)
-    for layer in qat.layers:
-        for w in layer.weights:
-            if w.name.endswith("bias:0"):
-                w.assign(rng.normal(0, 0.3, w.shape))
-    return qat
 
 
 def io_model():
@@ -64,7 +56,7 @@ def io_model():
     model = keras.Model([x_in, h_in, c_in], [out, y, h, c])
     policy = {"lstm_io": {"kernel": 1, "recurrent_kernel": 8},
               "lstm_nobias": {"kernel": 3, "recurrent_kernel": 2}, "head": 5}
-    return _random_biases(gq_tf.quantize_model(model, policy))
+    return random_biases(gq_tf.quantize_model(model, policy))
 
 
 def wide_model():
@@ -77,7 +69,7 @@ def wide_model():
     model = keras.Model(x_in, [y, h, c])
     policy = {"lstm_seq": {"kernel": 5, "recurrent_kernel": 4},
               "lstm_last": {"kernel": 7, "recurrent_kernel": 6}}
-    return _random_biases(gq_tf.quantize_model(model, policy), seed=2)
+    return random_biases(gq_tf.quantize_model(model, policy), seed=2)
 
 
 def feeds(qat, batch, seed=0):
@@ -256,7 +248,7 @@ def mixed_model():
     out = keras.layers.Dense(5, name="head")(x)
     policy = {"conv3": 4, "conv1": 2, "lstm": {"kernel": 3, "recurrent_kernel": 5}, "dense": 1,
               "conv2d": 7, "head": 8}
-    return _random_biases(gq_tf.quantize_model(keras.Model([frames, img], out), policy), seed=3)
+    return random_biases(gq_tf.quantize_model(keras.Model([frames, img], out), policy), seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,15 @@ static const char* const kSlotNames[LSTM_NUM_SLOTS] = {
     "input h0",        "input c0",
 };
 
+typedef struct gq_lstm_config {
+  int kernel_bits;
+  int recurrent_bits;
+  int return_sequences;
+  int return_state;
+  size_t in_features;
+  size_t units;
+} gq_lstm_config;
+
 typedef struct gq_lstm_op {
   gq_node_copy node; /* the original GQ_LSTM node */
   const gq_fc_kernel_info* kernel;
@@ -80,12 +89,7 @@ typedef struct gq_lstm_op {
   /* Set by prepare. */
   int ready;
   int slot[LSTM_NUM_SLOTS];
-  int kernel_bits;
-  int recurrent_bits;
-  int return_sequences;
-  int return_state;
-  size_t in_features;
-  size_t units;
+  gq_lstm_config cfg; /* the validated options */
   size_t batch;
   size_t steps;
   gq_fc_codebook kernel_codebook;
@@ -100,14 +104,6 @@ typedef struct gq_lstm_op {
 
 /* ------------------------------------------------------------- options */
 
-typedef struct gq_lstm_config {
-  int kernel_bits;
-  int recurrent_bits;
-  int return_sequences;
-  int return_state;
-  size_t in_features;
-  size_t units;
-} gq_lstm_config;
 
 static const char* const kOptionKeys[] = {
     "version",      "kernel_bits",      "recurrent_bits", "in_features",
@@ -441,12 +437,7 @@ TfLiteStatus gq_lstm_prepare(TfLiteContext* context, TfLiteNode* node) {
     }
   }
 
-  op->kernel_bits = cfg.kernel_bits;
-  op->recurrent_bits = cfg.recurrent_bits;
-  op->return_sequences = cfg.return_sequences;
-  op->return_state = cfg.return_state;
-  op->in_features = cfg.in_features;
-  op->units = units;
+  op->cfg = cfg;
   op->batch = batch;
   op->steps = steps;
   op->ready = 1;
@@ -501,7 +492,7 @@ static void run_fc(const gq_lstm_op* op, size_t batch, size_t in_features, int b
   gq_fc_args args;
   args.batch = batch;
   args.in_features = in_features;
-  args.out_features = 4 * op->units;
+  args.out_features = 4 * op->cfg.units;
   args.bits = bits;
   args.activation = GQ_ACT_NONE;
   args.x = x;
@@ -521,7 +512,7 @@ TfLiteStatus gq_lstm_invoke(TfLiteContext* context, TfLiteNode* node) {
     return kTfLiteError;
   }
   const int n = op->node.node_index;
-  const size_t B = op->batch, T = op->steps, U = op->units, G = 4 * op->units;
+  const size_t B = op->batch, T = op->steps, U = op->cfg.units, G = 4 * op->cfg.units;
   /* Pointers are fetched again: the runtime may move tensor storage between
    * prepare and invoke. Indices were range-checked in prepare. */
   const TfLiteTensor* in[LSTM_NUM_SLOTS] = {NULL};
@@ -538,13 +529,13 @@ TfLiteStatus gq_lstm_invoke(TfLiteContext* context, TfLiteNode* node) {
   for (int k = 0; k < op->node.num_outputs; ++k) {
     out[k] = &context->tensors[op->node.tensors[op->node.num_inputs + k]];
   }
-  const size_t y_count = op->return_sequences ? B * T * U : B * U;
-  if (in[LSTM_X]->bytes != B * T * op->in_features * sizeof(float) ||
+  const size_t y_count = op->cfg.return_sequences ? B * T * U : B * U;
+  if (in[LSTM_X]->bytes != B * T * op->cfg.in_features * sizeof(float) ||
       (in[LSTM_H0] != NULL && (in[LSTM_H0]->bytes != B * U * sizeof(float) ||
                                in[LSTM_C0]->bytes != B * U * sizeof(float))) ||
       (in[LSTM_BIAS] != NULL && in[LSTM_BIAS]->bytes != G * sizeof(float)) ||
       out[0]->bytes != y_count * sizeof(float) ||
-      (op->return_state && (out[1]->bytes != B * U * sizeof(float) ||
+      (op->cfg.return_state && (out[1]->bytes != B * U * sizeof(float) ||
                             out[2]->bytes != B * U * sizeof(float)))) {
     gq_report(context, GQ_LSTM_OP_NAME " (node %d): tensor sizes changed since prepare.", n);
     return kTfLiteError;
@@ -560,11 +551,11 @@ TfLiteStatus gq_lstm_invoke(TfLiteContext* context, TfLiteNode* node) {
   }
   if (op->kernel->qd8 && !op->kernel_codebook_constant) {
     gq_fc_codebook_init(&op->kernel_codebook, (const float*)in[LSTM_KERNEL_CENTROIDS]->data,
-                        op->kernel_bits);
+                        op->cfg.kernel_bits);
   }
   if (op->kernel->qd8 && !op->recurrent_codebook_constant) {
     gq_fc_codebook_init(&op->recurrent_codebook,
-                        (const float*)in[LSTM_RECURRENT_CENTROIDS]->data, op->recurrent_bits);
+                        (const float*)in[LSTM_RECURRENT_CENTROIDS]->data, op->cfg.recurrent_bits);
   }
   float* xp = op->scratch;
   float* z = xp + B * T * G;
@@ -581,13 +572,13 @@ TfLiteStatus gq_lstm_invoke(TfLiteContext* context, TfLiteNode* node) {
   }
   /* The input projection of every step at once: rows b*T + t of x. */
   if (T != 0) {
-    run_fc(op, B * T, op->in_features, op->kernel_bits, (const float*)in[LSTM_X]->data,
+    run_fc(op, B * T, op->cfg.in_features, op->cfg.kernel_bits, (const float*)in[LSTM_X]->data,
            in[LSTM_KERNEL], in[LSTM_KERNEL_CENTROIDS], &op->kernel_codebook,
            in[LSTM_BIAS] != NULL ? (const float*)in[LSTM_BIAS]->data : NULL, xp);
   }
   float* y = (float*)out[0]->data;
   for (size_t t = 0; t < T; ++t) {
-    run_fc(op, B, U, op->recurrent_bits, h, in[LSTM_RECURRENT], in[LSTM_RECURRENT_CENTROIDS],
+    run_fc(op, B, U, op->cfg.recurrent_bits, h, in[LSTM_RECURRENT], in[LSTM_RECURRENT_CENTROIDS],
            &op->recurrent_codebook, NULL, z);
     for (size_t b = 0; b < B; ++b) {
       const float* xr = xp + (b * T + t) * G;
@@ -602,15 +593,15 @@ TfLiteStatus gq_lstm_invoke(TfLiteContext* context, TfLiteNode* node) {
         cr[j] = fg * cr[j] + ig * gg;
         hr[j] = og * gq_tanh(cr[j]);
       }
-      if (op->return_sequences) {
+      if (op->cfg.return_sequences) {
         memcpy(y + (b * T + t) * U, hr, U * sizeof(float));
       }
     }
   }
-  if (!op->return_sequences) {
+  if (!op->cfg.return_sequences) {
     memcpy(y, h, B * U * sizeof(float));
   }
-  if (op->return_state) {
+  if (op->cfg.return_state) {
     memcpy(out[1]->data, h, B * U * sizeof(float));
     memcpy(out[2]->data, c, B * U * sizeof(float));
   }
