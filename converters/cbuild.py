@@ -49,12 +49,12 @@ C_FLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC")
 
 # Instruction sets per file and architecture. A file not listed for an
 # architecture gets no extra flags (and its #if makes it empty there).
+_AVX2 = ("-mavx2", "-mfma")
+_AVX512 = _AVX2 + ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vbmi", "-mavx512vnni")
+# i686 (Android's 32-bit x86 ABI) compiles the same x86 kernel files.
 _ISA_FLAGS = {
-    "gq_fc_avx2.c": {"x86_64": ("-mavx2", "-mfma")},
-    "gq_fc_avx512.c": {
-        "x86_64": ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl",
-                   "-mavx512vbmi", "-mavx512vnni"),
-    },
+    "gq_fc_avx2.c": {"x86_64": _AVX2, "i686": _AVX2},
+    "gq_fc_avx512.c": {"x86_64": _AVX512, "i686": _AVX512},
     "gq_fc_neondot.c": {"aarch64": ("-march=armv8.2-a+dotprod",)},
 }
 

@@ -1,4 +1,7 @@
-/* Helpers shared by the delegate's ops (gq_common.h). Pure C11. */
+/* Helpers shared by the delegate's ops (gq_common.h). C11 + POSIX. */
+/* posix_memalign: Android's libc declares C11 aligned_alloc only from API 28,
+ * and the delegate is built for API 24 too. */
+#define _POSIX_C_SOURCE 200112L
 #include "gq_common.h"
 
 #include <inttypes.h>
@@ -87,9 +90,9 @@ int gq_grow_aligned(void** buffer, size_t* size, size_t need) {
   if (need <= *size) {
     return 1;
   }
-  /* 64-byte aligned; aligned_alloc wants a multiple of the alignment. */
-  void* grown = aligned_alloc(64, (need + 63u) & ~(size_t)63u);
-  if (grown == NULL) {
+  /* 64-byte aligned, for the SIMD kernels' row buffers. */
+  void* grown = NULL;
+  if (posix_memalign(&grown, 64, need) != 0) {
     return 0;
   }
   free(*buffer);
