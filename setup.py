@@ -83,10 +83,15 @@ setup(
         "tensorflow-model-optimization==0.8.*",
         "numpy>=1.26",
         "ai-edge-litert==2.3.*",
+        # android_bench's report plot.
+        "matplotlib>=3.8",
     ],
     ext_modules=[Extension(DELEGATE, sources=list(CBUILD["DELEGATE_SOURCES"]),
                           depends=list(CBUILD["HEADERS"]))],
     cmdclass={"build_ext": BuildDelegate},
-    extras_require={"test": ["pytest>=8", "pytest-timeout"]},
-    entry_points={"console_scripts": ["gq-tf=gq_tf.cli:main"]},
+    # cmake: the tests build the Android delegate's CMake project (with a
+    # stand-in toolchain, there being no NDK here).
+    extras_require={"test": ["pytest>=8", "pytest-timeout", "cmake>=3.22"]},
+    entry_points={"console_scripts": ["gq-tf=gq_tf.cli:main",
+                                      "android-bench=android_bench.__main__:main"]},
 )

@@ -1,6 +1,11 @@
-"""android_bench: latency and memory of TFLite models.
+"""android_bench: latency and memory of TFLite models, on Android devices and here.
 
-``python -m android_bench kernels`` times the GQ kernels against XNNPACK's
-float32 and int8 fully connected kernels on this machine (``kernels.py``).
-The adb harness for Android devices is the benchmark issue's work.
+- ``python -m android_bench run MODEL...`` benchmarks models on a phone over
+  adb with TFLite's stock ``benchmark_model`` and our delegate, or on this
+  machine with ``--host``, and writes results.json, report.md and report.png
+  (``run.py``, ``targets.py``, ``adb.py``, ``report.py``);
+- ``python -m android_bench build-delegate`` builds the delegate with the
+  Android NDK (``ndk.py``);
+- ``python -m android_bench kernels`` times the GQ kernels against XNNPACK
+  (``kernels.py``).
 """

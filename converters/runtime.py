@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["RUNTIMES", "KernelInfo", "kernels", "auto_kernel", "delegate_path", "make_interpreter"]
+__all__ = ["RUNTIMES", "KernelInfo", "kernels", "auto_kernel", "custom_ops", "delegate_path", "make_interpreter"]
 
 RUNTIMES = ("litert", "tflite")
 
@@ -148,11 +148,8 @@ def _model_source(model):
     )
 
 
-def _check_op_versions(buf, name):
-    """Rejects GQ custom ops of a version this delegate does not implement.
-
-    Runs after the runtime has verified the flatbuffer, so reading it is safe.
-    """
+def _custom_op_codes(buf):
+    """(name, version) of every custom operator code of a model flatbuffer."""
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.Model.GetRootAs(buf, 0)
@@ -160,12 +157,38 @@ def _check_op_versions(buf, name):
         code = model.OperatorCodes(i)
         builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
         custom = code.CustomCode()
-        if builtin != _BUILTIN_CUSTOM or custom is None:
-            continue
-        op = custom.decode("utf-8", "replace")
-        if op in _OP_VERSIONS and code.Version() not in _OP_VERSIONS[op]:
+        if builtin == _BUILTIN_CUSTOM and custom is not None:
+            yield custom.decode("utf-8", "replace"), code.Version()
+
+
+def custom_ops(model_path_or_bytes):
+    """Names of the custom ops a .tflite model uses (e.g. ``["GQ_FULLY_CONNECTED"]``).
+
+    A model that uses any ``GQ_*`` op needs this project's delegate to run.
+
+    Raises:
+      ValueError: not a TFLite model (or a flatbuffer too damaged to read).
+      FileNotFoundError: the file does not exist.
+    """
+    _, name, buf = _model_source(model_path_or_bytes)
+    try:
+        return sorted({op for op, _ in _custom_op_codes(buf)})
+    except Exception as e:  # the flatbuffer reader raises anything on damaged data
+        raise ValueError(f"Model {name} is not a readable TFLite flatbuffer: {type(e).__name__}: {e}") from None
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
+
+
+def _check_op_versions(buf, name):
+    """Rejects GQ custom ops of a version this delegate does not implement.
+
+    Runs after the runtime has verified the flatbuffer, so reading it is safe.
+    """
+    for op, version in _custom_op_codes(buf):
+        if op in _OP_VERSIONS and version not in _OP_VERSIONS[op]:
             raise RuntimeError(
-                f"Model {name}: custom op {op} has version {code.Version()}; this delegate "
+                f"Model {name}: custom op {op} has version {version}; this delegate "
                 f"implements version(s) {', '.join(map(str, _OP_VERSIONS[op]))}. The model was "
                 "written by a newer gq-tf: update the package or re-export the model."
             )

@@ -1,0 +1,462 @@
+"""``python -m android_bench run MODEL...``: latency and memory of .tflite models.
+
+On an Android device over adb with TFLite's stock ``benchmark_model`` (and
+our delegate for GQ models), or on this machine with ``--host``.
+
+Protocol (the same on both targets):
+
+- The timed inferences of a model are spread over *sessions*: one fresh
+  ``benchmark_model`` process each, run as
+  ``taskset MASK benchmark_model --graph=M [--external_delegate_path=D]
+  --num_threads=T --warmup_runs=W --warmup_min_secs=S --num_runs=2
+  --min_secs=0 --report_peak_memory_footprint=true``.
+- Per-run timings: the stock binary prints only a summary line of its timed
+  loop (``count= first= curr= min= max= avg= std=``), never the list of
+  runs. With exactly two timed runs per session that line determines both
+  runs exactly (``first`` and ``curr``; ``count=2 curr=V(all same)`` when
+  equal), so every sample in the report is one real inference, and P50/P90
+  are percentiles of those samples. Every session also gives an init time,
+  a first inference (the first warmup run) and a peak memory footprint.
+- Sessions of the models alternate, A B A B ..., so drift (temperature,
+  frequency, background load) hits every model alike.
+- GQ models (any ``GQ_*`` custom op) run with the delegate; others without.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from android_bench import benchmark_output, report
+from android_bench.adb import Adb, DeviceLost
+from android_bench.errors import BenchError
+from android_bench.targets import DeviceTarget, HostTarget, check_abi, cpu_list, parse_mask
+
+RUNS_PER_SESSION = 2
+EXIT_OK, EXIT_MODEL_FAILED, EXIT_USAGE, EXIT_DEVICE_LOST, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+PREBUILT_HINT = (
+    "TFLite publishes nightly prebuilt binaries, e.g. https://storage.googleapis.com/"
+    "tensorflow-nightly-public/prod/tensorflow/release/lite/tools/nightly/latest/"
+    "android_aarch64_benchmark_model (android_arm_benchmark_model for 32-bit); or build it with "
+    "Bazel: `bazel build -c opt --config=android_arm64 //tensorflow/lite/tools/benchmark:benchmark_model`."
+)
+
+
+@dataclass
+class Protocol:
+    runs: int = 40
+    warmup_runs: int = 5
+    warmup_secs: float = 0.5
+    threads: int = 1
+    mask: int = 1
+    mask_reason: str = ""
+    timeout: float = 600.0
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def sessions(self) -> int:
+        return math.ceil(self.runs / RUNS_PER_SESSION)
+
+    def flags(self, graph: str, delegate: str | None, num_runs: int) -> list[str]:
+        flags = [f"--graph={graph}"]
+        if delegate:
+            flags.append(f"--external_delegate_path={delegate}")
+        flags += [f"--num_threads={self.threads}", f"--warmup_runs={self.warmup_runs}",
+                  f"--warmup_min_secs={self.warmup_secs:g}", f"--num_runs={num_runs}", "--min_secs=0",
+                  "--report_peak_memory_footprint=true"]
+        return flags + list(self.extra_args)
+
+
+@dataclass
+class Session:
+    index: int
+    samples_us: list[int]
+    init_us: float
+    first_inference_us: float | None
+    warmup_runs: int
+    warmup_avg_us: float | None
+    peak_memory_mb: float | None
+    init_footprint_mb: float | None
+    overall_footprint_mb: float | None
+    vm_rss_mb: float | None
+    log: str
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelResult:
+    name: str
+    path: str
+    sha256: str
+    size_bytes: int
+    custom_ops: list[str]
+    uses_delegate: bool
+    sessions: list[Session] = field(default_factory=list)
+    error: str | None = None
+    summary: dict | None = None
+    vs_baseline: dict | None = None
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_info(path) -> dict:
+    p = Path(path)
+    return {"path": str(p.resolve()), "size_bytes": p.stat().st_size, "sha256": _sha256(p)}
+
+
+def summarize(sessions: list[Session]) -> dict | None:
+    """Statistics over every timed run of every session of one model."""
+    samples = np.array([s for ses in sessions for s in ses.samples_us], dtype=np.float64)
+    if samples.size == 0:
+        return None
+
+    def median(values):
+        values = [v for v in values if v is not None]
+        return float(np.median(values)) if values else None
+
+    peaks = [s.peak_memory_mb for s in sessions if s.peak_memory_mb is not None]
+    return {
+        "runs": int(samples.size),
+        "sessions": len(sessions),
+        "p50_us": float(np.percentile(samples, 50)),
+        "p90_us": float(np.percentile(samples, 90)),
+        "mean_us": float(samples.mean()),
+        "std_us": float(samples.std(ddof=1)) if samples.size > 1 else 0.0,
+        "min_us": float(samples.min()),
+        "max_us": float(samples.max()),
+        # Per-session numbers: the median over sessions (init, first
+        # inference, footprint growth), the largest peak.
+        "init_us": median(s.init_us for s in sessions),
+        "first_inference_us": median(s.first_inference_us for s in sessions),
+        "peak_memory_mb": max(peaks) if peaks else None,
+        "footprint_mb": median(s.overall_footprint_mb for s in sessions),
+    }
+
+
+RATIO_KEYS = ("p50_us", "p90_us", "mean_us", "init_us", "first_inference_us", "peak_memory_mb", "footprint_mb")
+
+
+def compare(summary: dict, base: dict, size: int, base_size: int) -> dict:
+    """Ratios model / baseline (``< 1``: smaller or faster)."""
+    ratios = {"size_bytes": size / base_size if base_size else None}
+    for key in RATIO_KEYS:
+        a, b = summary.get(key), base.get(key)
+        ratios[key] = a / b if a is not None and b else None
+    return ratios
+
+
+def pick_baseline(results: list[ModelResult], choice: str | None) -> int:
+    """Index of the baseline model: ``--baseline`` (index, file name or stem),
+    else the first model without GQ ops, else the first model."""
+    if choice is not None:
+        for i, r in enumerate(results):
+            if choice in (str(i), r.name, Path(r.path).name, r.path):
+                return i
+        names = ", ".join(r.name for r in results)
+        raise BenchError(f"--baseline {choice!r} is not one of the models ({names}) or their indices.")
+    for i, r in enumerate(results):
+        if not r.uses_delegate:
+            return i
+    return 0
+
+
+def _unique_names(paths: list[Path]) -> list[str]:
+    names = [p.stem for p in paths]
+    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+
+
+def load_models(paths: list[str]) -> list[ModelResult]:
+    """Checks the model files and reads their custom ops."""
+    from converters.runtime import custom_ops
+
+    if not paths:
+        raise BenchError("Expected at least one .tflite MODEL to benchmark.")
+    files = [Path(p) for p in paths]
+    results = []
+    for p, name in zip(files, _unique_names(files)):
+        if not p.is_file():
+            raise BenchError(f"Model file not found: {str(p)!r}.")
+        try:
+            ops = custom_ops(p)
+        except ValueError as e:
+            raise BenchError(str(e)) from None
+        info = file_info(p)
+        results.append(ModelResult(name, info["path"], info["sha256"], info["size_bytes"], ops,
+                                   uses_delegate=any(op.startswith("GQ_") for op in ops)))
+    return results
+
+
+def _session_from(index: int, out: benchmark_output.BenchmarkOutput, num_runs: int, log: str) -> Session:
+    samples = out.inference.samples()
+    if samples is None or len(samples) != num_runs:
+        raise benchmark_output.BenchmarkOutputError(
+            f"Expected exactly {num_runs} timed runs (--num_runs={num_runs} --min_secs=0), the binary "
+            f"ran {out.inference.count}: it may not support --min_secs (too old a benchmark_model?)."
+        )
+    return Session(
+        index=index, samples_us=[int(s) for s in samples], init_us=out.init_us,
+        first_inference_us=out.first_inference_us,
+        warmup_runs=out.warmup.count if out.warmup else 0,
+        warmup_avg_us=out.warmup.avg_us if out.warmup else None,
+        peak_memory_mb=out.peak_memory_mb, init_footprint_mb=out.init_footprint_mb,
+        overall_footprint_mb=out.overall_footprint_mb, vm_rss_mb=out.vm_rss_mb, log=log)
+
+
+def _fmt_ms(us) -> str:
+    return "-" if us is None else f"{us / 1000:.3f} ms"
+
+
+def measure(target, models: list[ModelResult], protocol: Protocol, results: dict, out_dir: Path, log=print):
+    """Runs the interleaved sessions, filling ``results`` as it goes.
+
+    ``results.json`` is rewritten after every round, so an interruption or a
+    lost device keeps what was measured. Raises DeviceLost/KeyboardInterrupt
+    after saving.
+    """
+    logs = out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    remaining = protocol.runs
+    for rnd in range(protocol.sessions):
+        num_runs = min(RUNS_PER_SESSION, remaining)
+        remaining -= num_runs
+        for i, m in enumerate(models):
+            if m.error:
+                continue
+            flags = protocol.flags(target.model_path(i), target.delegate_path if m.uses_delegate else None,
+                                   num_runs)
+            status, text = target.session(flags, protocol.mask, protocol.timeout)
+            log_name = f"logs/{m.name.replace('#', '_')}.s{rnd:03d}.txt"
+            (out_dir / log_name).write_text(text)
+            try:
+                if status != 0:
+                    try:
+                        benchmark_output.parse(text)
+                    except benchmark_output.BenchmarkOutputError as e:
+                        raise benchmark_output.BenchmarkOutputError(f"exit status {status}. {e}") from None
+                    raise benchmark_output.BenchmarkOutputError(f"exit status {status} after a complete output")
+                session = _session_from(rnd, benchmark_output.parse(text), num_runs, log_name)
+            except benchmark_output.BenchmarkOutputError as e:
+                m.error = f"session {rnd} failed ({log_name}): {e}"
+                log(f"  {m.name}: FAILED, see {out_dir / log_name}\n    {e}")
+                continue
+            session.files = target.collect_files(out_dir / "files", f"{m.name.replace('#', '_')}.s{rnd:03d}.")
+            m.sessions.append(session)
+            times = " ".join(_fmt_ms(s) for s in session.samples_us)
+            mem = f"{session.peak_memory_mb:.1f} MB" if session.peak_memory_mb is not None else "-"
+            log(f"[{rnd + 1}/{protocol.sessions}] {m.name}: {times} · init {_fmt_ms(session.init_us)} · "
+                f"peak {mem}")
+        finalize(results, models)
+        report.write_json(results, out_dir)
+        if all(m.error for m in models):
+            break
+
+
+def finalize(results: dict, models: list[ModelResult]):
+    """Fills summaries and baseline ratios into ``results`` (idempotent)."""
+    for m in models:
+        m.summary = summarize(m.sessions)
+    base = models[results["baseline_index"]]
+    for i, m in enumerate(models):
+        ok = m.summary is not None and base.summary is not None and i != results["baseline_index"]
+        m.vs_baseline = compare(m.summary, base.summary, m.size_bytes, base.size_bytes) if ok else None
+    results["models"] = [asdict(m) for m in models]
+
+
+def _tool_versions(target_kind: str) -> dict:
+    from importlib import metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for dist in ("gq-tf", "ai-edge-litert", "numpy", "matplotlib"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+def _prepare_out(out: str | None, kind: str) -> Path:
+    path = Path(out) if out else Path("android_bench_out") / f"{kind}_{time.strftime('%Y%m%d_%H%M%S')}"
+    if (path / "results.json").exists():
+        raise BenchError(f"--out {str(path)!r} already holds a results.json; choose another --out "
+                         "(nothing was overwritten).")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def main(args) -> int:
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        return _main(args, log)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _check_protocol_args(args):
+    for name, value, low in (("--runs", args.runs, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 1)):
+        if value < low:
+            raise BenchError(f"Expected {name} >= {low}. Received {value}.")
+    if not args.warmup_secs >= 0:
+        raise BenchError(f"Expected --warmup-secs >= 0. Received {args.warmup_secs}.")
+    if not args.timeout > 0:
+        raise BenchError(f"Expected --timeout > 0. Received {args.timeout}.")
+
+
+def _main(args, log) -> int:
+    _check_protocol_args(args)
+    models = load_models(args.models)
+    baseline_index = pick_baseline(models, args.baseline)
+    needs_delegate = any(m.uses_delegate for m in models)
+    delegate = args.delegate
+    for label, path in (("--benchmark-binary", args.benchmark_binary), ("--delegate", args.delegate)):
+        if path and not Path(path).is_file():
+            raise BenchError(f"{label} {path!r} does not exist.")
+
+    if args.host:
+        target = HostTarget(args.benchmark_binary, log=log)
+        if needs_delegate and not delegate:
+            from converters.runtime import delegate_path
+
+            try:
+                delegate = delegate_path()
+            except FileNotFoundError as e:
+                raise BenchError(str(e)) from None
+    else:
+        if not args.benchmark_binary:
+            raise BenchError("A device run needs TFLite's benchmark_model built for the device: pass "
+                             "--benchmark-binary PATH. " + PREBUILT_HINT + " (Or use --host.)")
+        adb = Adb(args.adb, args.serial)
+        device = adb.select()
+        log(f"device {device.serial} {device.details}".rstrip())
+        target = DeviceTarget(adb, log=log)
+        if needs_delegate and not delegate:
+            gq = ", ".join(m.name for m in models if m.uses_delegate)
+            raise BenchError(f"Model(s) {gq} use GQ custom ops and need our delegate built for the device: "
+                             "pass --delegate PATH (build it with `python -m android_bench build-delegate "
+                             "--ndk PATH --abi arm64-v8a`).")
+
+    facts = target.facts()
+    abis = target.abis(facts)
+    if args.benchmark_binary:
+        check_abi(args.benchmark_binary, "The benchmark binary", abis)
+    if delegate and needs_delegate:
+        check_abi(delegate, "The delegate", abis)
+    if args.cpu_mask:
+        mask, reason = parse_mask(args.cpu_mask, facts.get("cores") or None), "--cpu-mask"
+    else:
+        mask, reason = int(facts["big_core_mask"], 16), facts["big_core_mask_reason"]
+    if args.host:
+        import os
+
+        outside = {i for i in range(mask.bit_length()) if mask >> i & 1} - set(os.sched_getaffinity(0))
+        if outside:
+            raise BenchError(f"CPU mask {mask:x} includes CPUs {sorted(outside)} this process may not use.")
+    protocol = Protocol(runs=args.runs, warmup_runs=args.warmup, warmup_secs=args.warmup_secs,
+                        threads=args.threads, mask=mask, mask_reason=reason, timeout=args.timeout,
+                        extra_args=list(args.benchmark_arg or []))
+    if protocol.threads > bin(mask).count("1"):
+        log(f"warning: --threads {protocol.threads} > {bin(mask).count('1')} CPUs in mask {mask:x}")
+    out_dir = _prepare_out(args.out, target.kind)
+    tools = _tool_versions(target.kind)
+    tools["benchmark_binary"] = (file_info(args.benchmark_binary) if args.benchmark_binary
+                                 else {"path": "python -m android_bench.hostbench"})
+    tools["delegate"] = file_info(delegate) if delegate and needs_delegate else None
+    results = {
+        "format": "android_bench.results/1",
+        "target": target.kind,
+        "device": facts,
+        "tools": tools,
+        "protocol": {**asdict(protocol), "mask": f"{mask:x}", "cpus": cpu_list(mask),
+                     "sessions_per_model": protocol.sessions, "runs_per_session": RUNS_PER_SESSION,
+                     "order": "interleaved: session k of every model, then session k+1"},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished": None,
+        "complete": False,
+        "error": None,
+        "baseline_index": baseline_index,
+        "baseline": models[baseline_index].name,
+        "models": [],
+    }
+    log(f"{target.kind}: {facts.get('manufacturer', '')} {facts.get('model', '')} "
+        f"({facts.get('abi', '?')}, {facts.get('cores', '?')} cores); taskset {mask:x} = CPUs {cpu_list(mask)} "
+        f"({reason}); {protocol.threads} thread(s); {protocol.sessions} sessions x {RUNS_PER_SESSION} runs "
+        f"per model, warmup {protocol.warmup_runs} runs / {protocol.warmup_secs:g} s")
+    code = EXIT_OK
+    try:
+        target.setup(args.benchmark_binary, delegate if needs_delegate else None,
+                     [Path(m.path) for m in models])
+        measure(target, models, protocol, results, out_dir, log=log)
+        results["complete"] = True
+    except DeviceLost as e:
+        results["error"] = f"{e} The results measured before are kept."
+        code = EXIT_DEVICE_LOST
+    except KeyboardInterrupt:
+        results["error"] = "Interrupted (Ctrl-C); the results measured before are kept."
+        code = EXIT_INTERRUPTED
+    finally:
+        warning = target.cleanup()
+        if warning:
+            # Printed even with --quiet: something is left on the device.
+            print(f"warning: {warning}", file=sys.stderr)
+            results["cleanup_warning"] = warning
+        results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        finalize(results, models)
+        report.write_all(results, out_dir)
+    print(report.markdown_table(results))
+    if results["error"]:
+        print(f"error: {results['error']}", file=sys.stderr)
+    failed = [m for m in models if m.error]
+    for m in failed:
+        print(f"error: {m.name}: {m.error}", file=sys.stderr)
+    print(f"wrote {out_dir / 'results.json'}, {out_dir / 'report.md'}, {out_dir / 'report.png'}", file=sys.stderr)
+    if code == EXIT_OK and failed:
+        code = EXIT_MODEL_FAILED
+    return code
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "run",
+        help="latency and memory of .tflite models on an Android device (adb) or this machine (--host)",
+        description=__doc__.split("\n\n")[0],
+        epilog="Exit status: 0 ok, 1 a model failed, 2 bad input or setup, 3 device lost mid-run, "
+               "130 interrupted (results so far are kept in --out).",
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help=".tflite files (GQ and baselines)")
+    p.add_argument("--host", action="store_true", help="run on this machine (LiteRT + delegate), no adb")
+    p.add_argument("--serial", help="device serial (needed when several devices are connected)")
+    p.add_argument("--adb", help="adb binary (default: adb on PATH)")
+    p.add_argument("--benchmark-binary", metavar="PATH",
+                   help="TFLite's benchmark_model for the device ABI (with --host: optional host binary; "
+                        "default python -m android_bench.hostbench)")
+    p.add_argument("--delegate", metavar="PATH",
+                   help="our delegate .so for the device (build-delegate); --host default: the built one")
+    p.add_argument("--baseline", help="model (index, file name or stem) the ratios are against "
+                                      "(default: the first model without GQ ops)")
+    p.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
+    p.add_argument("--cpu-mask", help="taskset hex mask (default: the big cores, from cpufreq)")
+    p.add_argument("--warmup", type=int, default=5, help="warmup runs per session (default 5)")
+    p.add_argument("--warmup-secs", type=float, default=0.5,
+                   help="minimum warmup seconds per session (--warmup_min_secs; default 0.5, the stock one)")
+    p.add_argument("--runs", type=int, default=40,
+                   help=f"timed inferences per model (default 40 = 20 sessions of {RUNS_PER_SESSION})")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per session (default 600)")
+    p.add_argument("--benchmark-arg", action="append", metavar="FLAG",
+                   help="extra benchmark_model flag, repeatable (e.g. --benchmark-arg=--use_xnnpack=false)")
+    p.add_argument("--out", help="output folder (default android_bench_out/<target>_<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=main)
+    return p
+
