@@ -54,3 +54,19 @@ def seq_model():
 @pytest.fixture
 def img_model():
     return image_model()
+
+
+@pytest.fixture(scope="session")
+def fc_models(tmp_path_factory):
+    """Two 64x64 GQ 4-bit fully connected layers as .tflite files: ``gq``
+    (GQ_FULLY_CONNECTED) and its ``int8`` and ``float32`` peers with the same
+    weights (the kernel benchmark's builders; TF conversion is slow, so once)."""
+    from android_bench.kernels import _convert, _gq_layers
+
+    folder = tmp_path_factory.mktemp("fc_models")
+    layers = _gq_layers(np.random.default_rng(0), 64, 64, 2, 4)
+    paths = {}
+    for kind in ("gq", "int8", "float32"):
+        paths[kind] = folder / f"fc_{kind}.tflite"
+        paths[kind].write_bytes(_convert(layers, 1, kind))
+    return paths

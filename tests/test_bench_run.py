@@ -114,20 +114,6 @@ def phone(tmp_path, monkeypatch):
     return FakePhone(tmp_path, monkeypatch)
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A small GQ model and its int8 peer (the same weights), written once."""
-    from android_bench.kernels import _convert, _gq_layers
-
-    folder = tmp_path_factory.mktemp("models")
-    layers = _gq_layers(np.random.default_rng(0), 64, 64, 2, 4)
-    paths = {}
-    for kind in ("gq", "int8"):
-        paths[kind] = folder / f"fc_{kind}.tflite"
-        paths[kind].write_bytes(_convert(layers, 1, kind))
-    return paths
-
-
 @pytest.fixture
 def stand_in(tmp_path):
     return _script(tmp_path / "benchmark_model", STAND_IN)
@@ -147,10 +133,10 @@ def _results(out):
 # ---------------------------------------------------------------- device flow
 
 
-def test_device_flow(phone, models, stand_in, tmp_path, capsys):
+def test_device_flow(phone, fc_models, stand_in, tmp_path, capsys):
     root = phone.add()
     out = tmp_path / "out"
-    code = _run([models["gq"], models["int8"], "--adb", phone.adb, "--benchmark-binary", stand_in,
+    code = _run([fc_models["gq"], fc_models["int8"], "--adb", phone.adb, "--benchmark-binary", stand_in,
                  "--delegate", delegate_path(), "--runs", 4, *FAST, "--out", out,
                  "--benchmark-arg=--profiling_output_csv_file=profile.csv"])
     printed = capsys.readouterr()
@@ -227,7 +213,7 @@ def test_device_flow(phone, models, stand_in, tmp_path, capsys):
     ("one", ["--no-delegate"], "need our delegate built for the device: pass --delegate PATH"),
     ("arm64", [], "built for x86-64, but the device runs arm64-v8a"),
 ])
-def test_device_errors(phone, models, stand_in, tmp_path, capsys, setup, args, message):
+def test_device_errors(phone, fc_models, stand_in, tmp_path, capsys, setup, args, message):
     if setup in ("one", "two", "arm64"):
         phone.add(props=dict(PROPS, **{"ro.product.cpu.abi": "arm64-v8a", "ro.product.cpu.abilist":
                                        "arm64-v8a,armeabi-v7a"}) if setup == "arm64" else None)
@@ -235,7 +221,7 @@ def test_device_errors(phone, models, stand_in, tmp_path, capsys, setup, args, m
         phone.add("ACME0002")
     if setup in ("unauthorized", "offline"):
         phone.add(state=setup)
-    argv = [models["gq"], models["int8"], "--adb", phone.adb, "--benchmark-binary", stand_in,
+    argv = [fc_models["gq"], fc_models["int8"], "--adb", phone.adb, "--benchmark-binary", stand_in,
             "--delegate", delegate_path(), *FAST, "--runs", 2, "--out", tmp_path / "out"]
     for flag, drop in (("--no-binary", "--benchmark-binary"), ("--no-delegate", "--delegate")):
         if flag in args:
@@ -256,12 +242,12 @@ def test_device_errors(phone, models, stand_in, tmp_path, capsys, setup, args, m
         assert os.listdir(Path(d["root"]) / "data/local/tmp") == []
 
 
-def test_device_lost_mid_run(phone, models, stand_in, tmp_path, capsys):
+def test_device_lost_mid_run(phone, fc_models, stand_in, tmp_path, capsys):
     # Shells before the first session: facts, mkdir, chmod, ls; then per
     # session the run and an ls for written files. Lose it in round 2.
     phone.add(lose_after_shells=4 + 2 * 2)
     out = tmp_path / "out"
-    code = _run([models["gq"], models["int8"], "--adb", phone.adb, "--benchmark-binary", stand_in,
+    code = _run([fc_models["gq"], fc_models["int8"], "--adb", phone.adb, "--benchmark-binary", stand_in,
                  "--delegate", delegate_path(), "--runs", 6, *FAST, "--out", out])
     err = capsys.readouterr().err
     assert code == 3, err
@@ -275,7 +261,7 @@ def test_device_lost_mid_run(phone, models, stand_in, tmp_path, capsys):
     assert "INCOMPLETE" in (out / "report.md").read_text()
 
 
-def test_ctrl_c_cleans_up_and_keeps_results(phone, models, stand_in, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_cleans_up_and_keeps_results(phone, fc_models, stand_in, tmp_path, monkeypatch, capsys):
     root = phone.add()
     real_session = targets.DeviceTarget.session
     calls = []
@@ -288,7 +274,7 @@ def test_ctrl_c_cleans_up_and_keeps_results(phone, models, stand_in, tmp_path, m
 
     monkeypatch.setattr(targets.DeviceTarget, "session", session)
     out = tmp_path / "out"
-    code = _run([models["gq"], models["int8"], "--adb", phone.adb, "--benchmark-binary", stand_in,
+    code = _run([fc_models["gq"], fc_models["int8"], "--adb", phone.adb, "--benchmark-binary", stand_in,
                  "--delegate", delegate_path(), "--runs", 6, *FAST, "--out", out])
     assert code == 130
     assert os.listdir(root / "data/local/tmp") == []
@@ -300,9 +286,9 @@ def test_ctrl_c_cleans_up_and_keeps_results(phone, models, stand_in, tmp_path, m
 # ---------------------------------------------------------------- host
 
 
-def test_host_run_writes_all_three_reports(models, tmp_path, capsys):
+def test_host_run_writes_all_three_reports(fc_models, tmp_path, capsys):
     out = tmp_path / "host"
-    code = _run(["--host", models["gq"], models["int8"], "--runs", 4, *FAST, "--out", out])
+    code = _run(["--host", fc_models["gq"], fc_models["int8"], "--runs", 4, *FAST, "--out", out])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     res = _results(out)
@@ -315,7 +301,7 @@ def test_host_run_writes_all_three_reports(models, tmp_path, capsys):
     assert "| fc_gq |" in (out / "report.md").read_text()
 
 
-def test_host_failing_model_is_reported_and_others_measured(models, tmp_path, capsys):
+def test_host_failing_model_is_reported_and_others_measured(fc_models, tmp_path, capsys):
     # A binary that cannot run the GQ model (as benchmark_model without our
     # delegate): that model fails with the tool's words, the other is measured.
     binary = _script(tmp_path / "bm", f"""#!/bin/sh
@@ -323,7 +309,7 @@ case "$*" in *fc_gq*) echo "ERROR: Encountered unresolved custom op: GQ_FULLY_CO
 exec {sys.executable} -m android_bench.hostbench "$@"
 """)
     out = tmp_path / "out"
-    code = _run(["--host", models["gq"], models["int8"], "--benchmark-binary", binary, "--runs", 2, *FAST,
+    code = _run(["--host", fc_models["gq"], fc_models["int8"], "--benchmark-binary", binary, "--runs", 2, *FAST,
                  "--out", out])
     err = capsys.readouterr().err
     assert code == 1
@@ -333,11 +319,11 @@ exec {sys.executable} -m android_bench.hostbench "$@"
     assert "Failures:" in (out / "report.md").read_text()
 
 
-def test_refuses_to_overwrite_results(models, tmp_path, capsys):
+def test_refuses_to_overwrite_results(fc_models, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.json").write_text("{}")
-    assert _run(["--host", models["int8"], "--out", out]) == 2
+    assert _run(["--host", fc_models["int8"], "--out", out]) == 2
     assert "already holds a results.json" in capsys.readouterr().err
     assert (out / "results.json").read_text() == "{}"
 

@@ -22,21 +22,6 @@ FAST = ["--warmup_runs=1", "--warmup_min_secs=0", "--min_secs=0"]
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A one-layer GQ_FULLY_CONNECTED model and its float32 counterpart (the
-    kernel benchmark's builders: TF conversion is slow, so once per module)."""
-    from android_bench.kernels import _convert, _gq_layers
-
-    folder = tmp_path_factory.mktemp("hostbench")
-    layers = _gq_layers(np.random.default_rng(0), 64, 32, 1, 4)
-    paths = {}
-    for kind in ("gq", "float32"):
-        paths[kind] = folder / f"{kind}.tflite"
-        paths[kind].write_bytes(_convert(layers, 1, kind))
-    return paths
-
-
-@pytest.fixture(scope="module")
 def delegate():
     from converters.runtime import delegate_path
 
@@ -96,24 +81,24 @@ STOCK_ORDER = [
 ]
 
 
-def test_gq_model_with_delegate_prints_stock_lines_in_order(models, delegate, capsys):
-    code, out = _main(capsys, f"--graph={models['gq']}", f"--external_delegate_path={delegate}",
+def test_gq_model_with_delegate_prints_stock_lines_in_order(fc_models, delegate, capsys):
+    code, out = _main(capsys, f"--graph={fc_models['gq']}", f"--external_delegate_path={delegate}",
                       "--num_threads=1", "--num_runs=2", "--report_peak_memory_footprint=true", *FAST)
     assert code == 0, out
     lines = _lines(out)
     _assert_in_order(lines, STOCK_ORDER)
     assert all(re.match(r"(INFO|WARN|ERROR): ", line) for line in lines), out
-    assert f"INFO: Graph: [{models['gq']}]" in lines
+    assert f"INFO: Graph: [{fc_models['gq']}]" in lines
     assert f"INFO: External delegate path: [{delegate}]" in lines
-    size = os.path.getsize(models["gq"]) / 1e6
+    size = os.path.getsize(fc_models["gq"]) / 1e6
     assert f"INFO: The input model file size (MB): {format_float(size)}" in lines
     summary = next(line for line in lines if line.startswith("INFO: Inference timings in us:"))
     assert re.fullmatch(r"INFO: Inference timings in us: Init: \d+, First inference: \d+, "
                         r"Warmup \(avg\): [0-9.e+]+, Inference \(avg\): [0-9.e+]+", summary), summary
 
 
-def test_two_timed_runs_give_both_samples(models, capsys):
-    code, out = _main(capsys, f"--graph={models['float32']}", "--num_runs=2", *FAST)
+def test_two_timed_runs_give_both_samples(fc_models, capsys):
+    code, out = _main(capsys, f"--graph={fc_models['float32']}", "--num_runs=2", *FAST)
     assert code == 0, out
     timed = _stat_lines(out)[1]
     m = re.fullmatch(r"INFO: count=2 first=(\d+) curr=(\d+) min=(\d+) max=(\d+) avg=(\S+) std=(\d+)", timed)
@@ -126,8 +111,8 @@ def test_two_timed_runs_give_both_samples(models, capsys):
         assert int(m[6]) == (high - low) // 2  # population std of two samples, truncated
 
 
-def test_timed_loop_runs_exactly_num_runs_without_time_floor(models, capsys):
-    code, out = _main(capsys, f"--graph={models['float32']}", "--num_runs=7", "--warmup_runs=3", *FAST[1:])
+def test_timed_loop_runs_exactly_num_runs_without_time_floor(fc_models, capsys):
+    code, out = _main(capsys, f"--graph={fc_models['float32']}", "--num_runs=7", "--warmup_runs=3", *FAST[1:])
     assert code == 0, out
     warmup, timed = _stat_lines(out)
     assert timed.startswith("INFO: count=7 ")
@@ -135,9 +120,9 @@ def test_timed_loop_runs_exactly_num_runs_without_time_floor(models, capsys):
     assert "INFO: Min num runs: [7]" in out and "INFO: Min warmup runs: [3]" in out
 
 
-def test_warmup_honours_its_minimum_time(models, capsys):
+def test_warmup_honours_its_minimum_time(fc_models, capsys):
     start = time.perf_counter()
-    code, out = _main(capsys, f"--graph={models['float32']}", "--warmup_runs=1", "--warmup_min_secs=0.2",
+    code, out = _main(capsys, f"--graph={fc_models['float32']}", "--warmup_runs=1", "--warmup_min_secs=0.2",
                       "--num_runs=1", "--min_secs=0")
     elapsed = time.perf_counter() - start
     assert code == 0, out
@@ -148,9 +133,9 @@ def test_warmup_honours_its_minimum_time(models, capsys):
     assert elapsed >= 0.2
 
 
-def test_max_secs_ends_a_loop_before_its_run_count(models, capsys):
+def test_max_secs_ends_a_loop_before_its_run_count(fc_models, capsys):
     start = time.perf_counter()
-    code, out = _main(capsys, f"--graph={models['float32']}", "--warmup_runs=0", "--warmup_min_secs=0",
+    code, out = _main(capsys, f"--graph={fc_models['float32']}", "--warmup_runs=0", "--warmup_min_secs=0",
                       "--num_runs=1000000000", "--min_secs=0", "--max_secs=0.1")
     assert code == 0, out
     assert time.perf_counter() - start < 30  # generous: a loaded CI machine; unbounded would be hours
@@ -158,8 +143,8 @@ def test_max_secs_ends_a_loop_before_its_run_count(models, capsys):
     assert 0 < count < 1_000_000_000
 
 
-def test_unknown_flags_warn_and_the_run_continues(models, capsys):
-    code, out = _main(capsys, f"--graph={models['float32']}", "--num_runs=2", "--use_xnnpack=true", "--foo",
+def test_unknown_flags_warn_and_the_run_continues(fc_models, capsys):
+    code, out = _main(capsys, f"--graph={fc_models['float32']}", "--num_runs=2", "--use_xnnpack=true", "--foo",
                       "stray", *FAST)
     assert code == 0, out
     lines = _lines(out)
@@ -167,13 +152,13 @@ def test_unknown_flags_warn_and_the_run_continues(models, capsys):
     _assert_in_order(lines, ["INFO: STARTING!", "WARN: Unconsumed", "INFO: Log parameter values", "INFO: count=2 "])
 
 
-def test_delegate_options_reach_the_delegate(models, delegate, capsys):
-    code, out = _main(capsys, f"--graph={models['gq']}", f"--external_delegate_path={delegate}",
+def test_delegate_options_reach_the_delegate(fc_models, delegate, capsys):
+    code, out = _main(capsys, f"--graph={fc_models['gq']}", f"--external_delegate_path={delegate}",
                       "--external_delegate_options=kernel:reference", "--num_runs=2", *FAST)
     assert code == 0, out
     assert "INFO: External delegate options: [kernel:reference]" in out
     # The delegate validates its options: a bad one proves they are passed on.
-    code, out = _main(capsys, f"--graph={models['gq']}", f"--external_delegate_path={delegate}",
+    code, out = _main(capsys, f"--graph={fc_models['gq']}", f"--external_delegate_path={delegate}",
                       "--external_delegate_options=kernel:no_such_kernel", *FAST)
     assert code == 1
     assert f"ERROR: Failed to load delegate from {delegate}: " in out and "no_such_kernel" in out
@@ -182,10 +167,10 @@ def test_delegate_options_reach_the_delegate(models, delegate, capsys):
 @pytest.mark.parametrize("case", ["missing_model", "not_a_model", "no_graph", "bad_number", "bad_bool",
                                   "negative_runs", "missing_delegate", "not_a_delegate", "bad_options",
                                   "gq_without_delegate"])
-def test_failures_are_error_lines_and_status_1(case, models, tmp_path, capsys):
+def test_failures_are_error_lines_and_status_1(case, fc_models, tmp_path, capsys):
     junk = tmp_path / "junk.bin"
     junk.write_text("not an ELF library nor a TFLite model\n")
-    graph = f"--graph={models['float32']}"
+    graph = f"--graph={fc_models['float32']}"
     args, expected = {
         "missing_model": (["--graph=/no/such/m.tflite"], "ERROR: Could not open '/no/such/m.tflite'."),
         "not_a_model": ([f"--graph={junk}"], f"ERROR: Failed to load model '{junk}'."),
@@ -201,7 +186,7 @@ def test_failures_are_error_lines_and_status_1(case, models, tmp_path, capsys):
                            f"ERROR: Failed to load delegate from {junk}: "),
         "bad_options": ([graph, f"--external_delegate_path={junk}", "--external_delegate_options=novalue"],
                         "ERROR: Expected --external_delegate_options as 'key1:value1;key2:value2'"),
-        "gq_without_delegate": ([f"--graph={models['gq']}"],
+        "gq_without_delegate": ([f"--graph={fc_models['gq']}"],
                                 "ERROR: Encountered unresolved custom op: GQ_FULLY_CONNECTED"),
     }[case]
     code, out = _main(capsys, *args, *FAST)
@@ -210,8 +195,8 @@ def test_failures_are_error_lines_and_status_1(case, models, tmp_path, capsys):
     assert "Traceback" not in out and not _stat_lines(out)
 
 
-def test_subprocess_output_parses_like_benchmark_model(models, delegate):
-    r = _subprocess(f"--graph={models['gq']}", f"--external_delegate_path={delegate}", "--num_threads=1",
+def test_subprocess_output_parses_like_benchmark_model(fc_models, delegate):
+    r = _subprocess(f"--graph={fc_models['gq']}", f"--external_delegate_path={delegate}", "--num_threads=1",
                     "--num_runs=2", "--report_peak_memory_footprint=true", *FAST)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
@@ -222,13 +207,13 @@ def test_subprocess_output_parses_like_benchmark_model(models, delegate):
     assert parsed.peak_memory_mb > 0 and parsed.vm_rss_mb > 0
 
 
-def test_subprocess_failures_have_no_traceback(models, tmp_path):
+def test_subprocess_failures_have_no_traceback(fc_models, tmp_path):
     # LiteRT's Delegate.__del__ fails on a library that did not load and
     # Python reports that on stderr: the tool keeps it quiet.
     junk = tmp_path / "junk.so"
     junk.write_text("not an ELF library\n")
-    for args in ([f"--graph={models['float32']}", f"--external_delegate_path={junk}"],
-                 [f"--graph={models['gq']}"], ["--num_runs=abc"]):
+    for args in ([f"--graph={fc_models['float32']}", f"--external_delegate_path={junk}"],
+                 [f"--graph={fc_models['gq']}"], ["--num_runs=abc"]):
         r = _subprocess(*args, *FAST)
         assert r.returncode == 1, r.stdout + r.stderr
         assert "ERROR: " in r.stdout
