@@ -1,0 +1,2 @@
+"""Speech recognition with GQ: data, features, RNN-T and Conformer models, loss,
+decoding, training recipes, streaming deployment and the experiment table."""
