@@ -30,14 +30,26 @@ class QuantizedWeight:
         return f"{self.layer_name}/{self.weight_name}"
 
 
+def _flat_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and not isinstance(layer, QuantizeWrapper):
+            yield from _flat_layers(layer)
+        else:
+            yield layer
+
+
 def quantized_weights(qat_model):
     """Every quantized kernel of ``qat_model``, in layer order.
+
+    A QAT model nested in another model (e.g. held by a training wrapper
+    whose ``train_step`` computes a custom loss) is searched too, so
+    ``GQAnnealing`` can drive it through the wrapper's ``fit``.
 
     Raises:
       ValueError: the model has no gq_tf-quantized layer.
     """
     out = []
-    for layer in qat_model.layers:
+    for layer in _flat_layers(qat_model):
         if not isinstance(layer, QuantizeWrapper):
             continue
         config = layer.quantize_config
