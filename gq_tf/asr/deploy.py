@@ -1,0 +1,457 @@
+"""Streaming deployment: three .tflite step graphs, a manifest, and recognizers that run them.
+
+``export_streaming`` writes a directory::
+
+    encoder.tflite      [1, chunk_frames, n_mels] features + states -> encoder frames + states
+    prediction.tflite   [1, 1] token + states -> [1, P] prediction output + states
+    joint.tflite        [1, D] encoder frame, [1, P] prediction output -> [1, V] logits
+    streaming.json      the model config, chunk size and, per graph, every input and
+                        output by name (tensor name, shape, dtype) in the order
+                        of the .tflite file's tensors, and which names are states
+
+Each graph's inputs and outputs are addressed by name through its TFLite
+signature ("serving_default"); a state is an input and an output of the same
+name, and the app feeds every output state back as the next input. The files
+are plain .tflite models (``android_bench`` can time each one with the input
+shapes listed in ``streaming.json``); GQ files need the project's delegate
+(``converters.make_interpreter``).
+
+``StreamingRecognizer`` runs such a directory chunk by chunk with greedy
+decoding (``decoding.GreedyDecoder``); ``KerasStreamingRecognizer`` runs the
+Keras step models with the same interface, so the two can be compared token
+for token.
+
+Example:
+  >>> out = export_streaming(qat, cfg, "runs/rnnt/gq_stream")
+  >>> rec = StreamingRecognizer("runs/rnnt/gq_stream")
+  >>> for frames in feature_chunks:        # np [k, n_mels], any k
+  ...     new = rec.push(frames)
+  >>> tokens = rec.finish()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import (
+    QuantizeWrapper,
+)
+
+from gq_tf._keras import check_keras_model
+from gq_tf.asr import models
+from gq_tf.asr.decoding import GreedyDecoder
+
+__all__ = [
+    "EXPORT_KINDS",
+    "FORMAT",
+    "MANIFEST",
+    "PARTS",
+    "KerasStreamingRecognizer",
+    "StreamingExport",
+    "StreamingRecognizer",
+    "export_streaming",
+    "load_manifest",
+]
+
+EXPORT_KINDS = ("gq", "float", "int8")
+PARTS = ("encoder", "prediction", "joint")
+MANIFEST = "streaming.json"
+FORMAT = "gq_tf.asr.streaming/1"
+PADDING = ("The last partial chunk is completed with frames equal to the feature mean (zeros after "
+           "the model's normalization).")
+
+
+@dataclasses.dataclass
+class StreamingExport:
+    """What ``export_streaming`` wrote.
+
+    Attributes:
+      paths: {"encoder" | "prediction" | "joint" | "streaming.json": path}.
+      reports: {part: converters.ExportReport} (kernel rows, op counts, sizes).
+      kind: "gq", "float" or "int8".
+    """
+
+    paths: dict
+    reports: dict
+    kind: str
+
+    @property
+    def total_bytes(self):
+        """Bytes of the three .tflite files."""
+        return sum(r.size_bytes for r in self.reports.values())
+
+    @property
+    def packed_bytes(self):
+        """Bytes of packed indices + centroid tables in the GQ custom ops of the three files."""
+        return sum(r.packed_bytes for r in self.reports.values())
+
+    def table(self):
+        """One line per graph: file size and op counts."""
+        lines = [f"{'graph':<11} {'bytes':>10}  ops"]
+        for part, r in self.reports.items():
+            ops = ", ".join(f"{k} x{v}" for k, v in sorted(r.op_counts.items()))
+            lines.append(f"{part:<11} {r.size_bytes:>10,}  {ops}")
+        lines.append(f"{'total':<11} {self.total_bytes:>10,}")
+        return "\n".join(lines)
+
+
+def _is_qat(model):
+    return any(isinstance(layer, QuantizeWrapper) for layer in model.layers)
+
+
+def _config_of_model(cfg, model):
+    """``cfg`` with the feature normalization constants the trained model really uses."""
+    try:
+        norm = model.get_layer("feature_norm")
+    except ValueError:
+        return cfg
+    if not isinstance(norm, models.FeatureNormalization):
+        return cfg
+    if norm.mean is None:
+        return dataclasses.replace(cfg, feature_mean=None, feature_std=None)
+    return dataclasses.replace(cfg, feature_mean=tuple(norm.mean), feature_std=tuple(norm.std))
+
+
+def _io_table(interpreter):
+    """(inputs, outputs): [{name, tensor, shape, dtype}] in the file's tensor order, by signature name."""
+    runner = interpreter.get_signature_runner()
+
+    def table(by_name, order):
+        index = {d["index"]: name for name, d in by_name.items()}
+        rows = []
+        for d in order:
+            if d["index"] in index:
+                rows.append({"name": index[d["index"]], "tensor": d["name"],
+                             "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name})
+        return rows
+
+    return (table(runner.get_input_details(), interpreter.get_input_details()),
+            table(runner.get_output_details(), interpreter.get_output_details()))
+
+
+def _atomic_json(path, data):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".streaming_", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def export_streaming(model, cfg, out_dir, *, kind="gq", policy=None, weights="float"):
+    """Exports a trained transducer as three streaming step graphs + ``streaming.json``.
+
+    Builds the step models of ``cfg`` (``models.build_step_models``), copies
+    the trained weights into them by layer name and exports each one:
+
+    * ``kind="gq"``: ``model`` is a QAT model (``gq_tf.quantize_model``); the
+      step models are quantized with the same policy (``policy``, default
+      the model's own, ``models.policy_from_qat``), receive every QAT
+      variable (weights, centroids, scales, annealing state) and go through
+      ``converters.export_tflite``: GQ kernels become packed
+      ``GQ_FULLY_CONNECTED`` / ``GQ_LSTM`` ops, ``gq_tf.Uniform`` kernels int8
+      builtins. A step graph the policy leaves float is exported in float.
+    * ``kind="float"`` / ``"int8"``: the baselines of
+      ``converters.export_baseline`` (float32 weights / the TFLite
+      converter's dynamic-range int8); a QAT ``model`` is first reduced to its
+      hard-quantized float weights (``gq_tf.strip_quantization``).
+
+    The feature normalization constants are taken from ``model`` (its
+    ``feature_norm`` layer), whatever ``cfg`` says.
+
+    Args:
+      model: the model ``models.build_training_model(cfg)`` made, trained, float or QAT.
+      cfg: its ModelConfig.
+      out_dir: directory to write (created if missing); existing files of
+        the same names are replaced.
+      kind: "gq", "float" or "int8".
+      policy: with kind="gq", the policy the training model was quantized
+        with (default: read from the model).
+      weights: with kind="gq", ``export_tflite``'s ``weights`` ("float", or
+        "dynamic_int8" for int8 weights in the layers the policy leaves float).
+
+    Returns:
+      StreamingExport (paths, one ExportReport per graph).
+
+    Raises:
+      ValueError: unknown kind, kind="gq" with a float model, or weights
+        that do not copy (a model not built from ``cfg``).
+    """
+    import converters
+    import gq_tf
+
+    check_keras_model(model, "model")
+    if kind not in EXPORT_KINDS:
+        raise ValueError(f"Expected kind in {EXPORT_KINDS}. Received: kind={kind!r}")
+    qat = _is_qat(model)
+    if kind == "gq" and not qat:
+        raise ValueError("Expected a QAT model (gq_tf.quantize_model) for kind='gq'. Received a float model: "
+                         "quantize and fine-tune it first, or export it with kind='float' or 'int8'.")
+    cfg = _config_of_model(cfg, model)
+    steps = models.build_step_models(cfg)
+    if kind == "gq":
+        steps = models.quantize_step_models(steps, policy if policy is not None else models.policy_from_qat(model))
+        models.copy_weights(model, steps)
+    else:
+        models.copy_weights(gq_tf.strip_quantization(model) if qat else model, steps)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, reports, graphs = {}, {}, {}
+    specs = models.state_specs(cfg)
+    for part in PARTS:
+        path = str(out_dir / f"{part}.tflite")
+        step = steps[part]
+        if kind == "gq" and _is_qat(step):
+            with warnings.catch_warnings():
+                # Listed in the report (and in streaming.json) instead.
+                warnings.simplefilter("ignore", converters.NotPackedWarning)
+                report = converters.export_tflite(step, path, weights=weights)
+        else:
+            base = kind if kind != "gq" else ("int8" if weights == "dynamic_int8" else "float")
+            report = converters.export_baseline(step, path, kind=base)
+        paths[part], reports[part] = path, report
+        inputs, outputs = _io_table(converters.make_interpreter(path, kernel="reference"))
+        graphs[part] = {
+            "file": f"{part}.tflite",
+            "bytes": report.size_bytes,
+            "packed_bytes": report.packed_bytes,
+            "op_counts": dict(report.op_counts),
+            "inputs": inputs,
+            "outputs": outputs,
+            "states": list(specs.get(part, {})),
+            "not_packed": list(report.warnings),
+        }
+    manifest = {
+        "format": FORMAT,
+        "kind": kind,
+        "config": cfg.to_dict(),
+        "chunk_frames": cfg.chunk_frames,
+        "encoder_frames_per_chunk": cfg.chunk_frames // models.reduction(cfg),
+        "frame_ms": 10,
+        "blank": 0,
+        "padding": PADDING,
+        "graphs": graphs,
+    }
+    paths[MANIFEST] = str(out_dir / MANIFEST)
+    _atomic_json(paths[MANIFEST], manifest)
+    return StreamingExport(paths=paths, reports=reports, kind=kind)
+
+
+def load_manifest(directory):
+    """The ``streaming.json`` of an export directory, checked.
+
+    Raises:
+      FileNotFoundError: no manifest there.
+      ValueError: not a manifest of this format.
+    """
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected {MANIFEST} in {directory} (written by export_streaming).")
+    with open(path) as f:
+        manifest = json.load(f)
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"Expected {MANIFEST} of format {FORMAT!r}. Received format {manifest.get('format')!r}.")
+    return manifest
+
+
+# ----------------------------------------------------------------- recognizers
+
+
+class _Recognizer:
+    """Chunk buffering, states and greedy decoding; subclasses run the three step graphs.
+
+    Attributes:
+      timings: {"encoder" | "prediction" | "joint": [seconds per call]} since
+        construction (or ``clear_timings``): each entry times one run of that
+        step graph, decoding excluded.
+      tokens: the tokens of the current utterance so far.
+    """
+
+    def __init__(self, cfg, blank=0, max_symbols_per_frame=5):
+        self.cfg = cfg
+        self.blank = int(blank)
+        self.chunk_frames = cfg.chunk_frames
+        self._pad = (np.zeros(cfg.n_mels, np.float32) if cfg.feature_mean is None
+                     else np.asarray(cfg.feature_mean, np.float32))
+        self.timings = {part: [] for part in PARTS}
+        self._decoder = GreedyDecoder(self._pred_step, self._joint_fn, models.initial_states(cfg)["prediction"],
+                                      blank=self.blank, max_symbols_per_frame=max_symbols_per_frame)
+        self.reset()
+
+    # subclass hooks: NumPy in, NumPy out
+    def _encoder(self, features, states):
+        raise NotImplementedError
+
+    def _prediction(self, token, states):
+        raise NotImplementedError
+
+    def _joint(self, enc, pred):
+        raise NotImplementedError
+
+    def _timed(self, part, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.timings[part].append(time.perf_counter() - t0)
+        return out
+
+    def _pred_step(self, token, states):
+        out = self._timed("prediction", self._prediction, np.array([[token]], np.int32), states)
+        return out.pop("pred_out")[0], out
+
+    def _joint_fn(self, enc, pred):
+        return self._timed("joint", self._joint, enc[None], pred[None])[0]
+
+    @property
+    def tokens(self):
+        return list(self._decoder.tokens)
+
+    def clear_timings(self):
+        for v in self.timings.values():
+            v.clear()
+
+    def reset(self):
+        """Starts a new utterance: zero states, empty buffer, no tokens."""
+        self._states = models.initial_states(self.cfg)["encoder"]
+        self._buffer = np.zeros((0, self.cfg.n_mels), np.float32)
+        self._decoder.reset()
+
+    def _run_chunk(self, chunk):
+        out = self._timed("encoder", self._encoder, chunk[None], self._states)
+        enc = out.pop("encoder_out")[0]
+        self._states = out
+        return self._decoder.push(enc)
+
+    def push(self, feature_frames):
+        """Adds log-mel frames [k, n_mels] (any k >= 0); runs every complete chunk.
+
+        Returns:
+          list of int: the tokens the new chunks produced.
+        """
+        frames = np.asarray(feature_frames, np.float32).reshape(-1, self.cfg.n_mels)
+        self._buffer = np.concatenate([self._buffer, frames])
+        new = []
+        while len(self._buffer) >= self.chunk_frames:
+            chunk, self._buffer = self._buffer[: self.chunk_frames], self._buffer[self.chunk_frames:]
+            new += self._run_chunk(chunk)
+        return new
+
+    def finish(self):
+        """Ends the utterance: a partial last chunk is completed and run.
+
+        The missing frames are copies of the feature mean (zeros after the
+        model's normalization). Call ``reset()`` before the next utterance.
+
+        Returns:
+          list of int: all tokens of the utterance.
+        """
+        if len(self._buffer):
+            missing = self.chunk_frames - len(self._buffer)
+            chunk = np.concatenate([self._buffer, np.tile(self._pad, (missing, 1))])
+            self._buffer = self._buffer[:0]
+            self._run_chunk(chunk)
+        return self.tokens
+
+
+class _TFLiteGraph:
+    """One step graph in an interpreter, called with and returning {name: array}."""
+
+    def __init__(self, path, **interpreter_kwargs):
+        from converters import make_interpreter
+
+        self.path = str(path)
+        self.interpreter = make_interpreter(self.path, **interpreter_kwargs)
+        runner = self.interpreter.get_signature_runner()
+        self.inputs = {name: d["index"] for name, d in runner.get_input_details().items()}
+        self.outputs = {name: d["index"] for name, d in runner.get_output_details().items()}
+        self._set, self._get = self.interpreter.set_tensor, self.interpreter.get_tensor
+
+    def __call__(self, feeds):
+        unknown = set(feeds) - set(self.inputs)
+        if unknown or len(feeds) != len(self.inputs):
+            raise ValueError(f"Expected inputs {sorted(self.inputs)} for {self.path}. Received {sorted(feeds)}.")
+        for name, value in feeds.items():
+            self._set(self.inputs[name], value)
+        self.interpreter.invoke()
+        return {name: self._get(index) for name, index in self.outputs.items()}
+
+
+class StreamingRecognizer(_Recognizer):
+    """Streams features through an ``export_streaming`` directory (LiteRT + the GQ delegate).
+
+    Args:
+      directory: the export directory (three .tflite files + streaming.json).
+      runtime, kernel, num_threads: as in ``converters.make_interpreter``
+        (``kernel="reference"``: exact float32 GQ kernels; the default ones
+        round activations to int8).
+      max_symbols_per_frame: greedy decoding's cap per encoder frame.
+
+    Attributes:
+      graphs: {part: object with ``.interpreter`` and ``.inputs`` /
+        ``.outputs`` ({name: tensor index})}, to benchmark single invokes.
+      timings: {part: [seconds per call]}; one call is ``set_tensor`` of
+        every input, ``invoke`` and ``get_tensor`` of every output (the
+        tensor copies cost about a microsecond).
+      manifest: the directory's ``streaming.json``.
+
+    Example:
+      >>> rec = StreamingRecognizer("runs/rnnt/gq_stream")
+      >>> rec.push(frames); tokens = rec.finish()
+      >>> np.median(rec.timings["encoder"])
+    """
+
+    def __init__(self, directory, *, runtime="litert", kernel="auto", num_threads=1, max_symbols_per_frame=5):
+        self.manifest = load_manifest(directory)
+        cfg = models.ModelConfig.from_dict(self.manifest["config"])
+        self.graphs = {part: _TFLiteGraph(Path(directory) / self.manifest["graphs"][part]["file"],
+                                          runtime=runtime, kernel=kernel, num_threads=num_threads)
+                       for part in PARTS}
+        super().__init__(cfg, blank=self.manifest.get("blank", 0), max_symbols_per_frame=max_symbols_per_frame)
+
+    def _encoder(self, features, states):
+        return self.graphs["encoder"]({"features": features, **states})
+
+    def _prediction(self, token, states):
+        return self.graphs["prediction"]({"token": token, **states})
+
+    def _joint(self, enc, pred):
+        return self.graphs["joint"]({"enc": enc, "pred": pred})["logits"]
+
+
+class KerasStreamingRecognizer(_Recognizer):
+    """The same streaming recognizer on Keras step models (float or QAT, inference mode).
+
+    Args:
+      step_models: ``models.build_step_models(cfg)`` (weights copied in with
+        ``models.copy_weights``), or their QAT versions.
+      cfg: the ModelConfig they were built from.
+      max_symbols_per_frame: greedy decoding's cap per encoder frame.
+    """
+
+    def __init__(self, step_models, cfg, *, max_symbols_per_frame=5):
+        self.step_models = dict(step_models)
+        super().__init__(cfg, blank=0, max_symbols_per_frame=max_symbols_per_frame)
+
+    @staticmethod
+    def _run(model, feeds):
+        out = model(feeds, training=False)
+        return {k: v.numpy() for k, v in out.items()}
+
+    def _encoder(self, features, states):
+        return self._run(self.step_models["encoder"], {"features": features, **states})
+
+    def _prediction(self, token, states):
+        return self._run(self.step_models["prediction"], {"token": token, **states})
+
+    def _joint(self, enc, pred):
+        return self._run(self.step_models["joint"], {"enc": enc, "pred": pred})["logits"]
