@@ -17,7 +17,8 @@ Protocol, as the stock tool's:
   iterations *and* at least ``min_secs`` seconds, but stops once
   ``max_secs`` have passed. Each iteration is one ``invoke()``, timed in
   whole microseconds.
-- Memory: growth of the process's maximum resident set (``ru_maxrss``) from
+- Memory: growth of the process's peak resident set (``VmHWM``; ``ru_maxrss``
+  is carried over exec from the parent on Linux) from
   the start of the tool to the end of init and to the end of the loops;
   with ``--report_peak_memory_footprint=true`` a thread also samples the
   resident set every ``--memory_footprint_check_interval_ms``.
@@ -308,7 +309,16 @@ class Stat:
 
 
 def _max_rss_kb():
-    """The process's maximum resident set so far, in KB, or None where unknown."""
+    """The process's peak resident set so far, in KB, or None where unknown.
+
+    ``VmHWM`` of ``/proc/self/status`` first: Linux carries ``ru_maxrss``
+    over ``execve``, so a session started from a large process (a training
+    run calling android_bench) would report its parent's peak. ``ru_maxrss``
+    is the fallback where there is no /proc.
+    """
+    hwm = _status_kb().get("VmHWM")
+    if hwm is not None:
+        return hwm
     try:
         import resource
     except ImportError:

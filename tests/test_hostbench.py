@@ -275,3 +275,13 @@ def test_flag_syntax():
 def test_delegate_options_syntax():
     assert hostbench.parse_delegate_options("") == {}
     assert hostbench.parse_delegate_options("kernel:avx2;a:b:c;") == {"kernel": "avx2", "a": "b:c"}
+
+
+def test_peak_memory_is_the_session_not_its_parent(fc_models):
+    # Linux carries ru_maxrss over exec: a session started by a large process
+    # (a training run calling android_bench) must still report its own peak.
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MiB resident in this process
+    r = _subprocess(f"--graph={fc_models['float32']}", "--num_runs=2", *FAST, "--report_peak_memory_footprint=true")
+    assert ballast.sum() > 0
+    out = benchmark_output.parse(r.stdout)
+    assert 0 < out.peak_memory_mb < 300, r.stdout
