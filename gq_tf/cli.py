@@ -1,9 +1,10 @@
-"""The ``gq-tf`` command: ``gq-tf demo``, ``gq-tf ablation``, ``gq-tf export``."""
+"""The ``gq-tf`` command: ``gq-tf asr``, ``gq-tf demo``, ``gq-tf ablation``, ``gq-tf export``."""
 
 import argparse
 import sys
 
 _COMMANDS = {
+    "asr": ("gq_tf.asr.cli", "speech recognition: corpus, RNN-T/Conformer, GQ, streaming .tflite, WER"),
     "demo": ("gq_tf.demo", "float vs uniform 8-bit QAT vs GQ on the built-in task"),
     "ablation": ("gq_tf.ablation", "the ablation behind the default hyper-parameters"),
     "export": ("converters.cli", "a saved QAT model to .tflite with packed GQ custom ops"),

@@ -734,8 +734,8 @@ def initial_states(cfg):
             for part, specs in state_specs(cfg).items()}
 
 
-def _state_inputs(specs):
-    return {k: keras.Input(s[1:], batch_size=1, name=k) for k, s in specs.items()}
+def _state_inputs(specs, batch_size=1):
+    return {k: keras.Input(s[1:], batch_size=batch_size, name=k) for k, s in specs.items()}
 
 
 def _cached(x, states, key, frames, name):
@@ -792,8 +792,12 @@ def _conformer_encoder_step(x, cfg, states):
     return x, new
 
 
-def build_step_models(cfg):
-    """Streaming step graphs (batch 1) with explicit states, sharing layer names with the training graph.
+def build_step_models(cfg, batch_size=1):
+    """Streaming step graphs with explicit states, sharing layer names with the training graph.
+
+    Batch 1 (``batch_size``) is what is exported; ``batch_size=None`` gives
+    the same graphs for a batch of independent streams (batched greedy
+    decoding of Keras models in evaluation).
 
     * ``encoder``: inputs ``features`` [1, chunk_frames, n_mels] and the
       encoder states (``state_specs(cfg)["encoder"]``); outputs a dict with
@@ -812,16 +816,16 @@ def build_step_models(cfg):
       ``dict(encoder=..., prediction=..., joint=...)`` of functional models.
     """
     specs = state_specs(cfg)
-    features = keras.Input((cfg.chunk_frames, cfg.n_mels), batch_size=1, name="features")
-    enc_states = _state_inputs(specs["encoder"])
+    features = keras.Input((cfg.chunk_frames, cfg.n_mels), batch_size=batch_size, name="features")
+    enc_states = _state_inputs(specs["encoder"], batch_size)
     x = _normalization(cfg)(features)
     step = _rnnt_encoder_step if cfg.kind == "rnnt" else _conformer_encoder_step
     enc, new = step(x, cfg, enc_states)
     enc = keras.layers.Activation("linear", name="encoder_output")(enc)
     encoder = keras.Model([features, *enc_states.values()], {"encoder_out": enc, **new}, name="encoder_step")
 
-    token = keras.Input((1,), batch_size=1, dtype="int32", name="token")
-    pred_states = _state_inputs(specs["prediction"])
+    token = keras.Input((1,), batch_size=batch_size, dtype="int32", name="token")
+    pred_states = _state_inputs(specs["prediction"], batch_size)
     p = cfg.pred
     x = keras.layers.Embedding(cfg.vocab_size, p.embedding_dim, name="pred_embedding")(token)
     new = {}
@@ -835,8 +839,8 @@ def build_step_models(cfg):
     out = keras.layers.Reshape((p.lstm_units,), name="pred_output")(x)
     prediction = keras.Model([token, *pred_states.values()], {"pred_out": out, **new}, name="prediction_step")
 
-    enc_in = keras.Input((encoder_dim(cfg),), batch_size=1, name="enc")
-    pred_in = keras.Input((p.lstm_units,), batch_size=1, name="pred")
+    enc_in = keras.Input((encoder_dim(cfg),), batch_size=batch_size, name="enc")
+    pred_in = keras.Input((p.lstm_units,), batch_size=batch_size, name="pred")
     joint_enc, joint_pred, joint_out = _joint_layers(cfg)
     h = JointCombine(name="joint_combine")([joint_enc(enc_in), joint_pred(pred_in)])
     joint = keras.Model([enc_in, pred_in], {"logits": joint_out(h)}, name="joint_step")

@@ -1,0 +1,545 @@
+"""The ASR experiment: corpus -> float model -> QAT variants -> streaming .tflite -> WER, size, latency.
+
+A *recipe* (``gq_tf/asr/recipes/<name>.json``, data) names the corpus, the
+model configs, the training settings and the variants; ``run_recipe`` runs
+it into a directory, one subdirectory per model and variant::
+
+    <out>/corpus/                      the generated corpus (shared, cached)
+    <out>/<model>/float/               float training (ckpt/, log.jsonl)
+    <out>/<model>/<variant>/           fine-tune (ckpt/), stream/ (3 .tflite + streaming.json),
+                                       result.json (the row)
+    <out>/results.json, results.md, results.png
+
+Every finished step leaves its result on disk, so running the same command
+again skips what is done and resumes what was interrupted (training
+resumes from its last epoch). Variant kinds:
+
+- ``float``: the float model, exported float32;
+- ``qat``: ``gq_tf.quantize_model`` with the variant's policy and a fine-tune
+  (GQ kernels with the annealing callback), exported with
+  ``deploy.export_streaming(kind="gq")`` (GQ kernels packed, uniform ones int8);
+- ``cluster``: tfmot weight clustering (``clusters`` centroids per kernel,
+  k-means++ init) and a fine-tune, exported float32 (TFLite has no packed
+  format for it); its ``packed size`` is what the same kernels would take as
+  ``log2(clusters)``-bit indices + a centroid table each.
+
+Policies in recipes: ``"pattern": bits`` is GQ at ``bits``, ``"u8"`` is
+``gq_tf.Uniform(8)``; a dict gives bits per weight
+(``{"kernel": 4, "recurrent_kernel": 1}``); first full match wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shlex
+import time
+from pathlib import Path
+
+import numpy as np
+
+import gq_tf
+from gq_tf._keras import keras, tf
+
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+# ----------------------------------------------------------------- recipes
+
+
+def load_recipe(name_or_path) -> dict:
+    """A recipe by name (``recipes/<name>.json``) or path.
+
+    Raises:
+      FileNotFoundError: neither exists (the message lists the known names).
+    """
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = RECIPE_DIR / f"{name_or_path}.json"
+        if not path.is_file():
+            known = sorted(p.stem for p in RECIPE_DIR.glob("*.json"))
+            raise FileNotFoundError(f"Expected a recipe file or one of {known}. Received {str(name_or_path)!r}.")
+    with open(path) as f:
+        recipe = json.load(f)
+    for key in ("corpus", "models", "float", "finetune", "variants"):
+        if key not in recipe:
+            raise ValueError(f"Recipe {path}: expected key {key!r}. Received keys {sorted(recipe)}.")
+    recipe.setdefault("name", path.stem)
+    return recipe
+
+
+def _spec(value, where):
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{where}: expected bits (int), 'uN' or a dict. Received {value!r}.")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value[:1] == "u" and value[1:].isdigit():
+        return gq_tf.Uniform(int(value[1:]))
+    if isinstance(value, dict):
+        return {k: _spec(v, f"{where}.{k}") for k, v in value.items()}
+    raise ValueError(f"{where}: expected bits (int), 'uN' or a dict. Received {value!r}.")
+
+
+def parse_policy(policy: dict) -> dict:
+    """A recipe policy (JSON) as a ``gq_tf.quantize_model`` policy."""
+    return {pattern: _spec(v, f"policy[{pattern!r}]") for pattern, v in policy.items()}
+
+
+# ----------------------------------------------------------------- evaluation
+
+
+class KerasDecoder:
+    """Batched greedy decoding of a trained (float or QAT) training model.
+
+    The encoder is the training graph's (equal to the streaming one by
+    construction); the prediction and joint networks are the step graphs
+    for a batch of streams, with the trained weights copied in.
+    """
+
+    def __init__(self, net, cfg, max_symbols_per_frame=5):
+        from gq_tf.asr import models
+        from gq_tf.asr.decoding import BatchGreedyDecoder
+
+        self.cfg = cfg
+        self.encoder = models.split_training_model(net)["encoder"]
+        steps = models.build_step_models(cfg, batch_size=None)
+        steps = {k: steps[k] for k in ("prediction", "joint")}
+        if any(isinstance(layer, _quantize_wrapper()) for layer in net.layers):
+            steps = models.quantize_step_models(steps, models.policy_from_qat(net))
+        models.copy_weights(net, steps)
+        pred, joint = steps["prediction"], steps["joint"]
+        self.state_names = list(models.state_specs(cfg)["prediction"])
+
+        def pred_fn(tokens, states):
+            out = pred({"token": tokens[:, None], **states})
+            return out["pred_out"], {k: out[k] for k in self.state_names}
+
+        def joint_fn(enc, p):
+            return joint({"enc": enc, "pred": p})["logits"]
+
+        self._decode = BatchGreedyDecoder(pred_fn, joint_fn, max_symbols_per_frame=max_symbols_per_frame)
+        self._encode = tf.function(lambda x: self.encoder(x, training=False),
+                                   input_signature=[tf.TensorSpec([None, None, cfg.n_mels], tf.float32)])
+        self.pred_units = {k: s[1:] for k, s in models.state_specs(cfg)["prediction"].items()}
+
+    def transcribe(self, split, tokenizer, batch_size=32) -> list[str]:
+        """Greedy transcripts of every utterance, in ``split`` order.
+
+        Each utterance is completed to whole streaming chunks with frames
+        equal to the feature mean, exactly as ``deploy.StreamingRecognizer``
+        does at ``finish()``, and every encoder frame is decoded: the Keras
+        and the deployed transcripts are of the same input.
+        """
+        from gq_tf.asr import models
+        from gq_tf.asr.decoding import ids_to_lists
+
+        chunk = self.cfg.chunk_frames
+        mean = (np.zeros(self.cfg.n_mels, np.float32) if self.cfg.feature_mean is None
+                else np.asarray(self.cfg.feature_mean, np.float32))
+        lengths = np.array([len(f) for f in split.features])
+        padded = -(-np.maximum(lengths, 1) // chunk) * chunk
+        order = np.argsort(padded, kind="stable")
+        hyps = [None] * len(split)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            t = int(padded[idx].max())
+            x = np.tile(mean, (len(idx), t, 1))
+            for j, i in enumerate(idx):
+                x[j, :lengths[i]] = split.features[i]
+            enc = self._encode(tf.constant(x))
+            enc_len = tf.constant(padded[idx] // models.reduction(self.cfg), tf.int32)
+            state = {k: tf.zeros([len(idx), *s]) for k, s in self.pred_units.items()}
+            ids, out_len = self._decode(enc, enc_len, state)
+            for i, seq in zip(idx, ids_to_lists(ids.numpy(), out_len.numpy())):
+                hyps[i] = tokenizer.decode(seq)
+        return hyps
+
+
+def _quantize_wrapper():
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
+
+    return QuantizeWrapper
+
+
+def tflite_transcribe(stream_dir, split, tokenizer, limit=None, log=print) -> tuple[list[str], dict]:
+    """Streams every utterance through the exported step graphs; (hypotheses, timing stats)."""
+    from gq_tf.asr.deploy import StreamingRecognizer
+
+    rec = StreamingRecognizer(stream_dir)
+    n = len(split) if limit is None else min(limit, len(split))
+    hyps, chunk_ms = [], []
+    t0 = time.time()
+    for i in range(n):
+        rec.reset()
+        rec.clear_timings()
+        rec.push(np.asarray(split.features[i], np.float32))
+        hyps.append(tokenizer.decode(rec.finish()))
+        chunk_ms.extend(1000 * np.asarray(rec.timings["encoder"]))
+        if time.time() - t0 > 10 and i % 50 == 49:
+            log(f"    tflite {i + 1}/{n}")
+    return hyps, {"encoder_step_ms_p50": float(np.percentile(chunk_ms, 50)) if chunk_ms else None}
+
+
+# ----------------------------------------------------------------- variants
+
+
+def _steps_per_epoch(split, cfg):
+    from gq_tf.asr.train import batches
+
+    return sum(1 for _ in batches(split, cfg.batch_size, shuffle=False, max_frames=cfg.max_frames))
+
+
+def _cluster(net, clusters):
+    import tensorflow_model_optimization as tfmot
+
+    cl = tfmot.clustering.keras
+    kinds = (keras.layers.Dense, keras.layers.LSTM, keras.layers.Conv1D, keras.layers.Embedding)
+
+    def clone(layer):
+        if isinstance(layer, kinds):
+            return cl.cluster_weights(layer, number_of_clusters=clusters,
+                                      cluster_centroids_init=cl.CentroidInitialization.KMEANS_PLUS_PLUS)
+        return layer
+
+    # The wrappers hold ``net``'s own layers: their k-means++ init starts
+    # from the trained weights, and fine-tuning changes ``net`` in place.
+    return keras.models.clone_model(net, clone_function=clone)
+
+
+def clustered_packed_bytes(stripped, clusters) -> int:
+    """Bytes of the clustered kernels as log2(clusters)-bit indices + a float centroid table each,
+    plus every other weight as float32."""
+    bits = max(1, math.ceil(math.log2(clusters)))
+    total = 0
+    for w in stripped.weights:
+        n = int(np.prod(w.shape))
+        if len(np.unique(w.numpy())) <= clusters and n >= 64 and len(w.shape) >= 2:
+            total += math.ceil(n * bits / 8) + 4 * clusters
+        else:
+            total += 4 * n
+    return total
+
+
+# ----------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything the variants of one model share."""
+
+    recipe: dict
+    out: Path
+    model_name: str
+    cfg: object  # ModelConfig with the feature stats
+    tokenizer: object
+    data: dict  # split name -> train.Split
+    float_dir: Path
+    log: object
+
+
+def _json_dump(path, data):
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def _fresh_float(ctx: Context):
+    """A new float network with the trained float weights (each variant fine-tunes its own copy)."""
+    from gq_tf.asr import models
+
+    net = models.build_training_model(ctx.cfg)
+    ckpt = tf.train.Checkpoint(net=net)
+    latest = tf.train.latest_checkpoint(str(ctx.float_dir / "ckpt"))
+    if latest is None:
+        raise FileNotFoundError(f"No float checkpoint in {ctx.float_dir / 'ckpt'}: train the float model first.")
+    ckpt.restore(latest).expect_partial()
+    return net
+
+
+def prepare(recipe: dict, out: Path, model_name: str, log=print) -> Context:
+    """Corpus (+ far field), features and the float model's config with feature stats."""
+    from gq_tf.asr import corpus, farfield, features, models
+    from gq_tf.asr.text import Tokenizer
+    from gq_tf.asr.train import load_split
+
+    corpus_dir = out / "corpus"
+    c = recipe["corpus"]
+    log(f"corpus: preset {c.get('preset', 'small')}, seed {c.get('seed', 0)} -> {corpus_dir}")
+    corpus.make_corpus(corpus_dir, c.get("preset", "small"), seed=c.get("seed", 0), log=log)
+    far = recipe.get("farfield", {})
+    farfield.make_farfield(corpus_dir, "test", "test_far", seed=far.get("seed", 0), log=log)
+    cfg = models.load_config(model_name)
+    feature_cfg = features.FeatureConfig(n_mels=cfg.n_mels)
+    tokenizer = Tokenizer()
+    cache = out / "features"
+    data = {s: load_split(corpus_dir, s, feature_cfg, tokenizer, cache, log=log)
+            for s in ("train", "dev", "test", "test_far")}
+    stats = features.FeatureStats.compute(np.asarray(f, np.float32) for f in data["train"].features)
+    cfg = cfg.with_feature_stats(stats)
+    log(f"data: train {len(data['train'])} utterances ({data['train'].hours:.2f} h), dev {len(data['dev'])}, "
+        f"test {len(data['test'])}, test_far {len(data['test_far'])}")
+    return Context(recipe, out, model_name, cfg, tokenizer, data, out / model_name / "float", log)
+
+
+def train_float(ctx: Context) -> dict:
+    from gq_tf.asr import models
+    from gq_tf.asr.train import TrainConfig, fit
+
+    tcfg = TrainConfig.from_dict(ctx.recipe["float"])
+    keras.utils.set_random_seed(tcfg.seed)
+    net = models.build_training_model(ctx.cfg)
+    ctx.log(f"[{ctx.model_name}] float: {net.count_params():,} parameters, {tcfg.epochs} epochs")
+    summary = fit(net, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, ctx.float_dir, name="float", log=ctx.log)
+    summary["parameters"] = int(net.count_params())
+    _json_dump(ctx.float_dir / "summary.json", summary)
+    (ctx.float_dir / "model_config.json").write_text(json.dumps(ctx.cfg.to_dict(), indent=1))
+    return summary
+
+
+def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
+    """Fine-tunes (if needed), exports, evaluates and benchmarks one variant; cached in result.json."""
+    import warnings
+
+    import converters
+    from gq_tf.asr import deploy, metrics
+    from gq_tf.asr.train import TrainConfig, annealing, fit, has_gq
+
+    vdir = ctx.out / ctx.model_name / name
+    result_path = vdir / "result.json"
+    if result_path.exists():
+        ctx.log(f"[{ctx.model_name}/{name}] done before: {result_path}")
+        return json.loads(result_path.read_text())
+    vdir.mkdir(parents=True, exist_ok=True)
+    kind = spec.get("kind", "qat")
+    net = _fresh_float(ctx)
+    train_seconds = json.loads((ctx.float_dir / "summary.json").read_text())["seconds"]
+    row = {"model": ctx.model_name, "variant": name, "kind": kind, "command": command,
+           "float_train_seconds": train_seconds}
+    stream = vdir / "stream"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", converters.NotPackedWarning)
+        if kind == "float":
+            evaluated = net
+            export = deploy.export_streaming(net, ctx.cfg, stream, kind="float")
+            row["finetune_seconds"] = 0.0
+        elif kind == "qat":
+            policy = parse_policy(spec["policy"])
+            tcfg = TrainConfig.from_dict(ctx.recipe["finetune"])
+            keras.utils.set_random_seed(tcfg.seed)
+            qat = gq_tf.quantize_model(net, policy)
+            callbacks = []
+            if has_gq(qat):
+                steps = tcfg.epochs * _steps_per_epoch(ctx.data["train"], tcfg)
+                callbacks.append(annealing(steps, **ctx.recipe.get("annealing", {})))
+            ctx.log(f"[{ctx.model_name}/{name}] fine-tune {tcfg.epochs} epochs, policy {spec['policy']}")
+            s = fit(qat, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, vdir, name=name,
+                    callbacks=callbacks, log=ctx.log)
+            row["finetune_seconds"] = s["seconds"]
+            row["bits"] = average_bits(qat)
+            evaluated = qat
+            export = deploy.export_streaming(qat, ctx.cfg, stream, kind="gq")
+        elif kind == "cluster":
+            import tensorflow_model_optimization as tfmot
+
+            tcfg = TrainConfig.from_dict(ctx.recipe["finetune"])
+            keras.utils.set_random_seed(tcfg.seed)
+            clusters = int(spec.get("clusters", 16))
+            clustered = _cluster(net, clusters)
+            ctx.log(f"[{ctx.model_name}/{name}] tfmot clustering, {clusters} clusters, fine-tune {tcfg.epochs} epochs")
+            s = fit(clustered, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, vdir, name=name, log=ctx.log)
+            row["finetune_seconds"] = s["seconds"]
+            evaluated = tfmot.clustering.keras.strip_clustering(clustered)
+            export = deploy.export_streaming(evaluated, ctx.cfg, stream, kind="float")
+            row["clustered_packed_bytes"] = clustered_packed_bytes(evaluated, clusters)
+            row["bits"] = math.log2(clusters)
+        else:
+            raise ValueError(f"Variant {name!r}: expected kind float, qat or cluster. Received {kind!r}.")
+    row["file_bytes"] = export.total_bytes
+    row["packed_bytes"] = row.get("clustered_packed_bytes", export.total_bytes)
+    ev = ctx.recipe.get("eval", {})
+    dec = KerasDecoder(evaluated, ctx.cfg)
+    for split in ("test", "test_far"):
+        refs = ctx.data[split].texts
+        hyps = dec.transcribe(ctx.data[split], ctx.tokenizer)
+        row[f"wer_keras_{split}"] = metrics.wer(refs, hyps)
+        limit = ev.get("tflite_utterances")
+        t_hyps, timing = tflite_transcribe(stream, ctx.data[split], ctx.tokenizer, limit=limit, log=ctx.log)
+        row[f"wer_tflite_{split}"] = metrics.wer(refs[:len(t_hyps)], t_hyps)
+        row[f"tflite_utterances_{split}"] = len(t_hyps)
+        row[f"keras_on_same_{split}"] = metrics.wer(refs[:len(t_hyps)], hyps[:len(t_hyps)])
+        (vdir / f"hyps_{split}.txt").write_text("".join(f"{i}\t{r}\t{h}\t{t}\n" for i, r, h, t in zip(
+            ctx.data[split].ids, refs, hyps, t_hyps + [""] * (len(hyps) - len(t_hyps)))))
+    row["stream_dir"] = str(stream)
+    _json_dump(result_path, row)
+    ctx.log(f"[{ctx.model_name}/{name}] WER test {row['wer_tflite_test']:.2%} (.tflite) / "
+            f"{row['wer_keras_test']:.2%} (Keras), far {row['wer_tflite_test_far']:.2%}; "
+            f"{row['file_bytes'] / 1024:.0f} KB")
+    return row
+
+
+def average_bits(qat) -> float:
+    """Weight-count-weighted mean bits over the quantized kernels."""
+    from gq_tf.codebooks import quantized_weights
+
+    total = bits = 0
+    for qw in quantized_weights(qat):
+        n = int(np.prod(qw.variable.shape))
+        total += n
+        bits += n * qw.quantizer.bits
+    return bits / total if total else float("nan")
+
+
+def bench(rows: list[dict], out: Path, runs: int, log=print) -> None:
+    """Host latency of every variant's encoder chunk step and prediction step with
+    ``android_bench run --host`` (interleaved, one call per graph); fills the rows."""
+    from android_bench.__main__ import main as bench_main
+
+    for part in ("encoder", "prediction"):
+        folder = out / "bench" / part
+        results = folder / "results.json"
+        names = {f"{row['model']}.{row['variant']}" for row in rows}
+        if results.exists() and names - {m["name"] for m in json.loads(results.read_text())["models"]}:
+            results.unlink()  # variants were added since: measure all again, interleaved
+        if not results.exists():
+            links = folder / "models"
+            links.mkdir(parents=True, exist_ok=True)
+            paths = []
+            for row in rows:
+                link = links / f"{row['model']}.{row['variant']}.tflite"
+                if not link.exists():
+                    os.symlink(Path(row["stream_dir"], f"{part}.tflite").resolve(), link)
+                paths.append(str(link))
+            log(f"benchmark ({part} step, android_bench run --host, {runs} runs each, interleaved)")
+            import contextlib
+            import shutil
+
+            shutil.rmtree(folder / "run", ignore_errors=True)
+            with open(folder / "android_bench.txt", "w") as f, contextlib.redirect_stdout(f):
+                code = bench_main(["run", "--host", *paths, "--runs", str(runs), "--out", str(folder / "run"),
+                                   "--quiet"])
+            if code != 0:
+                log(f"  android_bench exited with {code}; see {folder / 'run'}")
+                continue
+            os.replace(folder / "run" / "results.json", results)
+        measured = {m["name"]: m["summary"] for m in json.loads(results.read_text())["models"]}
+        for row in rows:
+            summary = measured.get(f"{row['model']}.{row['variant']}")
+            if summary:
+                row[f"{part}_p50_ms"] = summary["p50_us"] / 1000
+                row[f"{part}_p90_ms"] = summary["p90_us"] / 1000
+
+
+COLUMNS = (
+    ("variant", "variant", "{}"),
+    ("bits", "bits", "{:.2f}"),
+    ("wer_keras_test", "WER clean Keras", "{:.2%}"),
+    ("wer_tflite_test", "WER clean .tflite", "{:.2%}"),
+    ("wer_keras_test_far", "WER far Keras", "{:.2%}"),
+    ("wer_tflite_test_far", "WER far .tflite", "{:.2%}"),
+    ("packed_bytes", "size KB", "{:.0f}"),
+    ("encoder_p50_ms", "enc step P50 ms", "{:.3f}"),
+    ("encoder_p90_ms", "enc step P90 ms", "{:.3f}"),
+    ("prediction_p50_ms", "pred step P50 ms", "{:.3f}"),
+    ("train_minutes", "train min", "{:.1f}"),
+)
+
+
+def _cell(row, key, fmt):
+    if key == "packed_bytes":
+        v = row.get(key)
+        return "-" if v is None else fmt.format(v / 1024)
+    if key == "train_minutes":
+        return fmt.format((row.get("float_train_seconds", 0) + row.get("finetune_seconds", 0)) / 60)
+    v = row.get(key)
+    return "-" if v is None else fmt.format(v)
+
+
+def table(rows: list[dict], markdown=True) -> str:
+    """The comparison table (one row per model and variant)."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        cells = [[_cell(r, k, f) for k, _, f in COLUMNS] for r in mine]
+        heads = [h for _, h, _ in COLUMNS]
+        if markdown:
+            out += [f"**{model}**", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+            out += ["| " + " | ".join(c) + " |" for c in cells]
+            out.append("")
+        else:
+            widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+            out.append(model)
+            out.append("  ".join(h.rjust(w) for h, w in zip(heads, widths)))
+            out += ["  ".join(c.rjust(w) for c, w in zip(cs, widths)) for cs in cells]
+            out.append("")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """WER (clean and far, .tflite) against packed size, one marker per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.6), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for r in (r for r in rows if r["model"] == model):
+            x = r["packed_bytes"] / 1024
+            for key, marker in (("wer_tflite_test", "o"), ("wer_tflite_test_far", "s")):
+                if r.get(key) is not None:
+                    ax.scatter(x, 100 * r[key], marker=marker, color="C0" if marker == "o" else "C3")
+            ax.annotate(r["variant"], (x, 100 * r.get("wer_tflite_test", 0)), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("deployed size (KB, log scale)")
+        ax.set_ylabel("WER % (.tflite, streaming)")
+        ax.set_title(model)
+        ax.scatter([], [], marker="o", color="C0", label="clean test")
+        ax.scatter([], [], marker="s", color="C3", label="far-field test")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_reports(rows: list[dict], out: Path, recipe: dict, command: str) -> None:
+    _json_dump(out / "results.json", {"recipe": recipe, "command": command, "rows": rows})
+    plot(rows, out / "results.png")
+    lines = [f"# ASR results: recipe `{recipe['name']}`", "",
+             f"Command: `{command}`", "",
+             "WER on the clean and far-field test sets (unseen voices and sentences), in Keras and on "
+             "the deployed streaming `.tflite` graphs (LiteRT + the GQ delegate); size = the three "
+             "step graphs' bytes (for clustering: as 4-bit indices + centroids); latency = "
+             "android_bench `--host` P50/P90 of one encoder chunk step and one prediction step; "
+             "train min = float training + the variant's fine-tune.", "",
+             table(rows), "", "![WER vs size](results.png)", ""]
+    (out / "results.md").write_text("\n".join(lines))
+
+
+def run_recipe(recipe_name, out, *, models=None, variants=None, log=print) -> list[dict]:
+    """Runs (or resumes) a recipe; returns the table rows."""
+    recipe = load_recipe(recipe_name)
+    # Batches of different lengths retrace the decoders a few times by design.
+    tf.get_logger().setLevel("ERROR")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "gq-tf asr run " + shlex.join([str(recipe_name), "--out", str(out)])
+    rows = []
+    t0 = time.time()
+    for model_name in models or recipe["models"]:
+        ctx = prepare(recipe, out, model_name, log=log)
+        train_float(ctx)
+        for name, spec in recipe["variants"].items():
+            if variants and name not in variants:
+                continue
+            rows.append(run_variant(ctx, name, spec, command))
+            write_reports(rows, out, recipe, command)
+    bench(rows, out, int(recipe.get("eval", {}).get("bench_runs", 20)), log=log)
+    write_reports(rows, out, recipe, command)
+    log(f"\n{table(rows, markdown=False)}\nwrote {out / 'results.md'}, {out / 'results.png'} "
+        f"({(time.time() - t0) / 60:.1f} min)")
+    return rows

@@ -1,0 +1,412 @@
+"""Training recipes: float RNN-T/Conformer, then QAT fine-tunes (GQ, uniform, clustering).
+
+Data flow: utterances (LibriSpeech layout, ``librispeech.read_librispeech``)
+-> log-mel features (``features.log_mel``, computed once per split and cached
+as ``.npz`` next to the run) -> padded batches of similar length -> a
+:class:`RNNTTrainer`, a thin ``keras.Model`` whose ``train_step`` computes the
+RNN-T loss of the functional network it holds. The network stays a plain
+functional model, so ``gq_tf.quantize_model`` and ``GQAnnealing`` work on it
+unchanged (the annealing callback finds the quantizers through the wrapper).
+
+Every run directory holds ``ckpt/`` (network + optimizer + epoch and batch
+position, written at each epoch end and every ``save_every_s`` seconds):
+running the same command again resumes where it stopped, skipping the
+batches already trained, including the annealing schedule, which lives in
+the quantizers' state.
+Progress is one line per epoch (loss, dev loss, seconds) and ``log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+import gq_tf
+from gq_tf._keras import keras, tf
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation settings of one training stage (float or fine-tune)."""
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    min_lr_fraction: float = 0.05  # cosine decay to lr * this at the end
+    clipnorm: float = 5.0
+    max_frames: int = 1200  # longer utterances are left out of training
+    seed: int = 0
+    save_every_s: float = 600.0  # checkpoint inside an epoch this often (resume mid-epoch)
+    # SpecAugment (Park et al., 2019): masks filled with the feature mean.
+    freq_masks: int = 2
+    freq_width: float = 0.15  # widest mask, as a fraction of the mel bins
+    time_masks: int = 2
+    time_width: float = 0.05  # widest mask, as a fraction of the utterance
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"Expected TrainConfig keys {sorted(f.name for f in dataclasses.fields(cls))}. "
+                             f"Received unknown {sorted(unknown)}.")
+        return cls(**d)
+
+
+# ----------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class Split:
+    """One subset in memory: features (float16 [T, n_mels] each) and labels."""
+
+    name: str
+    ids: list[str]
+    texts: list[str]
+    features: list[np.ndarray]
+    labels: list[np.ndarray]
+
+    def __len__(self):
+        return len(self.ids)
+
+    @property
+    def hours(self) -> float:
+        return sum(len(f) for f in self.features) * 0.01 / 3600
+
+    def subset(self, n: int) -> "Split":
+        return Split(self.name, self.ids[:n], self.texts[:n], self.features[:n], self.labels[:n])
+
+
+def _fingerprint(utts, feature_cfg) -> str:
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(feature_cfg), sort_keys=True).encode())
+    for u in utts:
+        st = os.stat(u.path)
+        h.update(f"{u.id}|{u.text}|{st.st_size}|{int(st.st_mtime)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def load_split(corpus_dir, subset: str, feature_cfg, tokenizer, cache_dir, log=print, batch=64) -> Split:
+    """Reads a subset and its log-mel features (cached in ``cache_dir``).
+
+    Raises:
+      ValueError: a transcript has characters outside the tokenizer's vocabulary.
+    """
+    from gq_tf.asr import features as feats
+    from gq_tf.asr.librispeech import load_audio, read_librispeech
+
+    utts = read_librispeech(corpus_dir, [subset])
+    cache = Path(cache_dir) / f"features_{subset}_{_fingerprint(utts, feature_cfg)}.npz"
+    labels = [np.asarray(tokenizer.encode(u.text), np.int32) for u in utts]
+    if cache.exists():
+        with np.load(cache) as z:
+            flat, lengths = z["flat"], z["lengths"]
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        features = [flat[bounds[i]:bounds[i + 1]] for i in range(len(lengths))]
+        log(f"  {subset}: {len(utts)} utterances, features from cache {cache.name}")
+    else:
+        t0 = time.time()
+        features = []
+        for start in range(0, len(utts), batch):
+            for u in utts[start:start + batch]:
+                audio = load_audio(u.path)
+                features.append(np.asarray(feats.log_mel(audio, feature_cfg), np.float16))
+            if time.time() - t0 > 5 and start // batch % 10 == 0:
+                log(f"  {subset}: features {len(features)}/{len(utts)}")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, flat=np.concatenate(features) if features else np.zeros((0, feature_cfg.n_mels), np.float16),
+                 lengths=np.array([len(f) for f in features], np.int64))
+        os.replace(tmp, cache)
+        log(f"  {subset}: {len(utts)} utterances, features in {time.time() - t0:.1f} s")
+    return Split(subset, [u.id for u in utts], [u.text for u in utts], features, labels)
+
+
+def batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, max_frames: int | None = None,
+            frame_multiple: int = 1):
+    """Padded batches of utterances of similar length, as numpy tuples.
+
+    Yields ``(features [B, T, F] float32, frame_lengths [B], labels [B, U],
+    label_lengths [B])``; ``T`` is padded to a multiple of ``frame_multiple``
+    (the encoder's reduction), and utterances longer than ``max_frames`` are
+    skipped. Sorting by length keeps padding small; ``shuffle`` shuffles the
+    order of the batches (and which utterances share one, by a jittered sort).
+    """
+    rng = np.random.default_rng(seed)
+    lengths = np.array([len(f) for f in split.features])
+    keep = np.flatnonzero(lengths <= max_frames) if max_frames else np.arange(len(lengths))
+    key = lengths[keep] + (rng.uniform(0, 30, size=len(keep)) if shuffle else 0)
+    order = keep[np.argsort(key, kind="stable")]
+    groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if shuffle:
+        rng.shuffle(groups)
+    n_mels = split.features[0].shape[1] if split.features else 0
+    for g in groups:
+        t = int(max(lengths[g]))
+        t = -(-t // frame_multiple) * frame_multiple
+        u = max(1, int(max(len(split.labels[i]) for i in g)))
+        x = np.zeros((len(g), t, n_mels), np.float32)
+        y = np.zeros((len(g), u), np.int32)
+        for j, i in enumerate(g):
+            x[j, :lengths[i]] = split.features[i]
+            y[j, :len(split.labels[i])] = split.labels[i]
+        yield x, lengths[g].astype(np.int32), y, np.array([len(split.labels[i]) for i in g], np.int32)
+
+
+def tf_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, max_frames=None, frame_multiple=1,
+               first_epoch: int = 0, skip: int = 0):
+    """:func:`batches` as a ``tf.data.Dataset``, one pass per epoch.
+
+    Epoch ``e`` (counted from ``first_epoch``) is shuffled with seed
+    ``1000 * seed + e``, so its order does not depend on where a run was
+    resumed, and the first pass skips its first ``skip`` batches (those an
+    interrupted run already trained on).
+    """
+    n_mels = split.features[0].shape[1]
+    state = {"epoch": first_epoch, "skip": skip}
+
+    def gen():
+        epoch, skip_now = state["epoch"], state["skip"]
+        state["epoch"], state["skip"] = epoch + 1, 0
+        for k, batch in enumerate(batches(split, batch_size, shuffle=shuffle, seed=1000 * seed + epoch,
+                                          max_frames=max_frames, frame_multiple=frame_multiple)):
+            if k >= skip_now:
+                yield batch
+
+    sig = (tf.TensorSpec([None, None, n_mels], tf.float32), tf.TensorSpec([None], tf.int32),
+           tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32))
+    return tf.data.Dataset.from_generator(gen, output_signature=sig).prefetch(2)
+
+
+# ----------------------------------------------------------------- trainer
+
+
+def spec_augment(x, lengths, fill, *, freq_masks=2, freq_width=0.15, time_masks=2, time_width=0.05, seed=None):
+    """SpecAugment's frequency and time masks, per utterance.
+
+    Each of ``freq_masks`` masks covers ``w ~ U{0..freq_width * F}``
+    consecutive mel bins at a uniform position; each of ``time_masks``
+    covers ``w ~ U{0..time_width * length}`` frames inside the utterance.
+    Masked values become ``fill`` (the feature mean: zero after the
+    model's normalization).
+
+    Args:
+      x: [B, T, F] features.
+      lengths: [B] valid frames.
+      fill: [F] values for masked cells.
+
+    Returns:
+      ``x`` with the masks applied.
+    """
+    x = tf.convert_to_tensor(x)
+    shape = tf.shape(x)
+    b, t, f = shape[0], shape[1], shape[2]
+    lengths = tf.cast(lengths, tf.float32)[:, None]
+    rnd = tf.random.Generator.from_seed(seed) if seed is not None else tf.random.get_global_generator()
+
+    def band(size, width, total, index):
+        w = tf.floor(rnd.uniform([b, 1]) * (tf.floor(width) + 1.0))
+        start = tf.floor(rnd.uniform([b, 1]) * tf.maximum(total - w, 0.0))
+        idx = tf.cast(index, tf.float32)[None, :]
+        return (idx >= start) & (idx < start + w)
+
+    mask = tf.zeros([b, t, f], tf.bool)
+    for _ in range(freq_masks):
+        mask |= band(f, freq_width * tf.cast(f, tf.float32), tf.cast(f, tf.float32), tf.range(f))[:, None, :]
+    for _ in range(time_masks):
+        mask |= band(t, time_width * lengths, lengths, tf.range(t))[:, :, None]
+    return tf.where(mask, tf.cast(fill, x.dtype)[None, None, :], x)
+
+
+
+class RNNTTrainer(keras.Model):
+    """Trains a functional RNN-T network with the RNN-T loss.
+
+    ``net([features, pred_tokens]) -> logits [B, T', U+1, V]``; the
+    prediction network is fed blank followed by the labels. The reported
+    ``loss`` is the mean negative log-likelihood per label token.
+    """
+
+    def __init__(self, net, model_cfg, blank: int = 0, augment: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.net = net
+        self.model_cfg = model_cfg
+        self.blank = blank
+        self.augment = augment  # spec_augment keyword arguments, or None
+        mean = model_cfg.feature_mean
+        self._fill = tf.constant(np.zeros(model_cfg.n_mels) if mean is None else np.asarray(mean), tf.float32)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def call(self, inputs, training=None):
+        return self.net(inputs, training=training)
+
+    def _loss(self, data, training):
+        from gq_tf.asr.models import encoder_lengths
+        from gq_tf.asr.rnnt import rnnt_loss
+
+        x, x_len, y, y_len = data
+        if training and self.augment:
+            x = spec_augment(x, x_len, self._fill, **self.augment)
+        start = tf.fill([tf.shape(y)[0], 1], tf.constant(self.blank, y.dtype))
+        logits = self.net([x, tf.concat([start, y], axis=1)], training=training)
+        enc_len = encoder_lengths(x_len, self.model_cfg)
+        nll = rnnt_loss(logits, y, enc_len, y_len, blank=self.blank)
+        tokens = tf.cast(tf.maximum(tf.reduce_sum(y_len), 1), nll.dtype)
+        return tf.reduce_sum(nll) / tokens
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            loss = self._loss(data, training=True)
+        variables = self.net.trainable_variables
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, data):
+        self.loss_tracker.update_state(self._loss(data, training=False))
+        return {"loss": self.loss_tracker.result()}
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to ``lr``, then cosine decay to ``lr * min_fraction``."""
+
+    def __init__(self, lr, warmup, total, min_fraction):
+        self.lr, self.warmup, self.total, self.min_fraction = float(lr), int(warmup), int(total), float(min_fraction)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.lr * (step + 1) / max(1, self.warmup)
+        progress = tf.clip_by_value((step - self.warmup) / max(1, self.total - self.warmup), 0.0, 1.0)
+        cos = self.min_fraction + (1 - self.min_fraction) * 0.5 * (1 + tf.cos(math.pi * progress))
+        return tf.where(step < self.warmup, warm, self.lr * cos)
+
+    def get_config(self):
+        return {"lr": self.lr, "warmup": self.warmup, "total": self.total, "min_fraction": self.min_fraction}
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """Saves network + optimizer + position + training seconds after every
+    epoch (and every ``save_every_s`` seconds inside one), and logs each epoch."""
+
+    def __init__(self, manager, epoch_var, batch_var, seconds_var, log_path, log, total_epochs, name,
+                 save_every_s=600.0):
+        super().__init__()
+        self.manager, self.epoch_var, self.batch_var, self.seconds_var = manager, epoch_var, batch_var, seconds_var
+        self.log_path, self.log, self.total, self.name = log_path, log, total_epochs, name
+        self.save_every_s = save_every_s
+        self._t0 = self._saved = self._mark = None
+        self._offset = int(batch_var.numpy())  # batches of this epoch trained before a resume
+
+    def _save(self):
+        now = time.time()
+        self.seconds_var.assign_add(now - self._mark)
+        self._mark = self._saved = now
+        self.manager.save()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = self._saved = self._mark = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.time() - self._saved >= self.save_every_s:
+            self.batch_var.assign(self._offset + batch + 1)
+            self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_var.assign(epoch + 1)
+        self.batch_var.assign(0)
+        self._offset = 0
+        self._save()
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        secs = time.time() - self._t0
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps({"stage": self.name, "epoch": epoch + 1, "seconds": round(secs, 2), **logs}) + "\n")
+        extra = " ".join(f"{k} {v:.4g}" for k, v in logs.items() if k.startswith("gq_"))
+        dev = f" · dev loss {logs['val_loss']:.3f}" if "val_loss" in logs else ""
+        self.log(f"  [{self.name}] epoch {epoch + 1}/{self.total}: loss {logs.get('loss', float('nan')):.3f}{dev}"
+                 f" · {secs:.0f} s {extra}".rstrip())
+
+
+def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_dir, *, name: str,
+        callbacks=(), log=print) -> dict:
+    """Trains ``net`` in place; resumable from ``run_dir/ckpt``. Returns a summary.
+
+    Returns:
+      dict with ``epochs``, ``seconds`` (this call's training time plus the
+      time recorded by earlier interrupted calls), ``final_loss``,
+      ``dev_loss`` and ``resumed_from`` (epochs already done when called).
+    """
+    from gq_tf.asr.models import reduction
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    multiple = reduction(model_cfg)
+    steps_per_epoch = sum(1 for _ in batches(train, cfg.batch_size, shuffle=False, max_frames=cfg.max_frames))
+    schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, steps_per_epoch * cfg.epochs, cfg.min_lr_fraction)
+    augment = {k: getattr(cfg, k) for k in ("freq_masks", "freq_width", "time_masks", "time_width")}
+    trainer = RNNTTrainer(net, model_cfg, augment=augment if cfg.freq_masks or cfg.time_masks else None)
+    trainer.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=cfg.clipnorm))
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    batch_var = tf.Variable(0, dtype=tf.int64, trainable=False)  # batches done in the current epoch
+    seconds_var = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    ckpt = tf.train.Checkpoint(net=net, optimizer=trainer.optimizer, epoch=epoch_var, batch=batch_var,
+                               seconds=seconds_var)
+    manager = tf.train.CheckpointManager(ckpt, str(run_dir / "ckpt"), max_to_keep=2)
+    if manager.latest_checkpoint:
+        # Optimizer slots are created lazily: build them before restoring.
+        trainer.optimizer.build(net.trainable_variables)
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        within = f", batch {int(batch_var.numpy())}" if int(batch_var.numpy()) else ""
+        log(f"  [{name}] resuming after epoch {int(epoch_var.numpy())}{within} from {manager.latest_checkpoint}")
+    done = int(epoch_var.numpy())
+    summary = {"epochs": cfg.epochs, "resumed_from": done}
+    if done < cfg.epochs:
+        keras.utils.set_random_seed(cfg.seed + done)
+        skip = int(batch_var.numpy())
+        val = tf_batches(dev, cfg.batch_size, shuffle=False, frame_multiple=multiple) if dev else None
+        saver = _EpochCheckpoint(manager, epoch_var, batch_var, seconds_var, run_dir / "log.jsonl", log,
+                                 cfg.epochs, name, save_every_s=cfg.save_every_s)
+        t0 = time.time()
+        # Keras fixes the length of an epoch of a generator after its first
+        # pass, so a partly trained epoch is finished by its own fit call.
+        stages = ([(done, done + 1, skip)] if skip else []) + [(done + bool(skip), cfg.epochs, 0)]
+        history = {}
+        for start, end, skip_now in stages:
+            if start >= end:
+                continue
+            data = tf_batches(train, cfg.batch_size, shuffle=True, seed=cfg.seed, max_frames=cfg.max_frames,
+                              frame_multiple=multiple, first_epoch=start, skip=skip_now)
+            history = trainer.fit(data, validation_data=val, epochs=end, initial_epoch=start, verbose=0,
+                                  callbacks=[saver, *callbacks]).history
+        summary["final_loss"] = float(history["loss"][-1])
+        if "val_loss" in history:
+            summary["dev_loss"] = float(history["val_loss"][-1])
+        log(f"  [{name}] trained {cfg.epochs - done} epoch(s) in {time.time() - t0:.0f} s")
+    summary["seconds"] = float(seconds_var.numpy())
+    return summary
+
+
+def annealing(steps: int, **schedule):
+    """The GQ annealing callback for a fine-tune of ``steps`` steps (demo.annealing_for)."""
+    from gq_tf.demo import annealing_for
+
+    return annealing_for(steps, **schedule)
+
+
+def has_gq(qat) -> bool:
+    from gq_tf.codebooks import quantized_weights
+
+    try:
+        return any(isinstance(qw.quantizer, gq_tf.GeneralQuantizer) for qw in quantized_weights(qat))
+    except ValueError:
+        return False

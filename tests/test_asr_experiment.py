@@ -1,0 +1,192 @@
+"""Training recipes and the experiment runner: resume, decoding a trained model, the whole pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+
+import gq_tf
+from gq_tf._keras import keras, tf
+from gq_tf.asr import experiment, models
+from gq_tf.asr.text import Tokenizer
+from gq_tf.asr.train import Split, TrainConfig, annealing, batches, fit
+
+
+def _toy_split(n=6, frames=48, n_mels=16, seed=0):
+    """Utterances whose features encode their labels: a learnable toy task.
+
+    Each label gets a fixed random feature pattern held for 8 frames; a model
+    that learns the mapping transcribes them exactly.
+    """
+    rng = np.random.default_rng(seed)
+    tok = Tokenizer()
+    words = ["on", "off", "go", "stop", "up", "no"]
+    patterns = rng.normal(size=(tok.vocab_size, n_mels)).astype(np.float32)
+    texts, feats, labels = [], [], []
+    for i in range(n):
+        text = " ".join(words[(i + k) % len(words)] for k in range(2))
+        ids = tok.encode(text)
+        f = np.concatenate([np.repeat(patterns[t][None], 8, axis=0) for t in ids])
+        f = f + 0.05 * rng.normal(size=f.shape).astype(np.float32)
+        texts.append(text)
+        feats.append(f.astype(np.float16))
+        labels.append(np.asarray(ids, np.int32))
+    return Split("toy", [f"u{i}" for i in range(n)], texts, feats, labels)
+
+
+def test_parse_policy():
+    p = experiment.parse_policy({"encoder_lstm_.*": {"kernel": 4, "recurrent_kernel": "u2"}, ".*": 5})
+    assert p["encoder_lstm_.*"]["kernel"] == 4
+    assert isinstance(p["encoder_lstm_.*"]["recurrent_kernel"], gq_tf.Uniform)
+    assert p["encoder_lstm_.*"]["recurrent_kernel"].bits == 2 and p[".*"] == 5
+    for bad in (True, None, "x8", 4.5):
+        with pytest.raises(ValueError, match="expected bits"):
+            experiment.parse_policy({".*": bad})
+
+
+def test_recipes_load_and_name_real_configs():
+    for name in ("demo", "full", "tiny"):
+        recipe = experiment.load_recipe(name)
+        for model in recipe["models"]:
+            models.load_config(model)
+        for spec in recipe["variants"].values():
+            if spec.get("kind", "qat") == "qat":
+                experiment.parse_policy(spec["policy"])
+        TrainConfig.from_dict(recipe["float"])
+        TrainConfig.from_dict(recipe["finetune"])
+    with pytest.raises(FileNotFoundError, match="one of"):
+        experiment.load_recipe("nope")
+
+
+def test_batches_pad_to_the_reduction_and_keep_everything():
+    split = _toy_split(5)
+    seen = []
+    for x, x_len, y, y_len in batches(split, 2, shuffle=True, seed=3, frame_multiple=4):
+        assert x.shape[1] % 4 == 0 and x.shape[1] >= x_len.max()
+        for j in range(len(x)):
+            seen.append(tuple(y[j, :y_len[j]]))
+    assert sorted(seen) == sorted(tuple(lab) for lab in split.labels)
+
+
+def test_fit_resumes_and_annealing_reaches_nested_quantizers(tmp_path):
+    cfg = models.load_config("rnnt_tiny")
+    split = _toy_split(4)
+    keras.utils.set_random_seed(0)
+    net = gq_tf.quantize_model(models.build_training_model(cfg), {".*": 4})
+    anneal = annealing(4)
+    first = fit(net, cfg, split, None, TrainConfig(epochs=1, batch_size=2, warmup_steps=1), tmp_path,
+                name="t", callbacks=[anneal], log=lambda m: None)
+    assert first["resumed_from"] == 0
+    from gq_tf.codebooks import quantized_weights
+
+    # The callback reached the quantizers inside the trainer: their schedule step moved.
+    steps = [int(np.ravel(qw.qvars["state"].numpy())[0]) for qw in quantized_weights(net)]
+    assert steps and min(steps) > 0, steps
+    # A fresh network in the same directory continues after epoch 1.
+    net2 = gq_tf.quantize_model(models.build_training_model(cfg), {".*": 4})
+    second = fit(net2, cfg, split, None, TrainConfig(epochs=2, batch_size=2, warmup_steps=1), tmp_path,
+                 name="t", callbacks=[annealing(4)], log=lambda m: None)
+    assert second["resumed_from"] == 1
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def trained_toy(tmp_path_factory):
+    """rnnt_tiny trained on the toy task (400 steps, about 20 s)."""
+    cfg = models.load_config("rnnt_tiny")
+    split = _toy_split(30)
+    keras.utils.set_random_seed(1)
+    net = models.build_training_model(cfg)
+    fit(net, cfg, split, None, TrainConfig(epochs=80, batch_size=6, lr=1e-2, warmup_steps=5),
+        tmp_path_factory.mktemp("toy"), name="toy", log=lambda m: None)
+    return cfg, split, net
+
+
+def test_greedy_decoding_of_a_trained_model(trained_toy):
+    from gq_tf.asr import metrics
+
+    cfg, split, net = trained_toy
+    hyps = experiment.KerasDecoder(net, cfg).transcribe(split, Tokenizer(), batch_size=4)
+    # Untrained, CER is about 1. The toy task is learnable exactly except that
+    # a doubled letter ("off") looks like one long letter; 0.15 leaves room
+    # for those and for the last letter before the utterance end.
+    assert metrics.cer(split.texts, hyps) < 0.15, hyps
+
+
+def test_deployed_streaming_model_decodes_like_keras(trained_toy, tmp_path):
+    from gq_tf.asr import deploy
+
+    cfg, split, net = trained_toy
+    deploy.export_streaming(net, cfg, tmp_path / "stream", kind="float")
+    keras_hyps = experiment.KerasDecoder(net, cfg).transcribe(split, Tokenizer(), batch_size=2)
+    tflite_hyps, timing = experiment.tflite_transcribe(tmp_path / "stream", split, Tokenizer(), limit=len(split))
+    assert tflite_hyps == keras_hyps
+    assert timing["encoder_step_ms_p50"] > 0
+
+
+@pytest.mark.slow
+def test_tiny_recipe_end_to_end(tmp_path):
+    """Every stage for real on the tiny corpus: TTS corpus, far field, features, float training,
+    uniform/cluster/GQ fine-tunes, streaming export, WER on Keras and .tflite, host latency, reports;
+    then a second call resumes from disk and does nothing again."""
+    rows = experiment.run_recipe("tiny", tmp_path, log=lambda m: None)
+    assert [r["variant"] for r in rows] == ["float", "uniform8", "cluster16", "gq_mixed"]
+    by = {r["variant"]: r for r in rows}
+    for r in rows:
+        for key in ("wer_keras_test", "wer_tflite_test", "wer_keras_test_far", "wer_tflite_test_far"):
+            assert 0 <= r[key] <= 5
+        assert r["encoder_p50_ms"] > 0 and r["prediction_p50_ms"] > 0
+    assert by["gq_mixed"]["packed_bytes"] < by["uniform8"]["packed_bytes"] < by["float"]["packed_bytes"]
+    assert by["gq_mixed"]["bits"] < 5
+    md = (tmp_path / "results.md").read_text()
+    assert "gq-tf asr run tiny" in md and "| gq_mixed |" in md
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+    stamps = {p: p.stat().st_mtime for p in tmp_path.glob("rnnt_tiny/*/result.json")}
+    again = experiment.run_recipe("tiny", tmp_path, log=lambda m: None)
+    assert [r["wer_keras_test"] for r in again] == [r["wer_keras_test"] for r in rows]
+    assert {p: p.stat().st_mtime for p in stamps} == stamps
+
+
+def test_fit_resumes_inside_an_epoch_without_repeating_batches(tmp_path):
+    cfg = models.load_config("rnnt_tiny")
+    split = _toy_split(8)  # 4 batches of 2 per epoch
+    tcfg = TrainConfig(epochs=2, batch_size=2, warmup_steps=1, save_every_s=0.0)
+
+    class Stop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:  # in epoch 1, after its third batch was saved
+                raise KeyboardInterrupt
+
+    keras.utils.set_random_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(models.build_training_model(cfg), cfg, split, None, tcfg, tmp_path, name="t", callbacks=[Stop()],
+            log=lambda m: None)
+    seen = []
+    net = models.build_training_model(cfg)
+    fit(net, cfg, split, None, tcfg, tmp_path, name="t",
+        callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(b))],
+        log=lambda m: None)
+    # 3 batches before the interruption + 1 left in epoch 1 + 4 in epoch 2.
+    assert len(seen) == 1 + 4, seen
+    ckpt = tf.train.Checkpoint(epoch=tf.Variable(-1, dtype=tf.int64), batch=tf.Variable(-1, dtype=tf.int64))
+    ckpt.restore(tf.train.latest_checkpoint(str(tmp_path / "ckpt"))).expect_partial()
+    assert (int(ckpt.epoch.numpy()), int(ckpt.batch.numpy())) == (2, 0)
+
+
+def test_spec_augment_masks_bands_inside_each_utterance():
+    from gq_tf.asr.train import spec_augment
+
+    x = np.ones((3, 100, 80), np.float32)
+    y = spec_augment(x, [100, 50, 10], np.zeros(80, np.float32), freq_masks=2, freq_width=0.2, time_masks=2,
+                     time_width=0.1, seed=1).numpy()
+    for i, length in enumerate([100, 50, 10]):
+        masked = y[i] == 0
+        bins = np.flatnonzero(masked.all(axis=0))
+        frames = np.flatnonzero(masked.all(axis=1))
+        assert len(bins) <= 2 * 16  # two masks of at most 20% of 80 bins
+        assert len(frames) <= 2 * int(0.1 * length) and (frames < length).all()
+        # Everything else is untouched.
+        partial = masked & ~masked.all(axis=0)[None, :] & ~masked.all(axis=1)[:, None]
+        assert not partial.any()
+    assert (y == 0).any()
