@@ -190,3 +190,21 @@ def test_spec_augment_masks_bands_inside_each_utterance():
         partial = masked & ~masked.all(axis=0)[None, :] & ~masked.all(axis=1)[:, None]
         assert not partial.any()
     assert (y == 0).any()
+
+
+def test_recipe_on_a_librispeech_tree(tmp_path):
+    from gq_tf.asr.librispeech import write_utterance
+
+    root = tmp_path / "LibriSpeech"
+    rng = np.random.default_rng(0)
+    for subset in ("train-clean-100", "dev-clean", "test-clean"):
+        for i in range(2):
+            write_utterance(root, subset, 19, 198, i, (0.1 * rng.normal(size=8000)).astype(np.float32),
+                            "TURN ON THE LIGHTS")
+    recipe = {"corpus": {"librispeech": str(root)}, "models": ["rnnt_tiny"], "float": {}, "finetune": {},
+              "variants": {}}
+    ctx = experiment.prepare(recipe, tmp_path / "run", "rnnt_tiny", log=lambda m: None)
+    assert sorted(ctx.data) == ["dev", "test", "train"]  # no far-field set for LibriSpeech
+    assert ctx.data["train"].texts == ["turn on the lights"] * 2
+    assert ctx.data["train"].features[0].shape == (48, 16)  # 0.5 s at 10 ms, 16 mel bins
+    assert ctx.cfg.feature_mean is not None

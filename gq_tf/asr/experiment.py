@@ -1,6 +1,10 @@
 """The ASR experiment: corpus -> float model -> QAT variants -> streaming .tflite -> WER, size, latency.
 
-A *recipe* (``gq_tf/asr/recipes/<name>.json``, data) names the corpus, the
+A *recipe* (``gq_tf/asr/recipes/<name>.json``, data) names the corpus (a
+built-in preset, or ``{"librispeech": ROOT, "train": "train-clean-100",
+"dev": "dev-clean", "test": "test-clean"}``, evaluated clean only;
+``"farfield": null`` skips the far-field set, which is otherwise written
+next to the test subset), the
 model configs, the training settings and the variants; ``run_recipe`` runs
 it into a directory, one subdirectory per model and variant::
 
@@ -264,22 +268,36 @@ def prepare(recipe: dict, out: Path, model_name: str, log=print) -> Context:
     from gq_tf.asr.text import Tokenizer
     from gq_tf.asr.train import load_split
 
-    corpus_dir = out / "corpus"
     c = recipe["corpus"]
-    log(f"corpus: preset {c.get('preset', 'small')}, seed {c.get('seed', 0)} -> {corpus_dir}")
-    corpus.make_corpus(corpus_dir, c.get("preset", "small"), seed=c.get("seed", 0), log=log)
+    if "librispeech" in c:
+        # A LibriSpeech root: the recipe names its subsets for each role.
+        corpus_dir = Path(c["librispeech"]).expanduser()
+        roles = {"train": c.get("train", "train-clean-100"), "dev": c.get("dev", "dev-clean"),
+                 "test": c.get("test", "test-clean")}
+        log(f"corpus: LibriSpeech at {corpus_dir}: {roles}")
+    else:
+        corpus_dir = out / "corpus"
+        roles = {"train": "train", "dev": "dev", "test": "test"}
+        log(f"corpus: preset {c.get('preset', 'small')}, seed {c.get('seed', 0)} -> {corpus_dir}")
+        corpus.make_corpus(corpus_dir, c.get("preset", "small"), seed=c.get("seed", 0), log=log)
     far = recipe.get("farfield", {})
-    farfield.make_farfield(corpus_dir, "test", "test_far", seed=far.get("seed", 0), log=log)
+    if far is not None and "librispeech" in c:
+        log("farfield: made only for the built-in corpus (it reads its manifest); LibriSpeech is evaluated clean")
+        far = None
+    if far is not None:
+        # Written next to the clean test subset, as <test>_far.
+        roles["test_far"] = f"{roles['test']}_far"
+        farfield.make_farfield(corpus_dir, roles["test"], roles["test_far"], seed=far.get("seed", 0), log=log)
     cfg = models.load_config(model_name)
     feature_cfg = features.FeatureConfig(n_mels=cfg.n_mels)
     tokenizer = Tokenizer()
     cache = out / "features"
-    data = {s: load_split(corpus_dir, s, feature_cfg, tokenizer, cache, log=log)
-            for s in ("train", "dev", "test", "test_far")}
+    data = {role: load_split(corpus_dir, subset, feature_cfg, tokenizer, cache, log=log)
+            for role, subset in roles.items()}
     stats = features.FeatureStats.compute(np.asarray(f, np.float32) for f in data["train"].features)
     cfg = cfg.with_feature_stats(stats)
-    log(f"data: train {len(data['train'])} utterances ({data['train'].hours:.2f} h), dev {len(data['dev'])}, "
-        f"test {len(data['test'])}, test_far {len(data['test_far'])}")
+    log(f"data: train {len(data['train'])} utterances ({data['train'].hours:.2f} h), "
+        + ", ".join(f"{role} {len(data[role])}" for role in data if role != "train"))
     return Context(recipe, out, model_name, cfg, tokenizer, data, out / model_name / "float", log)
 
 
@@ -360,7 +378,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
     row["packed_bytes"] = row.get("clustered_packed_bytes", export.total_bytes)
     ev = ctx.recipe.get("eval", {})
     dec = KerasDecoder(evaluated, ctx.cfg)
-    for split in ("test", "test_far"):
+    for split in [s for s in ("test", "test_far") if s in ctx.data]:
         refs = ctx.data[split].texts
         hyps = dec.transcribe(ctx.data[split], ctx.tokenizer)
         row[f"wer_keras_{split}"] = metrics.wer(refs, hyps)
@@ -373,9 +391,9 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
             ctx.data[split].ids, refs, hyps, t_hyps + [""] * (len(hyps) - len(t_hyps)))))
     row["stream_dir"] = str(stream)
     _json_dump(result_path, row)
+    far = f", far {row['wer_tflite_test_far']:.2%}" if "wer_tflite_test_far" in row else ""
     ctx.log(f"[{ctx.model_name}/{name}] WER test {row['wer_tflite_test']:.2%} (.tflite) / "
-            f"{row['wer_keras_test']:.2%} (Keras), far {row['wer_tflite_test_far']:.2%}; "
-            f"{row['file_bytes'] / 1024:.0f} KB")
+            f"{row['wer_keras_test']:.2%} (Keras){far}; {row['file_bytes'] / 1024:.0f} KB")
     return row
 
 
