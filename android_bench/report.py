@@ -153,7 +153,7 @@ def plot(results: dict, path: Path):
     ax_m.set_title("Memory")
     for ax in (ax_t, ax_m):
         ax.set_xticks(list(x), names, rotation=20 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left")
         ax.margins(y=0.15)
     d = results["device"]
     where = d.get("model") if results["target"] == "device" else f"host: {d.get('model')}"
