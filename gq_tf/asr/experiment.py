@@ -59,18 +59,12 @@ def load_recipe(name_or_path) -> dict:
     Raises:
       FileNotFoundError: neither exists (the message lists the known names).
     """
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = RECIPE_DIR / f"{name_or_path}.json"
-        if not path.is_file():
-            known = sorted(p.stem for p in RECIPE_DIR.glob("*.json"))
-            raise FileNotFoundError(f"Expected a recipe file or one of {known}. Received {str(name_or_path)!r}.")
-    with open(path) as f:
-        recipe = json.load(f)
+    from gq_tf.asr.models import load_named_json
+
+    recipe, path = load_named_json(name_or_path, RECIPE_DIR, "recipe")
     for key in ("corpus", "models", "float", "finetune", "variants"):
         if key not in recipe:
             raise ValueError(f"Recipe {path}: expected key {key!r}. Received keys {sorted(recipe)}.")
-    recipe.setdefault("name", path.stem)
     return recipe
 
 

@@ -313,6 +313,25 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+def load_named_json(path_or_name, folder, what):
+    """``(data, path)`` of a JSON file given by path, or by name as ``folder/<name>.json``;
+    ``data["name"]`` defaults to the file's stem.
+
+    Raises:
+      FileNotFoundError: neither a file nor a known name (the message lists the names).
+    """
+    path = Path(path_or_name)
+    if not path.is_file():
+        path = Path(folder) / f"{path_or_name}.json"
+        if not path.is_file():
+            known = sorted(p.stem for p in Path(folder).glob("*.json"))
+            raise FileNotFoundError(f"Expected a {what} file or one of {known}. Received {str(path_or_name)!r}.")
+    with open(path) as f:
+        data = json.load(f)
+    data.setdefault("name", path.stem)
+    return data, path
+
+
 def load_config(path_or_name):
     """Loads a ModelConfig from a JSON file, or by name from ``gq_tf/asr/configs/<name>.json``.
 
@@ -320,16 +339,7 @@ def load_config(path_or_name):
       FileNotFoundError: neither a file nor a known config name.
       ValueError, TypeError: malformed config.
     """
-    path = Path(path_or_name)
-    if not path.is_file():
-        named = CONFIG_DIR / f"{path_or_name}.json"
-        if not named.is_file():
-            known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-            raise FileNotFoundError(f"Expected a model config file or one of {known}. Received {path_or_name!r}.")
-        path = named
-    with open(path) as f:
-        data = json.load(f)
-    data.setdefault("name", path.stem)
+    data, _ = load_named_json(path_or_name, CONFIG_DIR, "model config")
     return ModelConfig.from_dict(data)
 
 
