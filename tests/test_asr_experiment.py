@@ -208,3 +208,15 @@ def test_recipe_on_a_librispeech_tree(tmp_path):
     assert ctx.data["train"].texts == ["turn on the lights"] * 2
     assert ctx.data["train"].features[0].shape == (48, 16)  # 0.5 s at 10 ms, 16 mel bins
     assert ctx.cfg.feature_mean is not None
+
+
+def test_changed_settings_start_a_stage_again(tmp_path):
+    folder = tmp_path / "gq4"
+    experiment._forget_if_changed(folder, {"spec": {"policy": {".*": 4}}}, log=lambda m: None)
+    (folder / "ckpt").mkdir()
+    experiment._forget_if_changed(folder, {"spec": {"policy": {".*": 4}}}, log=lambda m: None)
+    assert (folder / "ckpt").exists()  # same settings: kept, so the run resumes
+    said = []
+    experiment._forget_if_changed(folder, {"spec": {"policy": {".*": 5}}}, log=said.append)
+    assert not (folder / "ckpt").exists() and "other settings" in said[0]
+

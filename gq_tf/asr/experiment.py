@@ -9,7 +9,7 @@ model configs, the training settings and the variants; ``run_recipe`` runs
 it into a directory, one subdirectory per model and variant::
 
     <out>/corpus/                      the generated corpus (shared, cached)
-    <out>/<model>/float/               float training (ckpt/, log.jsonl)
+    <out>/<model>/float_model/         float training (ckpt/, log.jsonl, summary.json)
     <out>/<model>/<variant>/           fine-tune (ckpt/), stream/ (3 .tflite + streaming.json),
                                        result.json (the row)
     <out>/results.json, results.md, results.png
@@ -292,7 +292,28 @@ def prepare(recipe: dict, out: Path, model_name: str, log=print) -> Context:
     cfg = cfg.with_feature_stats(stats)
     log(f"data: train {len(data['train'])} utterances ({data['train'].hours:.2f} h), "
         + ", ".join(f"{role} {len(data[role])}" for role in data if role != "train"))
-    return Context(recipe, out, model_name, cfg, tokenizer, data, out / model_name / "float", log)
+    return Context(recipe, out, model_name, cfg, tokenizer, data, out / model_name / "float_model", log)
+
+
+def _float_key(ctx: Context) -> dict:
+    return {"train": ctx.recipe["float"], "model": ctx.cfg.to_dict(), "corpus": ctx.recipe["corpus"]}
+
+
+def _forget_if_changed(folder: Path, key: dict, log) -> None:
+    """Keeps ``folder`` (checkpoints, results) only if it was made with ``key``.
+
+    A recipe edited since the last run (another policy, other epochs, another
+    model config) must not resume from or reuse what the old one left.
+    """
+    import shutil
+
+    stamp = folder / "settings.json"
+    text = json.dumps(key, sort_keys=True, default=str)
+    if folder.exists() and (not stamp.exists() or stamp.read_text() != text):
+        log(f"  {folder}: made with other settings; starting it again")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(text)
 
 
 def train_float(ctx: Context) -> dict:
@@ -300,6 +321,7 @@ def train_float(ctx: Context) -> dict:
     from gq_tf.asr.train import TrainConfig, fit
 
     tcfg = TrainConfig.from_dict(ctx.recipe["float"])
+    _forget_if_changed(ctx.float_dir, _float_key(ctx), ctx.log)
     keras.utils.set_random_seed(tcfg.seed)
     net = models.build_training_model(ctx.cfg)
     ctx.log(f"[{ctx.model_name}] float: {net.count_params():,} parameters, {tcfg.epochs} epochs")
@@ -320,6 +342,8 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
 
     vdir = ctx.out / ctx.model_name / name
     result_path = vdir / "result.json"
+    _forget_if_changed(vdir, {"spec": spec, "finetune": ctx.recipe["finetune"],
+                              "annealing": ctx.recipe.get("annealing", {}), "float": _float_key(ctx)}, ctx.log)
     if result_path.exists():
         ctx.log(f"[{ctx.model_name}/{name}] done before: {result_path}")
         return json.loads(result_path.read_text())
