@@ -274,7 +274,7 @@ def finalize(results: dict, models: list[ModelResult]):
     results["models"] = [asdict(m) for m in models]
 
 
-def _tool_versions(target_kind: str) -> dict:
+def _tool_versions() -> dict:
     from importlib import metadata
 
     versions = {"python": sys.version.split()[0]}
@@ -369,7 +369,7 @@ def _main(args, log) -> int:
     if protocol.threads > bin(mask).count("1"):
         log(f"warning: --threads {protocol.threads} > {bin(mask).count('1')} CPUs in mask {mask:x}")
     out_dir = _prepare_out(args.out, target.kind)
-    tools = _tool_versions(target.kind)
+    tools = _tool_versions()
     tools["benchmark_binary"] = (file_info(args.benchmark_binary) if args.benchmark_binary
                                  else {"path": "python -m android_bench.hostbench"})
     tools["delegate"] = file_info(delegate) if delegate and needs_delegate else None

@@ -102,7 +102,8 @@ class StreamingExport:
         return "\n".join(lines)
 
 
-def _is_qat(model):
+def is_qat(model):
+    """True for a model made by ``gq_tf.quantize_model`` (it has tfmot QuantizeWrappers)."""
     return any(isinstance(layer, QuantizeWrapper) for layer in model.layers)
 
 
@@ -136,11 +137,12 @@ def _io_table(interpreter):
             table(runner.get_output_details(), interpreter.get_output_details()))
 
 
-def _atomic_json(path, data):
+def atomic_json(path, data):
+    """Writes ``data`` as JSON to ``path`` all at once (a temporary file, then a rename)."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".streaming_", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
+            json.dump(data, f, indent=1, default=float)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -193,7 +195,7 @@ def export_streaming(model, cfg, out_dir, *, kind="gq", policy=None, weights="fl
     check_keras_model(model, "model")
     if kind not in EXPORT_KINDS:
         raise ValueError(f"Expected kind in {EXPORT_KINDS}. Received: kind={kind!r}")
-    qat = _is_qat(model)
+    qat = is_qat(model)
     if kind == "gq" and not qat:
         raise ValueError("Expected a QAT model (gq_tf.quantize_model) for kind='gq'. Received a float model: "
                          "quantize and fine-tune it first, or export it with kind='float' or 'int8'.")
@@ -212,7 +214,7 @@ def export_streaming(model, cfg, out_dir, *, kind="gq", policy=None, weights="fl
     for part in PARTS:
         path = str(out_dir / f"{part}.tflite")
         step = steps[part]
-        if kind == "gq" and _is_qat(step):
+        if kind == "gq" and is_qat(step):
             with warnings.catch_warnings():
                 # Listed in the report (and in streaming.json) instead.
                 warnings.simplefilter("ignore", converters.NotPackedWarning)
@@ -244,7 +246,7 @@ def export_streaming(model, cfg, out_dir, *, kind="gq", policy=None, weights="fl
         "graphs": graphs,
     }
     paths[MANIFEST] = str(out_dir / MANIFEST)
-    _atomic_json(paths[MANIFEST], manifest)
+    atomic_json(paths[MANIFEST], manifest)
     return StreamingExport(paths=paths, reports=reports, kind=kind)
 
 
@@ -269,7 +271,10 @@ def load_manifest(directory):
 
 
 class _Recognizer:
-    """Chunk buffering, states and greedy decoding; subclasses run the three step graphs.
+    """Chunk buffering, states and greedy decoding over three step graphs.
+
+    ``graphs``: {"encoder" | "prediction" | "joint": callable({input name:
+    array}) -> {output name: array}}, batch 1, NumPy in and out.
 
     Attributes:
       timings: {"encoder" | "prediction" | "joint": [seconds per call]} since
@@ -278,26 +283,16 @@ class _Recognizer:
       tokens: the tokens of the current utterance so far.
     """
 
-    def __init__(self, cfg, blank=0, max_symbols_per_frame=5):
+    def __init__(self, cfg, graphs, blank=0, max_symbols_per_frame=5):
         self.cfg = cfg
+        self._graphs = graphs
         self.blank = int(blank)
         self.chunk_frames = cfg.chunk_frames
-        self._pad = (np.zeros(cfg.n_mels, np.float32) if cfg.feature_mean is None
-                     else np.asarray(cfg.feature_mean, np.float32))
+        self._pad = models.feature_fill(cfg)
         self.timings = {part: [] for part in PARTS}
         self._decoder = GreedyDecoder(self._pred_step, self._joint_fn, models.initial_states(cfg)["prediction"],
                                       blank=self.blank, max_symbols_per_frame=max_symbols_per_frame)
         self.reset()
-
-    # subclass hooks: NumPy in, NumPy out
-    def _encoder(self, features, states):
-        raise NotImplementedError
-
-    def _prediction(self, token, states):
-        raise NotImplementedError
-
-    def _joint(self, enc, pred):
-        raise NotImplementedError
 
     def _timed(self, part, fn, *args):
         t0 = time.perf_counter()
@@ -306,11 +301,11 @@ class _Recognizer:
         return out
 
     def _pred_step(self, token, states):
-        out = self._timed("prediction", self._prediction, np.array([[token]], np.int32), states)
+        out = self._timed("prediction", self._graphs["prediction"], {"token": np.array([[token]], np.int32), **states})
         return out.pop("pred_out")[0], out
 
     def _joint_fn(self, enc, pred):
-        return self._timed("joint", self._joint, enc[None], pred[None])[0]
+        return self._timed("joint", self._graphs["joint"], {"enc": enc[None], "pred": pred[None]})["logits"][0]
 
     @property
     def tokens(self):
@@ -327,7 +322,7 @@ class _Recognizer:
         self._decoder.reset()
 
     def _run_chunk(self, chunk):
-        out = self._timed("encoder", self._encoder, chunk[None], self._states)
+        out = self._timed("encoder", self._graphs["encoder"], {"features": chunk[None], **self._states})
         enc = out.pop("encoder_out")[0]
         self._states = out
         return self._decoder.push(enc)
@@ -416,16 +411,8 @@ class StreamingRecognizer(_Recognizer):
         self.graphs = {part: _TFLiteGraph(Path(directory) / self.manifest["graphs"][part]["file"],
                                           runtime=runtime, kernel=kernel, num_threads=num_threads)
                        for part in PARTS}
-        super().__init__(cfg, blank=self.manifest.get("blank", 0), max_symbols_per_frame=max_symbols_per_frame)
-
-    def _encoder(self, features, states):
-        return self.graphs["encoder"]({"features": features, **states})
-
-    def _prediction(self, token, states):
-        return self.graphs["prediction"]({"token": token, **states})
-
-    def _joint(self, enc, pred):
-        return self.graphs["joint"]({"enc": enc, "pred": pred})["logits"]
+        super().__init__(cfg, self.graphs, blank=self.manifest.get("blank", 0),
+                         max_symbols_per_frame=max_symbols_per_frame)
 
 
 class KerasStreamingRecognizer(_Recognizer):
@@ -440,18 +427,9 @@ class KerasStreamingRecognizer(_Recognizer):
 
     def __init__(self, step_models, cfg, *, max_symbols_per_frame=5):
         self.step_models = dict(step_models)
-        super().__init__(cfg, blank=0, max_symbols_per_frame=max_symbols_per_frame)
 
-    @staticmethod
-    def _run(model, feeds):
-        out = model(feeds, training=False)
-        return {k: v.numpy() for k, v in out.items()}
+        def run(model):
+            return lambda feeds: {k: v.numpy() for k, v in model(feeds, training=False).items()}
 
-    def _encoder(self, features, states):
-        return self._run(self.step_models["encoder"], {"features": features, **states})
-
-    def _prediction(self, token, states):
-        return self._run(self.step_models["prediction"], {"token": token, **states})
-
-    def _joint(self, enc, pred):
-        return self._run(self.step_models["joint"], {"enc": enc, "pred": pred})["logits"]
+        super().__init__(cfg, {part: run(self.step_models[part]) for part in PARTS}, blank=0,
+                         max_symbols_per_frame=max_symbols_per_frame)

@@ -46,6 +46,7 @@ import numpy as np
 
 import gq_tf
 from gq_tf._keras import keras, tf
+from gq_tf.asr.deploy import atomic_json, is_qat
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -104,15 +105,16 @@ class KerasDecoder:
         self.encoder = models.split_training_model(net)["encoder"]
         steps = models.build_step_models(cfg, batch_size=None)
         steps = {k: steps[k] for k in ("prediction", "joint")}
-        if any(isinstance(layer, _quantize_wrapper()) for layer in net.layers):
+        if is_qat(net):
             steps = models.quantize_step_models(steps, models.policy_from_qat(net))
         models.copy_weights(net, steps)
         pred, joint = steps["prediction"], steps["joint"]
-        self.state_names = list(models.state_specs(cfg)["prediction"])
+        # Prediction states without the batch dimension, by name.
+        self.pred_units = {k: s[1:] for k, s in models.state_specs(cfg)["prediction"].items()}
 
         def pred_fn(tokens, states):
             out = pred({"token": tokens[:, None], **states})
-            return out["pred_out"], {k: out[k] for k in self.state_names}
+            return out["pred_out"], {k: out[k] for k in self.pred_units}
 
         def joint_fn(enc, p):
             return joint({"enc": enc, "pred": p})["logits"]
@@ -120,7 +122,6 @@ class KerasDecoder:
         self._decode = BatchGreedyDecoder(pred_fn, joint_fn, max_symbols_per_frame=max_symbols_per_frame)
         self._encode = tf.function(lambda x: self.encoder(x, training=False),
                                    input_signature=[tf.TensorSpec([None, None, cfg.n_mels], tf.float32)])
-        self.pred_units = {k: s[1:] for k, s in models.state_specs(cfg)["prediction"].items()}
 
     def transcribe(self, split, tokenizer, batch_size=32) -> list[str]:
         """Greedy transcripts of every utterance, in ``split`` order.
@@ -134,8 +135,7 @@ class KerasDecoder:
         from gq_tf.asr.decoding import ids_to_lists
 
         chunk = self.cfg.chunk_frames
-        mean = (np.zeros(self.cfg.n_mels, np.float32) if self.cfg.feature_mean is None
-                else np.asarray(self.cfg.feature_mean, np.float32))
+        mean = models.feature_fill(self.cfg)
         lengths = np.array([len(f) for f in split.features])
         padded = -(-np.maximum(lengths, 1) // chunk) * chunk
         order = np.argsort(padded, kind="stable")
@@ -153,12 +153,6 @@ class KerasDecoder:
             for i, seq in zip(idx, ids_to_lists(ids.numpy(), out_len.numpy())):
                 hyps[i] = tokenizer.decode(seq)
         return hyps
-
-
-def _quantize_wrapper():
-    from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
-
-    return QuantizeWrapper
 
 
 def tflite_transcribe(stream_dir, split, tokenizer, limit=None, log=print) -> tuple[list[str], dict]:
@@ -181,12 +175,6 @@ def tflite_transcribe(stream_dir, split, tokenizer, limit=None, log=print) -> tu
 
 
 # ----------------------------------------------------------------- variants
-
-
-def _steps_per_epoch(split, cfg):
-    from gq_tf.asr.train import batches
-
-    return sum(1 for _ in batches(split, cfg.batch_size, shuffle=False, max_frames=cfg.max_frames))
 
 
 def _cluster(net, clusters):
@@ -235,12 +223,6 @@ class Context:
     data: dict  # split name -> train.Split
     float_dir: Path
     log: object
-
-
-def _json_dump(path, data):
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
 
 
 def _fresh_float(ctx: Context):
@@ -327,7 +309,7 @@ def train_float(ctx: Context) -> dict:
     ctx.log(f"[{ctx.model_name}] float: {net.count_params():,} parameters, {tcfg.epochs} epochs")
     summary = fit(net, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, ctx.float_dir, name="float", log=ctx.log)
     summary["parameters"] = int(net.count_params())
-    _json_dump(ctx.float_dir / "summary.json", summary)
+    atomic_json(ctx.float_dir / "summary.json", summary)
     (ctx.float_dir / "model_config.json").write_text(json.dumps(ctx.cfg.to_dict(), indent=1))
     return summary
 
@@ -338,7 +320,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
 
     import converters
     from gq_tf.asr import deploy, metrics
-    from gq_tf.asr.train import TrainConfig, annealing, fit, has_gq
+    from gq_tf.asr.train import TrainConfig, annealing, count_batches, fit, has_gq
 
     vdir = ctx.out / ctx.model_name / name
     result_path = vdir / "result.json"
@@ -367,7 +349,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
             qat = gq_tf.quantize_model(net, policy)
             callbacks = []
             if has_gq(qat):
-                steps = tcfg.epochs * _steps_per_epoch(ctx.data["train"], tcfg)
+                steps = tcfg.epochs * count_batches(ctx.data["train"], tcfg.batch_size, tcfg.max_frames)
                 callbacks.append(annealing(steps, **ctx.recipe.get("annealing", {})))
             ctx.log(f"[{ctx.model_name}/{name}] fine-tune {tcfg.epochs} epochs, policy {spec['policy']}")
             s = fit(qat, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, vdir, name=name,
@@ -408,7 +390,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
         (vdir / f"hyps_{split}.txt").write_text("".join(f"{i}\t{r}\t{h}\t{t}\n" for i, r, h, t in zip(
             ctx.data[split].ids, refs, hyps, t_hyps + [""] * (len(hyps) - len(t_hyps)))))
     row["stream_dir"] = str(stream)
-    _json_dump(result_path, row)
+    atomic_json(result_path, row)
     far = f", far {row['wer_tflite_test_far']:.2%}" if "wer_tflite_test_far" in row else ""
     ctx.log(f"[{ctx.model_name}/{name}] WER test {row['wer_tflite_test']:.2%} (.tflite) / "
             f"{row['wer_keras_test']:.2%} (Keras){far}; {row['file_bytes'] / 1024:.0f} KB")
@@ -543,7 +525,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def write_reports(rows: list[dict], out: Path, recipe: dict, command: str) -> None:
-    _json_dump(out / "results.json", {"recipe": recipe, "command": command, "rows": rows})
+    atomic_json(out / "results.json", {"recipe": recipe, "command": command, "rows": rows})
     plot(rows, out / "results.png")
     lines = [f"# ASR results: recipe `{recipe['name']}`", "",
              f"Command: `{command}`", "",

@@ -313,6 +313,15 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+def feature_fill(cfg):
+    """The frame that stands for "no input": the feature mean (zeros after the
+    model's normalization), float32 [n_mels]. Pads partial chunks and fills
+    SpecAugment's masks."""
+    if cfg.feature_mean is None:
+        return np.zeros(cfg.n_mels, np.float32)
+    return np.asarray(cfg.feature_mean, np.float32)
+
+
 def load_named_json(path_or_name, folder, what):
     """``(data, path)`` of a JSON file given by path, or by name as ``folder/<name>.json``;
     ``data["name"]`` defaults to the file's stem.

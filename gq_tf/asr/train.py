@@ -162,6 +162,12 @@ def batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, max_
         yield x, lengths[g].astype(np.int32), y, np.array([len(split.labels[i]) for i in g], np.int32)
 
 
+def count_batches(split: Split, batch_size: int, max_frames: int | None = None) -> int:
+    """How many batches one epoch of :func:`batches` has (without building them)."""
+    kept = sum(1 for f in split.features if not max_frames or len(f) <= max_frames)
+    return -(-kept // batch_size)
+
+
 def tf_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, max_frames=None, frame_multiple=1,
                first_epoch: int = 0, skip: int = 0):
     """:func:`batches` as a ``tf.data.Dataset``, one pass per epoch.
@@ -242,8 +248,9 @@ class RNNTTrainer(keras.Model):
         self.model_cfg = model_cfg
         self.blank = blank
         self.augment = augment  # spec_augment keyword arguments, or None
-        mean = model_cfg.feature_mean
-        self._fill = tf.constant(np.zeros(model_cfg.n_mels) if mean is None else np.asarray(mean), tf.float32)
+        from gq_tf.asr.models import feature_fill
+
+        self._fill = tf.constant(feature_fill(model_cfg))
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
     @property
@@ -354,7 +361,7 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     multiple = reduction(model_cfg)
-    steps_per_epoch = sum(1 for _ in batches(train, cfg.batch_size, shuffle=False, max_frames=cfg.max_frames))
+    steps_per_epoch = count_batches(train, cfg.batch_size, cfg.max_frames)
     schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, steps_per_epoch * cfg.epochs, cfg.min_lr_fraction)
     augment = {k: getattr(cfg, k) for k in ("freq_masks", "freq_width", "time_masks", "time_width")}
     trainer = RNNTTrainer(net, model_cfg, augment=augment if cfg.freq_masks or cfg.time_masks else None)
