@@ -174,6 +174,47 @@ def test_fit_resumes_inside_an_epoch_without_repeating_batches(tmp_path):
     assert (int(ckpt.epoch.numpy()), int(ckpt.batch.numpy())) == (2, 0)
 
 
+def test_epoch_batches_trains_a_partial_pass_and_resumes_inside_it(tmp_path):
+    cfg = models.load_config("rnnt_tiny")
+    split = _toy_split(12)  # 6 batches of 2 per full epoch; 3 per limited epoch
+    tcfg = TrainConfig(epochs=2, batch_size=2, warmup_steps=1, save_every_s=0.0, epoch_batches=3)
+    assert tcfg.steps_per_epoch(split) == 3
+    assert TrainConfig(batch_size=2, epoch_batches=100).steps_per_epoch(split) == 6
+
+    class Stop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                raise KeyboardInterrupt
+
+    keras.utils.set_random_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(models.build_training_model(cfg), cfg, split, None, tcfg, tmp_path, name="t", callbacks=[Stop()],
+            log=lambda m: None)
+    seen, said = [], []
+    fit(models.build_training_model(cfg), cfg, split, None, tcfg, tmp_path, name="t",
+        callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(b))],
+        log=said.append)
+    # 2 batches before the interruption + 1 left of epoch 1's 3 + 3 in epoch 2.
+    assert len(seen) == 1 + 3, seen
+    assert any("epoch 2/2" in m for m in said), said
+
+
+def test_epoch_batches_limit_keeps_the_order_and_is_checked():
+    from gq_tf.asr.train import tf_batches
+
+    split = _toy_split(12)
+
+    def labels(ds):
+        return [tuple(map(tuple, y.numpy())) for _, _, y, _ in ds]
+
+    full = labels(tf_batches(split, 2, shuffle=True, seed=1))
+    assert labels(tf_batches(split, 2, shuffle=True, seed=1, limit=4)) == full[:4]
+    assert labels(tf_batches(split, 2, shuffle=True, seed=1, limit=4, skip=1)) == full[1:4]
+    for bad in (0, -2, 1.5):
+        with pytest.raises(ValueError, match="epoch_batches"):
+            TrainConfig.from_dict({"epoch_batches": bad})
+
+
 def test_spec_augment_masks_bands_inside_each_utterance():
     from gq_tf.asr.train import spec_augment
 

@@ -320,7 +320,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
 
     import converters
     from gq_tf.asr import deploy, metrics
-    from gq_tf.asr.train import TrainConfig, annealing, count_batches, fit, has_gq
+    from gq_tf.asr.train import TrainConfig, annealing, fit, has_gq
 
     vdir = ctx.out / ctx.model_name / name
     result_path = vdir / "result.json"
@@ -349,7 +349,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
             qat = gq_tf.quantize_model(net, policy)
             callbacks = []
             if has_gq(qat):
-                steps = tcfg.epochs * count_batches(ctx.data["train"], tcfg.batch_size, tcfg.max_frames)
+                steps = tcfg.epochs * tcfg.steps_per_epoch(ctx.data["train"])
                 callbacks.append(annealing(steps, **ctx.recipe.get("annealing", {})))
             ctx.log(f"[{ctx.model_name}/{name}] fine-tune {tcfg.epochs} epochs, policy {spec['policy']}")
             s = fit(qat, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, vdir, name=name,

@@ -45,6 +45,9 @@ class TrainConfig:
     max_frames: int = 1200  # longer utterances are left out of training
     seed: int = 0
     save_every_s: float = 600.0  # checkpoint inside an epoch this often (resume mid-epoch)
+    # Train each epoch on only the first this-many batches of its shuffled
+    # order (a partial pass: short fine-tunes on a large corpus); None = all.
+    epoch_batches: int | None = None
     # SpecAugment (Park et al., 2019): masks filled with the feature mean.
     freq_masks: int = 2
     freq_width: float = 0.15  # widest mask, as a fraction of the mel bins
@@ -57,7 +60,15 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"Expected TrainConfig keys {sorted(f.name for f in dataclasses.fields(cls))}. "
                              f"Received unknown {sorted(unknown)}.")
-        return cls(**d)
+        cfg = cls(**d)
+        if cfg.epoch_batches is not None and (not isinstance(cfg.epoch_batches, int) or cfg.epoch_batches < 1):
+            raise ValueError(f"Expected epoch_batches to be a positive integer or null. Received {cfg.epoch_batches!r}.")
+        return cfg
+
+    def steps_per_epoch(self, split: "Split") -> int:
+        """Optimizer steps in one epoch of ``split`` under these settings."""
+        full = count_batches(split, self.batch_size, self.max_frames)
+        return min(full, self.epoch_batches) if self.epoch_batches else full
 
 
 # ----------------------------------------------------------------- data
@@ -169,13 +180,14 @@ def count_batches(split: Split, batch_size: int, max_frames: int | None = None) 
 
 
 def tf_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, max_frames=None, frame_multiple=1,
-               first_epoch: int = 0, skip: int = 0):
+               first_epoch: int = 0, skip: int = 0, limit: int | None = None):
     """:func:`batches` as a ``tf.data.Dataset``, one pass per epoch.
 
     Epoch ``e`` (counted from ``first_epoch``) is shuffled with seed
     ``1000 * seed + e``, so its order does not depend on where a run was
     resumed, and the first pass skips its first ``skip`` batches (those an
-    interrupted run already trained on).
+    interrupted run already trained on). ``limit`` ends each pass after that
+    many batches of its order (skipped ones included).
     """
     n_mels = split.features[0].shape[1]
     state = {"epoch": first_epoch, "skip": skip}
@@ -185,6 +197,8 @@ def tf_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, m
         state["epoch"], state["skip"] = epoch + 1, 0
         for k, batch in enumerate(batches(split, batch_size, shuffle=shuffle, seed=1000 * seed + epoch,
                                           max_frames=max_frames, frame_multiple=frame_multiple)):
+            if limit is not None and k >= limit:
+                return
             if k >= skip_now:
                 yield batch
 
@@ -310,8 +324,10 @@ class _EpochCheckpoint(keras.callbacks.Callback):
     epoch (and every ``save_every_s`` seconds inside one), and logs each epoch."""
 
     def __init__(self, manager, epoch_var, batch_var, seconds_var, log_path, log, total_epochs, name,
-                 save_every_s=600.0):
+                 save_every_s=600.0, epoch_steps=None, progress_every_s=120.0):
         super().__init__()
+        self.epoch_steps, self.progress_every_s = epoch_steps, progress_every_s
+        self._shown = None
         self.manager, self.epoch_var, self.batch_var, self.seconds_var = manager, epoch_var, batch_var, seconds_var
         self.log_path, self.log, self.total, self.name = log_path, log, total_epochs, name
         self.save_every_s = save_every_s
@@ -325,9 +341,21 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         self.manager.save()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._t0 = self._saved = self._mark = time.time()
+        self._t0 = self._saved = self._mark = self._shown = time.time()
+        self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        now = time.time()
+        if self.progress_every_s and now - self._shown >= self.progress_every_s:
+            # Epochs of a large corpus take many minutes: show where training is.
+            self._shown = now
+            per = (now - self._t0) / (batch + 1)
+            total = self.epoch_steps or 0
+            pos = self._offset + batch + 1
+            eta = f", epoch ends in {(total - pos) * per / 60:.1f} min" if total > pos else ""
+            loss = f" · loss {logs['loss']:.3f}" if logs and "loss" in logs else ""
+            self.log(f"  [{self.name}] epoch {self._epoch + 1}/{self.total}: batch {pos}/{total or '?'}{loss}"
+                     f" · {per:.2f} s/batch{eta}")
         if time.time() - self._saved >= self.save_every_s:
             self.batch_var.assign(self._offset + batch + 1)
             self._save()
@@ -361,7 +389,7 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     multiple = reduction(model_cfg)
-    steps_per_epoch = count_batches(train, cfg.batch_size, cfg.max_frames)
+    steps_per_epoch = cfg.steps_per_epoch(train)
     schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, steps_per_epoch * cfg.epochs, cfg.min_lr_fraction)
     augment = {k: getattr(cfg, k) for k in ("freq_masks", "freq_width", "time_masks", "time_width")}
     trainer = RNNTTrainer(net, model_cfg, augment=augment if cfg.freq_masks or cfg.time_masks else None)
@@ -385,7 +413,7 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
         skip = int(batch_var.numpy())
         val = tf_batches(dev, cfg.batch_size, shuffle=False, frame_multiple=multiple) if dev else None
         saver = _EpochCheckpoint(manager, epoch_var, batch_var, seconds_var, run_dir / "log.jsonl", log,
-                                 cfg.epochs, name, save_every_s=cfg.save_every_s)
+                                 cfg.epochs, name, save_every_s=cfg.save_every_s, epoch_steps=steps_per_epoch)
         t0 = time.time()
         # Keras fixes the length of an epoch of a generator after its first
         # pass, so a partly trained epoch is finished by its own fit call.
@@ -395,7 +423,7 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
             if start >= end:
                 continue
             data = tf_batches(train, cfg.batch_size, shuffle=True, seed=cfg.seed, max_frames=cfg.max_frames,
-                              frame_multiple=multiple, first_epoch=start, skip=skip_now)
+                              frame_multiple=multiple, first_epoch=start, skip=skip_now, limit=cfg.epoch_batches)
             history = trainer.fit(data, validation_data=val, epochs=end, initial_epoch=start, verbose=0,
                                   callbacks=[saver, *callbacks]).history
         summary["final_loss"] = float(history["loss"][-1])
