@@ -148,6 +148,35 @@ def test_tiny_recipe_end_to_end(tmp_path):
     assert {p: p.stat().st_mtime for p in stamps} == stamps
 
 
+@pytest.mark.slow
+def test_two_models_train_side_by_side_in_workers(tmp_path):
+    """A recipe with two models runs each in its own process (one CPU each when there
+    are 2), then benchmarks and reports all rows once."""
+    recipe = experiment.load_recipe("tiny")
+    recipe.update(name="tiny2", models=["rnnt_tiny", "conformer_tiny"], variants={"float": {"kind": "float"}},
+                  float={**recipe["float"], "epochs": 1})
+    path = tmp_path / "tiny2.json"
+    path.write_text(json.dumps(recipe))
+    said = []
+    rows = experiment.run_recipe(path, tmp_path / "run", jobs=2, log=said.append)
+    assert [(r["model"], r["variant"]) for r in rows] == [("rnnt_tiny", "float"), ("conformer_tiny", "float")]
+    assert all(r["encoder_p50_ms"] > 0 for r in rows)
+    for model in ("rnnt_tiny", "conformer_tiny"):
+        assert any(m.startswith(f"[{model}] worker pid") for m in said)
+        assert "WER test" in (tmp_path / "run" / "logs" / f"{model}.log").read_text()
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "**rnnt_tiny**" in md and "**conformer_tiny**" in md
+
+
+def test_failed_workers_are_named_with_their_logs(tmp_path):
+    with pytest.raises(RuntimeError, match=r"a \(exit 2, log .*a\.log\).*b \(exit 2"):
+        experiment._run_models_in_parallel(tmp_path / "missing.json", tmp_path, ["a", "b"], None, 2,
+                                           log=lambda m: None)
+    assert "error:" in (tmp_path / "logs" / "a.log").read_text()
+    with pytest.raises(ValueError, match="Expected models of recipe 'tiny'"):
+        experiment.run_recipe("tiny", tmp_path, models=["conformer"], log=lambda m: None)
+
+
 def test_fit_resumes_inside_an_epoch_without_repeating_batches(tmp_path):
     cfg = models.load_config("rnnt_tiny")
     split = _toy_split(8)  # 4 batches of 2 per epoch

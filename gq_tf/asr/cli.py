@@ -5,8 +5,9 @@
   fine-tunes, streaming .tflite export, WER on the .tflite files, host
   latency, the table and the plot. ``--full`` runs the ``full`` recipe
   (the one behind docs/results.md; hours).
-- ``gq-tf asr run RECIPE [--out DIR] [--models ...] [--variants ...]``: any recipe
-  (a name in gq_tf/asr/recipes/ or a JSON file).
+- ``gq-tf asr run RECIPE [--out DIR] [--models ...] [--variants ...] [--jobs N]``:
+  any recipe (a name in gq_tf/asr/recipes/ or a JSON file). A recipe with
+  several models trains them side by side, one process per CPU (``--jobs``).
 - ``gq-tf asr corpus --out DIR [--preset small]``: only the corpus.
 
 Every command resumes: what is on disk in ``--out`` is reused.
@@ -22,11 +23,16 @@ def _parser():
     demo = sub.add_parser("demo", help="the main job at a small scale (about 20 minutes)")
     demo.add_argument("--out", default=None, help="run directory (default runs/asr_demo, or runs/asr_full with --full)")
     demo.add_argument("--full", action="store_true", help="the full recipe behind docs/results.md (hours)")
+    demo.add_argument("--jobs", type=int, default=None,
+                      help="models trained at once, one process each (default: one per CPU, up to the models)")
     run = sub.add_parser("run", help="run or resume a recipe")
     run.add_argument("recipe", help="recipe name (gq_tf/asr/recipes/) or JSON file")
     run.add_argument("--out", required=True)
     run.add_argument("--models", nargs="*", help="only these model configs of the recipe")
     run.add_argument("--variants", nargs="*", help="only these variants")
+    run.add_argument("--jobs", type=int, default=None,
+                     help="models trained at once, one process each (default: one per CPU, up to the models)")
+    run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one model, no bench/reports
     corpus = sub.add_parser("corpus", help="generate the built-in corpus only")
     corpus.add_argument("--out", required=True)
     corpus.add_argument("--preset", default="small")
@@ -47,9 +53,10 @@ def main(argv=None):
 
         if args.command == "demo":
             recipe = "full" if args.full else "demo"
-            run_recipe(recipe, args.out or f"runs/asr_{recipe}", log=log)
+            run_recipe(recipe, args.out or f"runs/asr_{recipe}", jobs=args.jobs, log=log)
         else:
-            run_recipe(args.recipe, args.out, models=args.models, variants=args.variants, log=log)
+            run_recipe(args.recipe, args.out, models=args.models, variants=args.variants,
+                       jobs=1 if args.worker else args.jobs, reports=not args.worker, log=log)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -324,8 +324,10 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
 
     vdir = ctx.out / ctx.model_name / name
     result_path = vdir / "result.json"
-    _forget_if_changed(vdir, {"spec": spec, "finetune": ctx.recipe["finetune"],
-                              "annealing": ctx.recipe.get("annealing", {}), "float": _float_key(ctx)}, ctx.log)
+    key = {"spec": spec, "float": _float_key(ctx)}
+    if spec.get("kind", "qat") != "float":  # the float row does not fine-tune
+        key.update(finetune=ctx.recipe["finetune"], annealing=ctx.recipe.get("annealing", {}))
+    _forget_if_changed(vdir, key, ctx.log)
     if result_path.exists():
         ctx.log(f"[{ctx.model_name}/{name}] done before: {result_path}")
         return json.loads(result_path.read_text())
@@ -538,24 +540,93 @@ def write_reports(rows: list[dict], out: Path, recipe: dict, command: str) -> No
     (out / "results.md").write_text("\n".join(lines))
 
 
-def run_recipe(recipe_name, out, *, models=None, variants=None, log=print) -> list[dict]:
-    """Runs (or resumes) a recipe; returns the table rows."""
+def _run_models_in_parallel(recipe_name, out: Path, models: list[str], variants, jobs: int, log) -> None:
+    """Trains and evaluates each model in its own process, ``jobs`` at a time.
+
+    Small LSTM/attention steps use a second core poorly: on 2 cores two
+    models trained side by side, one core each, take about as long as one
+    alone with both cores. Each worker gets its own CPUs (sched_setaffinity),
+    writes ``<out>/logs/<model>.log`` and skips the benchmark and the reports,
+    which the caller does once every row is on disk.
+    """
+    import subprocess
+    import sys
+    import threading
+
+    cpus = sorted(os.sched_getaffinity(0))
+    per = max(1, len(cpus) // jobs)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    pending, running, failed = list(models), [], []
+
+    def pump(model, proc, logfile):
+        with open(logfile, "a") as f:
+            for line in proc.stdout:
+                f.write(line)
+                f.flush()
+                log(f"[{model}] {line.rstrip()}")
+
+    while pending or running:
+        while pending and len(running) < jobs:
+            model = pending.pop(0)
+            free = [c for c in cpus if all(c not in r[3] for r in running)]
+            mine = set(free[:per]) or set(cpus)
+            cmd = [sys.executable, "-m", "gq_tf.asr.cli", "run", str(recipe_name), "--out", str(out),
+                   "--models", model, "--worker"] + (["--variants", *variants] if variants else [])
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    preexec_fn=lambda cpus=mine: os.sched_setaffinity(0, cpus))
+            t = threading.Thread(target=pump, args=(model, proc, out / "logs" / f"{model}.log"), daemon=True)
+            t.start()
+            log(f"[{model}] worker pid {proc.pid} on CPU {sorted(mine)}, log {out / 'logs' / (model + '.log')}")
+            running.append((model, proc, t, mine))
+        time.sleep(1.0)
+        for r in [r for r in running if r[1].poll() is not None]:
+            running.remove(r)
+            r[2].join()
+            if r[1].returncode != 0:
+                failed.append(f"{r[0]} (exit {r[1].returncode}, log {out / 'logs' / (r[0] + '.log')})")
+    if failed:
+        raise RuntimeError(f"Model workers failed: {', '.join(failed)}. What they finished is kept; "
+                           "run the same command again to resume.")
+
+
+def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, reports=True, log=print) -> list[dict]:
+    """Runs (or resumes) a recipe; returns the table rows.
+
+    ``jobs`` models are trained at once in worker processes (default: one per
+    CPU, at most the number of models; see :func:`_run_models_in_parallel`). ``reports=False`` (a worker) skips the
+    benchmark and the report files.
+    """
     recipe = load_recipe(recipe_name)
     # Batches of different lengths retrace the decoders a few times by design.
     tf.get_logger().setLevel("ERROR")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     command = "gq-tf asr run " + shlex.join([str(recipe_name), "--out", str(out)])
-    rows = []
+    models = list(models or recipe["models"])
+    unknown = [m for m in models if m not in recipe["models"]]
+    if unknown:
+        raise ValueError(f"Expected models of recipe {recipe['name']!r} ({recipe['models']}). Received {unknown}.")
+    if jobs is None:
+        jobs = max(1, min(len(models), len(os.sched_getaffinity(0))))
+    if jobs < 1:
+        raise ValueError(f"Expected --jobs >= 1. Received {jobs}.")
     t0 = time.time()
-    for model_name in models or recipe["models"]:
+    if jobs > 1 and len(models) > 1:
+        # The shared data first (corpus, far field, feature cache), so the workers only read it.
+        prepare(recipe, out, models[0], log=log)
+        _run_models_in_parallel(recipe_name, out, models, variants, jobs, log)
+    rows = []
+    for model_name in models:
         ctx = prepare(recipe, out, model_name, log=log)
         train_float(ctx)
         for name, spec in recipe["variants"].items():
             if variants and name not in variants:
                 continue
             rows.append(run_variant(ctx, name, spec, command))
-            write_reports(rows, out, recipe, command)
+            if reports:
+                write_reports(rows, out, recipe, command)
+    if not reports:
+        return rows
     bench(rows, out, int(recipe.get("eval", {}).get("bench_runs", 20)), log=log)
     write_reports(rows, out, recipe, command)
     log(f"\n{table(rows, markdown=False)}\nwrote {out / 'results.md'}, {out / 'results.png'} "
