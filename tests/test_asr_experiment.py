@@ -49,11 +49,11 @@ def test_recipes_load_and_name_real_configs():
         recipe = experiment.load_recipe(name)
         for model in recipe["models"]:
             models.load_config(model)
+            for stage in ("float", "finetune"):
+                TrainConfig.from_dict(experiment.stage_settings(recipe, stage, model))
         for spec in recipe["variants"].values():
             if spec.get("kind", "qat") == "qat":
                 experiment.parse_policy(spec["policy"])
-        TrainConfig.from_dict(recipe["float"])
-        TrainConfig.from_dict(recipe["finetune"])
     with pytest.raises(FileNotFoundError, match="one of"):
         experiment.load_recipe("nope")
 
@@ -242,6 +242,42 @@ def test_epoch_batches_limit_keeps_the_order_and_is_checked():
     for bad in (0, -2, 1.5):
         with pytest.raises(ValueError, match="epoch_batches"):
             TrainConfig.from_dict({"epoch_batches": bad})
+
+
+def test_ctc_auxiliary_loss_trains_the_encoder_and_resumes_with_its_head(tmp_path):
+    from gq_tf.asr.train import RNNTTrainer
+
+    cfg = models.load_config("rnnt_tiny")
+    split = _toy_split(8)
+    net = models.build_training_model(cfg)
+    trainer = RNNTTrainer(net, cfg, ctc_weight=0.5)
+    batch = next(batches(split, 4, shuffle=False, frame_multiple=models.reduction(cfg)))
+    with tf.GradientTape() as tape:
+        rnnt, ctc = trainer._loss(batch, training=False)
+    assert np.isfinite(float(rnnt)) and float(ctc) > 0
+    enc_vars = [v for v in net.trainable_variables if "encoder" in v.name]
+    grads = tape.gradient(ctc, enc_vars + trainer.ctc_head.trainable_variables)
+    assert enc_vars and all(g is not None for g in grads)  # CTC reaches the encoder and its head only
+    pred_vars = [v for v in net.trainable_variables if v.name.startswith("pred")]
+    with tf.GradientTape() as tape:
+        _, ctc = trainer._loss(batch, training=False)
+    assert all(g is None for g in tape.gradient(ctc, pred_vars))
+    assert len(trainer.train_variables) == len(net.trainable_variables) + 2
+
+    tcfg = TrainConfig(epochs=2, batch_size=2, warmup_steps=1, save_every_s=0.0, ctc_weight=0.3)
+
+    class Stop(keras.callbacks.Callback):
+        def on_train_batch_end(self, b, logs=None):
+            if b == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(models.build_training_model(cfg), cfg, split, None, tcfg, tmp_path, name="t", callbacks=[Stop()],
+            log=lambda m: None)
+    fit(models.build_training_model(cfg), cfg, split, split, tcfg, tmp_path, name="t", log=lambda m: None)
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in logged] == [1, 2]
+    assert all(e["ctc_loss"] > 0 and e["val_ctc_loss"] > 0 for e in logged)
 
 
 def test_spec_augment_masks_bands_inside_each_utterance():

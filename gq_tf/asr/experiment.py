@@ -277,8 +277,18 @@ def prepare(recipe: dict, out: Path, model_name: str, log=print) -> Context:
     return Context(recipe, out, model_name, cfg, tokenizer, data, out / model_name / "float_model", log)
 
 
+def stage_settings(recipe: dict, stage: str, model_name: str) -> dict:
+    """A recipe's ``float`` or ``finetune`` settings for one model: the
+    stage's keys, updated by its ``per_model[model_name]`` entry if any (e.g.
+    ``"per_model": {"rnnt": {"ctc_weight": 0.3}}``)."""
+    settings = dict(recipe[stage])
+    per_model = settings.pop("per_model", {})
+    return {**settings, **per_model.get(model_name, {})}
+
+
 def _float_key(ctx: Context) -> dict:
-    return {"train": ctx.recipe["float"], "model": ctx.cfg.to_dict(), "corpus": ctx.recipe["corpus"]}
+    return {"train": stage_settings(ctx.recipe, "float", ctx.model_name), "model": ctx.cfg.to_dict(),
+            "corpus": ctx.recipe["corpus"]}
 
 
 def _forget_if_changed(folder: Path, key: dict, log) -> None:
@@ -302,7 +312,7 @@ def train_float(ctx: Context) -> dict:
     from gq_tf.asr import models
     from gq_tf.asr.train import TrainConfig, fit
 
-    tcfg = TrainConfig.from_dict(ctx.recipe["float"])
+    tcfg = TrainConfig.from_dict(stage_settings(ctx.recipe, "float", ctx.model_name))
     _forget_if_changed(ctx.float_dir, _float_key(ctx), ctx.log)
     keras.utils.set_random_seed(tcfg.seed)
     net = models.build_training_model(ctx.cfg)
@@ -326,7 +336,8 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
     result_path = vdir / "result.json"
     key = {"spec": spec, "float": _float_key(ctx)}
     if spec.get("kind", "qat") != "float":  # the float row does not fine-tune
-        key.update(finetune=ctx.recipe["finetune"], annealing=ctx.recipe.get("annealing", {}))
+        key.update(finetune=stage_settings(ctx.recipe, "finetune", ctx.model_name),
+                   annealing=ctx.recipe.get("annealing", {}))
     _forget_if_changed(vdir, key, ctx.log)
     if result_path.exists():
         ctx.log(f"[{ctx.model_name}/{name}] done before: {result_path}")
@@ -346,7 +357,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
             row["finetune_seconds"] = 0.0
         elif kind == "qat":
             policy = parse_policy(spec["policy"])
-            tcfg = TrainConfig.from_dict(ctx.recipe["finetune"])
+            tcfg = TrainConfig.from_dict(stage_settings(ctx.recipe, "finetune", ctx.model_name))
             keras.utils.set_random_seed(tcfg.seed)
             qat = gq_tf.quantize_model(net, policy)
             callbacks = []
@@ -363,7 +374,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
         elif kind == "cluster":
             import tensorflow_model_optimization as tfmot
 
-            tcfg = TrainConfig.from_dict(ctx.recipe["finetune"])
+            tcfg = TrainConfig.from_dict(stage_settings(ctx.recipe, "finetune", ctx.model_name))
             keras.utils.set_random_seed(tcfg.seed)
             clusters = int(spec.get("clusters", 16))
             clustered = _cluster(net, clusters)

@@ -48,6 +48,8 @@ class TrainConfig:
     # Train each epoch on only the first this-many batches of its shuffled
     # order (a partial pass: short fine-tunes on a large corpus); None = all.
     epoch_batches: int | None = None
+    # Auxiliary CTC loss on the encoder output, this weight (0 = off): see RNNTTrainer.
+    ctc_weight: float = 0.0
     # SpecAugment (Park et al., 2019): masks filled with the feature mean.
     freq_masks: int = 2
     freq_width: float = 0.15  # widest mask, as a fraction of the mel bins
@@ -256,25 +258,45 @@ class RNNTTrainer(keras.Model):
     ``loss`` is the mean negative log-likelihood per label token.
     """
 
-    def __init__(self, net, model_cfg, blank: int = 0, augment: dict | None = None, **kwargs):
+    def __init__(self, net, model_cfg, blank: int = 0, augment: dict | None = None, ctc_weight: float = 0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.net = net
         self.model_cfg = model_cfg
         self.blank = blank
         self.augment = augment  # spec_augment keyword arguments, or None
-        from gq_tf.asr.models import feature_fill
+        from gq_tf.asr.models import _output_in, feature_fill
 
         self._fill = tf.constant(feature_fill(model_cfg))
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        # Auxiliary CTC on the encoder frames through a training-only linear
+        # head (never exported). On a small, predictable domain the prediction
+        # network alone drives the RNN-T loss down and the encoder is left
+        # unused; CTC can only be lowered by listening.
+        self.ctc_weight = float(ctc_weight)
+        self.ctc_head = self._both = None
+        self.ctc_tracker = keras.metrics.Mean(name="ctc_loss")
+        if self.ctc_weight > 0:
+            enc = _output_in(net, "encoder_output")
+            self._both = keras.Model(net.inputs, [net.outputs[0], enc])
+            self.ctc_head = keras.layers.Dense(model_cfg.vocab_size, name="ctc_head")
+            self.ctc_head.build(enc.shape)
 
     @property
     def metrics(self):
-        return [self.loss_tracker]
+        return [self.loss_tracker] + ([self.ctc_tracker] if self.ctc_head is not None else [])
+
+    @property
+    def train_variables(self):
+        """The network's trainable variables (and the CTC head's, when on)."""
+        head = self.ctc_head.trainable_variables if self.ctc_head is not None else []
+        return self.net.trainable_variables + head
 
     def call(self, inputs, training=None):
         return self.net(inputs, training=training)
 
     def _loss(self, data, training):
+        """(RNN-T loss per label token, CTC loss per label token or None)."""
         from gq_tf.asr.models import encoder_lengths
         from gq_tf.asr.rnnt import rnnt_loss
 
@@ -282,24 +304,39 @@ class RNNTTrainer(keras.Model):
         if training and self.augment:
             x = spec_augment(x, x_len, self._fill, **self.augment)
         start = tf.fill([tf.shape(y)[0], 1], tf.constant(self.blank, y.dtype))
-        logits = self.net([x, tf.concat([start, y], axis=1)], training=training)
+        inputs = [x, tf.concat([start, y], axis=1)]
+        if self._both is not None:
+            logits, enc = self._both(inputs, training=training)
+        else:
+            logits, enc = self.net(inputs, training=training), None
         enc_len = encoder_lengths(x_len, self.model_cfg)
         nll = rnnt_loss(logits, y, enc_len, y_len, blank=self.blank)
         tokens = tf.cast(tf.maximum(tf.reduce_sum(y_len), 1), nll.dtype)
-        return tf.reduce_sum(nll) / tokens
+        if enc is None:
+            return tf.reduce_sum(nll) / tokens, None
+        ctc = tf.nn.ctc_loss(tf.cast(y, tf.int32), self.ctc_head(enc), tf.cast(y_len, tf.int32),
+                             tf.cast(enc_len, tf.int32), logits_time_major=False, blank_index=self.blank)
+        # An utterance too fast for its frames has no CTC path (infinite loss): left out.
+        ctc = tf.where(tf.math.is_finite(ctc), ctc, tf.zeros_like(ctc))
+        return tf.reduce_sum(nll) / tokens, tf.reduce_sum(tf.cast(ctc, nll.dtype)) / tokens
 
     def train_step(self, data):
         with tf.GradientTape() as tape:
-            loss = self._loss(data, training=True)
-        variables = self.net.trainable_variables
-        grads = tape.gradient(loss, variables)
+            loss, ctc = self._loss(data, training=True)
+            total = loss if ctc is None else loss + self.ctc_weight * ctc
+        variables = self.train_variables
+        grads = tape.gradient(total, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
-        self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
+        return self._track(loss, ctc)
 
     def test_step(self, data):
-        self.loss_tracker.update_state(self._loss(data, training=False))
-        return {"loss": self.loss_tracker.result()}
+        return self._track(*self._loss(data, training=False))
+
+    def _track(self, loss, ctc):
+        self.loss_tracker.update_state(loss)
+        if ctc is not None:
+            self.ctc_tracker.update_state(ctc)
+        return {m.name: m.result() for m in self.metrics}
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
@@ -392,17 +429,19 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
     steps_per_epoch = cfg.steps_per_epoch(train)
     schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, steps_per_epoch * cfg.epochs, cfg.min_lr_fraction)
     augment = {k: getattr(cfg, k) for k in ("freq_masks", "freq_width", "time_masks", "time_width")}
-    trainer = RNNTTrainer(net, model_cfg, augment=augment if cfg.freq_masks or cfg.time_masks else None)
+    trainer = RNNTTrainer(net, model_cfg, augment=augment if cfg.freq_masks or cfg.time_masks else None,
+                          ctc_weight=cfg.ctc_weight)
     trainer.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=cfg.clipnorm))
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     batch_var = tf.Variable(0, dtype=tf.int64, trainable=False)  # batches done in the current epoch
     seconds_var = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    parts = {"ctc_head": trainer.ctc_head} if trainer.ctc_head is not None else {}
     ckpt = tf.train.Checkpoint(net=net, optimizer=trainer.optimizer, epoch=epoch_var, batch=batch_var,
-                               seconds=seconds_var)
+                               seconds=seconds_var, **parts)
     manager = tf.train.CheckpointManager(ckpt, str(run_dir / "ckpt"), max_to_keep=2)
     if manager.latest_checkpoint:
         # Optimizer slots are created lazily: build them before restoring.
-        trainer.optimizer.build(net.trainable_variables)
+        trainer.optimizer.build(trainer.train_variables)
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         within = f", batch {int(batch_var.numpy())}" if int(batch_var.numpy()) else ""
         log(f"  [{name}] resuming after epoch {int(epoch_var.numpy())}{within} from {manager.latest_checkpoint}")
