@@ -583,6 +583,9 @@ def _int8_pass(model, books, float_kernels, weights):
                 continue
             if method == "uniform":
                 q, scales, qaxis = np.round(data.astype(np.float64) / step), [step], None
+                if flatbuf.builtin_code(model, op) in flatbuf.PER_CHANNEL_ONLY:
+                    # One grid, its step repeated for every channel.
+                    scales, qaxis = [step] * data.shape[axis], axis
             else:  # per channel (per tensor for the LSTM), as the converter would
                 qaxis = axis
                 if axis is None:

@@ -11,7 +11,7 @@ from ai_edge_litert import schema_py_generated as schema
 from flatbuffers import flexbuffers
 
 __all__ = ["read", "write", "buffer_offsets", "BUFFER_ALIGNMENT", "builtin_name", "builtin_code", "op_name", "op_counts", "tensor_data", "custom_options",
-           "quantize_tensor_int8", "WEIGHT_INPUTS"]
+           "quantize_tensor_int8", "WEIGHT_INPUTS", "PER_CHANNEL_ONLY"]
 
 _BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _NP_TYPES = {
@@ -31,6 +31,11 @@ WEIGHT_INPUTS = {
     schema.BuiltinOperator.DEPTHWISE_CONV_2D: ((1,), 3),
     schema.BuiltinOperator.UNIDIRECTIONAL_SEQUENCE_LSTM: ((1, 2, 3, 4, 5, 6, 7, 8), None),
 }
+# Hybrid kernels that read one scale per output channel whatever the tensor
+# says: TFLite's hybrid depthwise convolution indexes its filter scales by
+# channel, so a per-tensor scale makes every channel but the first read past
+# the scale array (wrong outputs, no error).
+PER_CHANNEL_ONLY = {schema.BuiltinOperator.DEPTHWISE_CONV_2D}
 
 
 def read(data):

@@ -358,6 +358,25 @@ def test_tflite_steps_equal_keras_steps(qat_setup, kernel, tol):
                 assert np.abs(got[name] - value).max() <= tol * np.abs(value).max(), f"{part}/{name}"
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_uniform_8bit_streaming_export_equals_keras_steps(kind, tmp_path):
+    """Uniform QAT exports int8 hybrid builtins (the Conformer's depthwise convolution too)."""
+    cfg = _cfg(kind)
+    policy = {".*": gq_tf.Uniform(8)}
+    qat = gq_tf.quantize_model(_emitting_net(cfg), policy)
+    steps = models.quantize_step_models(models.build_step_models(cfg), policy)
+    models.copy_weights(qat, steps)
+    out = deploy.export_streaming(qat, cfg, tmp_path)
+    rng = np.random.default_rng(5)
+    for part in deploy.PARTS:
+        feeds = _random_feeds(steps[part], cfg, rng)
+        want = {k: v.numpy() for k, v in steps[part](feeds, training=False).items()}
+        got = deploy._TFLiteGraph(out.paths[part])(feeds)
+        for name, value in want.items():
+            # Dynamic-range int8 activations: about 1% per layer.
+            assert np.abs(got[name] - value).max() <= 0.05 * np.abs(value).max(), f"{part}/{name}"
+
+
 def test_streaming_recognizer_matches_keras(qat_setup):
     cfg, _, steps, out = qat_setup
     directory = os.path.dirname(out.paths[deploy.MANIFEST])

@@ -364,6 +364,25 @@ def test_attention_projections_are_packed(tmp_path, runtime):
     np.testing.assert_allclose(run_tflite(report.path, x, runtime), want, rtol=0, atol=2e-4 * max(1, np.abs(want).max()))
 
 
+def test_uniform_depthwise_convolution_gets_a_scale_per_channel(tmp_path):
+    # TFLite's hybrid depthwise kernel reads one filter scale per channel:
+    # with a single per-tensor scale every channel after the first was wrong.
+    inp = keras.Input((9, 24))
+    x = keras.layers.DepthwiseConv1D(5, padding="same", name="dw")(inp)
+    out = keras.layers.Dense(8, name="head")(x)
+    qat = gq_tf.quantize_model(keras.Model(inp, out), {".*": gq_tf.Uniform(8)})
+    report = converters.export_tflite(qat, str(tmp_path / "dw.tflite"))
+    assert {r.key: r.deployed for r in report.kernels}["dw/depthwise_kernel"] == export.INT8
+    model = flatbuf.read(open(report.path, "rb").read())
+    dw = next(t for t in model.subgraphs[0].tensors
+              if t.type == flatbuf.schema.TensorType.INT8 and tuple(t.shape)[-1] == 24)
+    assert len(dw.quantization.scale) == 24 and dw.quantization.quantizedDimension == 3
+    assert len(set(dw.quantization.scale)) == 1  # still the one QAT grid
+    x = np.random.default_rng(0).normal(size=(1, 9, 24)).astype(np.float32)
+    want = qat(x, training=False).numpy()
+    np.testing.assert_allclose(run_tflite(report.path, x), want, rtol=0, atol=0.03 * np.abs(want).max())
+
+
 def test_uniform_attention_is_int8_even_with_the_folded_query_scale(tmp_path):
     inp = keras.Input((6, 32))
     x = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16, name="mha")(inp, inp)
