@@ -554,9 +554,10 @@ def write_reports(rows: list[dict], out: Path, recipe: dict, command: str) -> No
 def _run_models_in_parallel(recipe_name, out: Path, models: list[str], variants, jobs: int, log) -> None:
     """Trains and evaluates each model in its own process, ``jobs`` at a time.
 
-    Small LSTM/attention steps use a second core poorly: on 2 cores two
-    models trained side by side, one core each, take about as long as one
-    alone with both cores. Each worker gets its own CPUs (sched_setaffinity),
+    Small LSTM/attention steps use a second core poorly (docs/ASR.md: the
+    full RNN-T's step took 0.48-0.55 s on one core beside the Conformer, and
+    0.58-0.96 s on both cores shared with other jobs), so models train side
+    by side. Each worker gets its own CPUs (sched_setaffinity),
     writes ``<out>/logs/<model>.log`` and skips the benchmark and the reports,
     which the caller does once every row is on disk.
     """
