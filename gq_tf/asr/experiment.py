@@ -568,7 +568,7 @@ def _run_models_in_parallel(recipe_name, out: Path, models: list[str], variants,
     cpus = sorted(os.sched_getaffinity(0))
     per = max(1, len(cpus) // jobs)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    pending, running, failed = list(models), [], []
+    pending, running, failed, codes = list(models), [], [], {}
 
     def pump(model, proc, logfile):
         with open(logfile, "a") as f:
@@ -595,9 +595,11 @@ def _run_models_in_parallel(recipe_name, out: Path, models: list[str], variants,
             running.remove(r)
             r[2].join()
             if r[1].returncode != 0:
-                failed.append(f"{r[0]} (exit {r[1].returncode}, log {out / 'logs' / (r[0] + '.log')})")
+                failed.append(r[0])
+                codes[r[0]] = r[1].returncode
     if failed:
-        raise RuntimeError(f"Model workers failed: {', '.join(failed)}. What they finished is kept; "
+        named = [f"{m} (exit {codes[m]}, log {out / 'logs' / (m + '.log')})" for m in models if m in failed]
+        raise RuntimeError(f"Model workers failed: {', '.join(named)}. What they finished is kept; "
                            "run the same command again to resume.")
 
 

@@ -444,7 +444,10 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
         trainer.optimizer.build(trainer.train_variables)
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         within = f", batch {int(batch_var.numpy())}" if int(batch_var.numpy()) else ""
-        log(f"  [{name}] resuming after epoch {int(epoch_var.numpy())}{within} from {manager.latest_checkpoint}")
+        if int(epoch_var.numpy()) >= cfg.epochs:
+            log(f"  [{name}] trained before ({cfg.epochs} epochs): {manager.latest_checkpoint}")
+        else:
+            log(f"  [{name}] resuming after epoch {int(epoch_var.numpy())}{within} from {manager.latest_checkpoint}")
     done = int(epoch_var.numpy())
     summary = {"epochs": cfg.epochs, "resumed_from": done}
     if done < cfg.epochs:
