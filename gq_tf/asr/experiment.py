@@ -568,7 +568,7 @@ def _run_models_in_parallel(recipe_name, out: Path, models: list[str], variants,
     cpus = sorted(os.sched_getaffinity(0))
     per = max(1, len(cpus) // jobs)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    pending, running, failed, codes = list(models), [], [], {}
+    pending, running, failed = list(models), [], {}  # failed: model -> exit code
 
     def pump(model, proc, logfile):
         with open(logfile, "a") as f:
@@ -595,10 +595,9 @@ def _run_models_in_parallel(recipe_name, out: Path, models: list[str], variants,
             running.remove(r)
             r[2].join()
             if r[1].returncode != 0:
-                failed.append(r[0])
-                codes[r[0]] = r[1].returncode
+                failed[r[0]] = r[1].returncode
     if failed:
-        named = [f"{m} (exit {codes[m]}, log {out / 'logs' / (m + '.log')})" for m in models if m in failed]
+        named = [f"{m} (exit {failed[m]}, log {out / 'logs' / (m + '.log')})" for m in models if m in failed]
         raise RuntimeError(f"Model workers failed: {', '.join(named)}. What they finished is kept; "
                            "run the same command again to resume.")
 
@@ -625,13 +624,14 @@ def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, repor
     if jobs < 1:
         raise ValueError(f"Expected --jobs >= 1. Received {jobs}.")
     t0 = time.time()
+    contexts = {}
     if jobs > 1 and len(models) > 1:
         # The shared data first (corpus, far field, feature cache), so the workers only read it.
-        prepare(recipe, out, models[0], log=log)
+        contexts[models[0]] = prepare(recipe, out, models[0], log=log)
         _run_models_in_parallel(recipe_name, out, models, variants, jobs, log)
     rows = []
     for model_name in models:
-        ctx = prepare(recipe, out, model_name, log=log)
+        ctx = contexts.pop(model_name, None) or prepare(recipe, out, model_name, log=log)
         train_float(ctx)
         for name, spec in recipe["variants"].items():
             if variants and name not in variants:

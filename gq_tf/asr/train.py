@@ -393,7 +393,7 @@ class _EpochCheckpoint(keras.callbacks.Callback):
             loss = f" · loss {logs['loss']:.3f}" if logs and "loss" in logs else ""
             self.log(f"  [{self.name}] epoch {self._epoch + 1}/{self.total}: batch {pos}/{total or '?'}{loss}"
                      f" · {per:.2f} s/batch{eta}")
-        if time.time() - self._saved >= self.save_every_s:
+        if now - self._saved >= self.save_every_s:
             self.batch_var.assign(self._offset + batch + 1)
             self._save()
 
