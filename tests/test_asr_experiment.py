@@ -58,6 +58,25 @@ def test_recipes_load_and_name_real_configs():
         experiment.load_recipe("nope")
 
 
+def test_variants_can_name_their_models_and_fine_tune_longer(tmp_path):
+    recipe = experiment.load_recipe("full")
+    assert [n for n, _ in experiment.variants_of(recipe, "conformer")] == [
+        "float", "uniform8", "uniform4", "cluster16", "gq8", "gq5", "gq4", "gq_mixed"]
+    rnnt = dict(experiment.variants_of(recipe, "rnnt"))
+    assert {"gq_mixed_long", "gq_mixed_top1"} <= set(rnnt)
+    assert [n for n, _ in experiment.variants_of(recipe, "rnnt", ["gq4", "gq_mixed_long"])] == ["gq4", "gq_mixed_long"]
+    base = experiment.finetune_settings(recipe, rnnt["gq_mixed"], "rnnt")
+    longer = experiment.finetune_settings(recipe, rnnt["gq_mixed_long"], "rnnt")
+    assert base["epoch_batches"] == 500 and longer == {**base, "epoch_batches": 1500}
+    for bad, match in (({"models": ["nope"]}, "expected 'models'"), ({"models": "rnnt"}, "expected 'models'"),
+                       ({"finetune": 3}, "expected 'finetune'")):
+        broken = {**recipe, "variants": {"v": {"kind": "float", **bad}}}
+        path = tmp_path / "broken.json"
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=match):
+            experiment.load_recipe(path)
+
+
 def test_batches_pad_to_the_reduction_and_keep_everything():
     split = _toy_split(5)
     seen = []

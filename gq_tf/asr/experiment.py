@@ -30,6 +30,11 @@ resumes from its last epoch). Variant kinds:
 Policies in recipes: ``"pattern": bits`` is GQ at ``bits``, ``"u8"`` is
 ``gq_tf.Uniform(8)``; a dict gives bits per weight
 (``{"kernel": 4, "recurrent_kernel": 1}``); first full match wins.
+
+A variant may also carry ``"models": [...]`` (run for those models only) and
+``"finetune": {...}`` (its own training settings over the recipe's, e.g.
+``{"epoch_batches": 1500}``); the ``float`` and ``finetune`` stages take
+``"per_model": {model: {...}}`` overrides (:func:`stage_settings`).
 """
 
 from __future__ import annotations
@@ -66,6 +71,14 @@ def load_recipe(name_or_path) -> dict:
     for key in ("corpus", "models", "float", "finetune", "variants"):
         if key not in recipe:
             raise ValueError(f"Recipe {path}: expected key {key!r}. Received keys {sorted(recipe)}.")
+    for name, spec in recipe["variants"].items():
+        only = spec.get("models")
+        if only is not None and (not isinstance(only, list) or set(only) - set(recipe["models"])):
+            raise ValueError(f"Recipe {path}, variant {name!r}: expected 'models' to be a list of the recipe's "
+                             f"models {sorted(recipe['models'])}. Received {only!r}.")
+        if not isinstance(spec.get("finetune", {}), dict):
+            raise ValueError(f"Recipe {path}, variant {name!r}: expected 'finetune' to be a dict of training "
+                             f"settings. Received {spec['finetune']!r}.")
     return recipe
 
 
@@ -286,6 +299,21 @@ def stage_settings(recipe: dict, stage: str, model_name: str) -> dict:
     return {**settings, **per_model.get(model_name, {})}
 
 
+def variants_of(recipe: dict, model_name: str, only=None) -> list[tuple[str, dict]]:
+    """The recipe's variants that apply to ``model_name`` (a variant with
+    ``"models": [...]`` is run for those models only), in recipe order,
+    restricted to the names in ``only`` if given."""
+    return [(name, spec) for name, spec in recipe["variants"].items()
+            if (not only or name in only) and model_name in spec.get("models", [model_name])]
+
+
+def finetune_settings(recipe: dict, spec: dict, model_name: str) -> dict:
+    """A variant's fine-tune settings: the recipe's (see :func:`stage_settings`),
+    updated by the variant's own ``"finetune"`` entry if any (e.g. a longer
+    fine-tune, ``{"epoch_batches": 1500}``)."""
+    return {**stage_settings(recipe, "finetune", model_name), **spec.get("finetune", {})}
+
+
 def _float_key(ctx: Context) -> dict:
     return {"train": stage_settings(ctx.recipe, "float", ctx.model_name), "model": ctx.cfg.to_dict(),
             "corpus": ctx.recipe["corpus"]}
@@ -336,7 +364,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
     result_path = vdir / "result.json"
     key = {"spec": spec, "float": _float_key(ctx)}
     if spec.get("kind", "qat") != "float":  # the float row does not fine-tune
-        key.update(finetune=stage_settings(ctx.recipe, "finetune", ctx.model_name),
+        key.update(finetune=finetune_settings(ctx.recipe, spec, ctx.model_name),
                    annealing=ctx.recipe.get("annealing", {}))
     _forget_if_changed(vdir, key, ctx.log)
     if result_path.exists():
@@ -357,7 +385,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
             row["finetune_seconds"] = 0.0
         elif kind == "qat":
             policy = parse_policy(spec["policy"])
-            tcfg = TrainConfig.from_dict(stage_settings(ctx.recipe, "finetune", ctx.model_name))
+            tcfg = TrainConfig.from_dict(finetune_settings(ctx.recipe, spec, ctx.model_name))
             keras.utils.set_random_seed(tcfg.seed)
             qat = gq_tf.quantize_model(net, policy)
             callbacks = []
@@ -374,7 +402,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
         elif kind == "cluster":
             import tensorflow_model_optimization as tfmot
 
-            tcfg = TrainConfig.from_dict(stage_settings(ctx.recipe, "finetune", ctx.model_name))
+            tcfg = TrainConfig.from_dict(finetune_settings(ctx.recipe, spec, ctx.model_name))
             keras.utils.set_random_seed(tcfg.seed)
             clusters = int(spec.get("clusters", 16))
             clustered = _cluster(net, clusters)
@@ -633,9 +661,7 @@ def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, repor
     for model_name in models:
         ctx = contexts.pop(model_name, None) or prepare(recipe, out, model_name, log=log)
         train_float(ctx)
-        for name, spec in recipe["variants"].items():
-            if variants and name not in variants:
-                continue
+        for name, spec in variants_of(recipe, model_name, variants):
             rows.append(run_variant(ctx, name, spec, command))
             if reports:
                 write_reports(rows, out, recipe, command)
