@@ -33,7 +33,7 @@ Policies in recipes: ``"pattern": bits`` is GQ at ``bits``, ``"u8"`` is
 
 A variant may also carry ``"models": [...]`` (run for those models only) and
 ``"finetune": {...}`` (its own training settings over the recipe's, e.g.
-``{"epoch_batches": 1500}``); the ``float`` and ``finetune`` stages take
+``{"epoch_batches": null}`` for whole epochs); the ``float`` and ``finetune`` stages take
 ``"per_model": {model: {...}}`` overrides (:func:`stage_settings`).
 """
 
@@ -310,7 +310,7 @@ def variants_of(recipe: dict, model_name: str, only=None) -> list[tuple[str, dic
 def finetune_settings(recipe: dict, spec: dict, model_name: str) -> dict:
     """A variant's fine-tune settings: the recipe's (see :func:`stage_settings`),
     updated by the variant's own ``"finetune"`` entry if any (e.g. a longer
-    fine-tune, ``{"epoch_batches": 1500}``)."""
+    fine-tune, ``{"epoch_batches": null}``: whole epochs)."""
     return {**stage_settings(recipe, "finetune", model_name), **spec.get("finetune", {})}
 
 
