@@ -63,7 +63,7 @@ def test_variants_can_name_their_models_and_fine_tune_longer(tmp_path):
     assert [n for n, _ in experiment.variants_of(recipe, "conformer")] == [
         "float", "uniform8", "uniform4", "cluster16", "gq8", "gq5", "gq4", "gq_mixed"]
     rnnt = dict(experiment.variants_of(recipe, "rnnt"))
-    assert {"gq_mixed_long", "gq_mixed_top1", "gq_mixed_in1"} <= set(rnnt)
+    assert {"gq_mixed_long", "uniform4_long", "gq_mixed_top1", "gq_mixed_in1"} <= set(rnnt)
     assert [n for n, _ in experiment.variants_of(recipe, "rnnt", ["gq4", "gq_mixed_long"])] == ["gq4", "gq_mixed_long"]
     base = experiment.finetune_settings(recipe, rnnt["gq_mixed"], "rnnt")
     longer = experiment.finetune_settings(recipe, rnnt["gq_mixed_long"], "rnnt")
