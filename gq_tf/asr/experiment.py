@@ -536,30 +536,34 @@ def table(rows: list[dict], markdown=True) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """WER (clean and far, .tflite) against packed size, one marker per variant."""
+    """WER (.tflite) against packed size, one marker per variant: a column per
+    model, a row per test condition (each with its own WER scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.6), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        for r in (r for r in rows if r["model"] == model):
-            x = r["packed_bytes"] / 1024
-            for key, marker in (("wer_tflite_test", "o"), ("wer_tflite_test_far", "s")):
-                if r.get(key) is not None:
-                    ax.scatter(x, 100 * r[key], marker=marker, color="C0" if marker == "o" else "C3")
-            ax.annotate(r["variant"], (x, 100 * r.get("wer_tflite_test", 0)), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel("deployed size (KB, log scale)")
-        ax.set_ylabel("WER % (.tflite, streaming)")
-        ax.set_title(model)
-        ax.scatter([], [], marker="o", color="C0", label="clean test")
-        ax.scatter([], [], marker="s", color="C3", label="far-field test")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+    conditions = [(key, name, color) for key, name, color in
+                  (("wer_tflite_test", "clean test", "C0"), ("wer_tflite_test_far", "far-field test", "C3"))
+                  if any(r.get(key) is not None for r in rows)]
+    fig, axes = plt.subplots(len(conditions), len(models), figsize=(6.5 * len(models), 3.6 * len(conditions)),
+                             squeeze=False)
+    for col, model in enumerate(models):
+        mine = [r for r in rows if r["model"] == model]
+        for row, (key, name, color) in enumerate(conditions):
+            ax = axes[row][col]
+            for i, r in enumerate(x for x in mine if x.get(key) is not None):
+                x, y = r["packed_bytes"] / 1024, 100 * r[key]
+                ax.scatter(x, y, color=color)
+                # Alternate above/below so neighbouring labels overlap less.
+                ax.annotate(r["variant"], (x, y), fontsize=7, xytext=(4, 4 if i % 2 == 0 else -10),
+                            textcoords="offset points")
+            ax.set_xscale("log")
+            ax.set_xlabel("deployed size (KB, log scale)")
+            ax.set_ylabel("WER % (.tflite, streaming)")
+            ax.set_title(f"{model}: {name}")
+            ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
