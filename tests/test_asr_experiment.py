@@ -112,12 +112,17 @@ def test_fit_resumes_and_annealing_reaches_nested_quantizers(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_toy(tmp_path_factory):
-    """rnnt_tiny trained on the toy task (400 steps, about 20 s)."""
+    """rnnt_tiny trained on the toy task (600 steps, about 20 s).
+
+    lr 5e-3 for 120 epochs reaches CER 0.0 for seeds 1 and 3 where lr 1e-2 for 80
+    epochs ended between 0.03 and 0.19 from run to run (threaded float sums are not
+    deterministic), too close to the 0.15 bound below.
+    """
     cfg = models.load_config("rnnt_tiny")
     split = _toy_split(30)
     keras.utils.set_random_seed(1)
     net = models.build_training_model(cfg)
-    fit(net, cfg, split, None, TrainConfig(epochs=80, batch_size=6, lr=1e-2, warmup_steps=5),
+    fit(net, cfg, split, None, TrainConfig(epochs=120, batch_size=6, lr=5e-3, warmup_steps=5),
         tmp_path_factory.mktemp("toy"), name="toy", log=lambda m: None)
     return cfg, split, net
 
