@@ -363,8 +363,9 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
     vdir = ctx.out / ctx.model_name / name
     result_path = vdir / "result.json"
     key = {"spec": spec, "float": _float_key(ctx)}
+    settings = finetune_settings(ctx.recipe, spec, ctx.model_name)
     if spec.get("kind", "qat") != "float":  # the float row does not fine-tune
-        key.update(finetune=finetune_settings(ctx.recipe, spec, ctx.model_name),
+        key.update(finetune=settings,
                    annealing=ctx.recipe.get("annealing", {}))
     _forget_if_changed(vdir, key, ctx.log)
     if result_path.exists():
@@ -385,7 +386,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
             row["finetune_seconds"] = 0.0
         elif kind == "qat":
             policy = parse_policy(spec["policy"])
-            tcfg = TrainConfig.from_dict(finetune_settings(ctx.recipe, spec, ctx.model_name))
+            tcfg = TrainConfig.from_dict(settings)
             keras.utils.set_random_seed(tcfg.seed)
             qat = gq_tf.quantize_model(net, policy)
             callbacks = []
@@ -402,7 +403,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
         elif kind == "cluster":
             import tensorflow_model_optimization as tfmot
 
-            tcfg = TrainConfig.from_dict(finetune_settings(ctx.recipe, spec, ctx.model_name))
+            tcfg = TrainConfig.from_dict(settings)
             keras.utils.set_random_seed(tcfg.seed)
             clusters = int(spec.get("clusters", 16))
             clustered = _cluster(net, clusters)

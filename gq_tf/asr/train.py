@@ -443,16 +443,16 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
         # Optimizer slots are created lazily: build them before restoring.
         trainer.optimizer.build(trainer.train_variables)
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        within = f", batch {int(batch_var.numpy())}" if int(batch_var.numpy()) else ""
-        if int(epoch_var.numpy()) >= cfg.epochs:
+    done, skip = int(epoch_var.numpy()), int(batch_var.numpy())
+    if manager.latest_checkpoint:
+        if done >= cfg.epochs:
             log(f"  [{name}] trained before ({cfg.epochs} epochs): {manager.latest_checkpoint}")
         else:
-            log(f"  [{name}] resuming after epoch {int(epoch_var.numpy())}{within} from {manager.latest_checkpoint}")
-    done = int(epoch_var.numpy())
+            within = f", batch {skip}" if skip else ""
+            log(f"  [{name}] resuming after epoch {done}{within} from {manager.latest_checkpoint}")
     summary = {"epochs": cfg.epochs, "resumed_from": done}
     if done < cfg.epochs:
         keras.utils.set_random_seed(cfg.seed + done)
-        skip = int(batch_var.numpy())
         val = tf_batches(dev, cfg.batch_size, shuffle=False, frame_multiple=multiple) if dev else None
         saver = _EpochCheckpoint(manager, epoch_var, batch_var, seconds_var, run_dir / "log.jsonl", log,
                                  cfg.epochs, name, save_every_s=cfg.save_every_s, epoch_steps=steps_per_epoch)
