@@ -26,6 +26,10 @@ KERNEL_SOURCES = (
     f"{KERNEL_DIR}/gq_fc_avx512.c",
     f"{KERNEL_DIR}/gq_fc_neon.c",
     f"{KERNEL_DIR}/gq_fc_neondot.c",
+    f"{KERNEL_DIR}/gq_lstm_cell.c",
+    f"{KERNEL_DIR}/gq_lstm_cell_avx2.c",
+    f"{KERNEL_DIR}/gq_lstm_cell_avx512.c",
+    f"{KERNEL_DIR}/gq_lstm_cell_neon.c",
 )
 DELEGATE_SOURCES = KERNEL_SOURCES + (
     f"{DELEGATE_DIR}/flexbuf.c",
@@ -55,6 +59,8 @@ _AVX512 = _AVX2 + ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vbmi", "-ma
 _ISA_FLAGS = {
     "gq_fc_avx2.c": {"x86_64": _AVX2, "i686": _AVX2},
     "gq_fc_avx512.c": {"x86_64": _AVX512, "i686": _AVX512},
+    "gq_lstm_cell_avx2.c": {"x86_64": _AVX2, "i686": _AVX2},
+    "gq_lstm_cell_avx512.c": {"x86_64": _AVX512, "i686": _AVX512},
     "gq_fc_neondot.c": {"aarch64": ("-march=armv8.2-a+dotprod",)},
 }
 

@@ -78,7 +78,8 @@ def _library():
 
 class _CKernelInfo(ctypes.Structure):
     # gq_fc_kernel_info in converters/kernels/gq_fc.h
-    _fields_ = [("name", ctypes.c_char_p), ("fn", ctypes.c_void_p), ("qd8", ctypes.c_int), ("rank", ctypes.c_int)]
+    _fields_ = [("name", ctypes.c_char_p), ("fn", ctypes.c_void_p), ("qd8", ctypes.c_int), ("rank", ctypes.c_int),
+                ("cell", ctypes.c_void_p)]
 
 
 def kernels():

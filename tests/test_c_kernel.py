@@ -741,3 +741,89 @@ def test_flexbuf_survives_mutated_buffers(driver, tmp_path):
     # The mutations must reach past open(): some maps still open and answer.
     opened = int(r.stdout.split(" opened")[0].split(", ")[-1].split()[0])
     assert opened > 50, r.stdout
+
+
+# ---------------------------------------------------------------- LSTM cell
+
+CELL_UNITS = (1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 128, 200)
+CELL_SCALES = (0.1, 1.0, 4.0, 30.0)  # pre-activations from linear to fully saturated
+
+
+def cell_tolerance(c_prev):
+    """The bound gq_fc.h states for one cell update (c, h) against exact math
+    on the same float32 pre-activations: each sigmoid and tanh within 4e-7, so
+    c moves by at most 1e-6 (2 + |c|) and h, through tanh(c) (1-Lipschitz) and
+    the output gate, by at most 1e-6 (3 + |c|). The margin over the rounding
+    of the few float32 products is wide, yet one gate read from the wrong
+    quarter or a wrong unit costs ~0.1 and fails."""
+    a = np.abs(c_prev.astype(np.float64))
+    return 1e-6 * (2 + a), 1e-6 * (3 + a)
+
+
+def cell_cases(seed=0):
+    """Every unit count (SIMD widths 4, 8, 16 and their +-1 tails) x every
+    pre-activation scale, plus exact zeros and +-100 (saturated gates)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for units in CELL_UNITS:
+        for scale in CELL_SCALES:
+            z = (rng.standard_normal(4 * units) * scale).astype(np.float32)
+            xp = (rng.standard_normal(4 * units) * scale).astype(np.float32)
+            c = (rng.standard_normal(units) * 2).astype(np.float32)
+            if units >= 4:
+                z[:3], xp[:3] = (0.0, 100.0, -100.0), 0.0
+            a = (z + xp).astype(np.float64)  # the float32 sum the C code forms
+            sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
+            i, f, g, o = np.split(a, 4)
+            c_new = sig(f) * c.astype(np.float64) + sig(i) * np.tanh(g)
+            h_new = sig(o) * np.tanh(c_new)
+            c_tol, h_tol = cell_tolerance(c)
+            cases.append({"id": len(cases), "units": units, "z": z, "xp": xp, "c": c, "c_expected": c_new,
+                          "h_expected": h_new, "c_tol": c_tol, "h_tol": h_tol})
+    return cases
+
+
+def write_cell_file(path, cases):
+    parts = [b"GQLC", struct.pack("<II", 1, len(cases))]
+    for c in cases:
+        parts.append(struct.pack("<II", c["id"], c["units"]))
+        for key in ("z", "xp", "c"):
+            parts.append(np.asarray(c[key], "<f4").tobytes())
+        for key in ("c_expected", "h_expected", "c_tol", "h_tol"):
+            parts.append(np.asarray(c[key], "<f8").tobytes())
+    Path(path).write_bytes(b"".join(parts))
+
+
+@pytest.fixture(scope="module")
+def cell_file(tmp_path_factory):
+    cases = cell_cases()
+    path = tmp_path_factory.mktemp("gq_cell_cases") / "cell.bin"
+    write_cell_file(path, cases)
+    return path, cases
+
+
+def test_every_lstm_cell_within_stated_bound(driver, cell_file):
+    path, cases = cell_file
+    r = _run_ok(driver, "cell", path, "all")
+    for name in _supported(driver):
+        assert f"cell[{name}]: {len(cases)} cases" in r.stdout, r.stdout
+    done = [line for line in r.stdout.splitlines() if line.startswith("cell[") and "skipped" not in line]
+    assert len(done) == len(_supported(driver)) and all(line.endswith(" 0 failure(s)") for line in done), r.stdout
+
+
+def test_lstm_cell_detects_a_wrong_gate(driver, cell_file, tmp_path):
+    """The comparison can fail: expectations computed with the input and
+    forget gates swapped fail in every variant."""
+    _, cases = cell_file
+    bad = [dict(c) for c in cases]
+    victim = next(c for c in bad if c["units"] == 17 and c.get("id", 0) % 4 == 1)
+    a = (victim["z"] + victim["xp"]).astype(np.float64)
+    i, f, g, o = np.split(a, 4)
+    sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
+    victim["c_expected"] = sig(i) * victim["c"].astype(np.float64) + sig(f) * np.tanh(g)
+    path = tmp_path / "bad_cell.bin"
+    write_cell_file(path, bad)
+    r = _run(driver, "cell", path, "all")
+    assert r.returncode == 1, r.stdout + r.stderr
+    for name in _supported(driver):
+        assert f"FAIL {name} cell case {victim['id']} " in r.stderr, r.stderr[-2000:]

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from converters import cbuild
-from test_c_kernel import (INCLUDES, SANITIZE, SANITIZER_MARKS, SOURCES, WARNINGS, fc_cases, flip_weight_bits,
-                           parse_kernel_list, write_fc_file)
+from test_c_kernel import (INCLUDES, SANITIZE, SANITIZER_MARKS, SOURCES, WARNINGS, cell_cases, fc_cases,
+                           flip_weight_bits, parse_kernel_list, write_cell_file, write_fc_file)
 from toolchain import ensure_debian_packages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,3 +168,17 @@ def test_kernels_detect_flipped_weight_bits(arm_driver, fc_file, tmp_path):
     for name in ("neon", "neondot"):
         failed = {int(line.split()[3]) for line in r.stderr.splitlines() if line.startswith(f"FAIL {name} case ")}
         assert failed == {bad[k]["id"] for k in victims}, (name, r.stderr[-2000:])
+
+
+@pytest.mark.parametrize("cpu", sorted(CPUS))
+def test_lstm_cells_within_stated_bound(arm_driver, cpu, tmp_path):
+    """The NEON cell (used by neon and neondot) and the scalar one on the
+    x86 test's cases and bound; without dotprod, neondot is skipped."""
+    cases = cell_cases()
+    path = tmp_path / "cell.bin"
+    write_cell_file(path, cases)
+    r = run_ok(arm_driver, cpu, "cell", path, "all")
+    expected = {"reference", "scalar", "neon"} | ({"neondot"} if cpu == "max" else set())
+    for name in expected:
+        assert f"cell[{name}]: {len(cases)} cases, " in r.stdout, r.stdout
+    assert r.stdout.count(" 0 failure(s)") == len(expected) + 1, r.stdout  # + the total

@@ -247,6 +247,7 @@ def test_library_exports_only_its_api():
         "gq_fc_kernel_supported",
         "gq_fc_kernel_find",
         "gq_fc_run",
+        "gq_lstm_cell",
     }
 
 

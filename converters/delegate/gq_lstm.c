@@ -37,7 +37,10 @@
  * Scratch (activations, never weights): xp [B*T, 4u], z [B, 4u], h and c
  * [B, u], and the FC kernel's workspace, allocated in prepare.
  *
- * Pure C11, libc only (the exponential below avoids a libm dependency). */
+ * The gate nonlinearities run in the cell update of the same instruction
+ * set as the FC kernel (gq_fc.h: gq_lstm_cell, SIMD exp without libm).
+ *
+ * Pure C11, libc only. */
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -446,46 +449,6 @@ TfLiteStatus gq_lstm_prepare(TfLiteContext* context, TfLiteNode* node) {
 
 /* -------------------------------------------------------------- invoke */
 
-/* e^x in float32 without libm: x = n ln2 + r, |r| <= ln2/2, e^r by its
- * degree-7 Taylor polynomial (truncation < 6e-9 relative), times 2^n built
- * in the exponent bits. A few ulp, far below what the gates need. x is
- * clamped so that 2^n stays a normal float; NaN passes through. */
-static float gq_expf(float x) {
-  if (x != x) {
-    return x;
-  }
-  if (x > 88.0f) x = 88.0f;
-  if (x < -87.0f) x = -87.0f;
-  const float t = x * 1.44269504f;
-  const int n = (int)(t + (t >= 0.0f ? 0.5f : -0.5f));
-  const float fn = (float)n;
-  float r = x - fn * 0.693145751953125f; /* ln 2, high part: exact product */
-  r = r - fn * 1.428606765330187e-06f;  /* ln 2, low part */
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  union {
-    uint32_t u;
-    float f;
-  } scale;
-  scale.u = (uint32_t)(n + 127) << 23;
-  return p * scale.f;
-}
-
-static float gq_sigmoid(float x) { return 1.0f / (1.0f + gq_expf(-x)); }
-
-static float gq_tanh(float x) {
-  const float a = x < 0.0f ? -x : x;
-  const float e = gq_expf(-2.0f * a);
-  const float t = (1.0f - e) / (1.0f + e);
-  return x < 0.0f ? -t : t;
-}
-
 static void run_fc(const gq_lstm_op* op, size_t batch, size_t in_features, int bits,
                    const float* x, const TfLiteTensor* packed, const TfLiteTensor* centroids,
                    const gq_fc_codebook* codebook, const float* bias, float* y) {
@@ -584,15 +547,7 @@ TfLiteStatus gq_lstm_invoke(TfLiteContext* context, TfLiteNode* node) {
       const float* xr = xp + (b * T + t) * G;
       const float* zr = z + b * G;
       float* hr = h + b * U;
-      float* cr = c + b * U;
-      for (size_t j = 0; j < U; ++j) {
-        const float ig = gq_sigmoid(zr[j] + xr[j]);
-        const float fg = gq_sigmoid(zr[U + j] + xr[U + j]);
-        const float gg = gq_tanh(zr[2 * U + j] + xr[2 * U + j]);
-        const float og = gq_sigmoid(zr[3 * U + j] + xr[3 * U + j]);
-        cr[j] = fg * cr[j] + ig * gg;
-        hr[j] = og * gq_tanh(cr[j]);
-      }
+      gq_lstm_cell(op->kernel, U, zr, xr, c + b * U, hr);
       if (op->cfg.return_sequences) {
         memcpy(y + (b * T + t) * U, hr, U * sizeof(float));
       }

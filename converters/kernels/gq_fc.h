@@ -108,11 +108,30 @@ typedef struct gq_fc_args {
 
 typedef void (*gq_fc_fn)(const gq_fc_args* args);
 
+/* One LSTM cell update over `units` units (the gate nonlinearities of
+ * GQ_LSTM), Keras' gate order i, f, g, o in z and xp, each [4 * units]:
+ *
+ *   a = z + xp
+ *   c[j] = sigmoid(a[u + j]) * c[j] + sigmoid(a[j]) * tanh(a[2u + j])
+ *   h[j] = sigmoid(a[3u + j]) * tanh(c[j])
+ *
+ * c is read and written, h written; h and c overlap neither z nor xp.
+ * e^x is evaluated in float32 without libm (gq_lstm_cell.c: range
+ * reduction to |r| <= ln2/2 and a degree-7 polynomial); every variant uses
+ * the same method, the SIMD ones with fused multiply-adds. Error: each
+ * sigmoid and tanh is within 4e-7 of the exact value (absolute; measured
+ * largest 1.8e-7), so one update moves c by at most 1e-6 * (2 + |c|) and h
+ * by at most 1e-6 * (3 + |c|) from exact arithmetic on the same a (the
+ * tests hold every variant to that against float64). Non-finite inputs give
+ * unspecified outputs, never a crash. */
+typedef void (*gq_lstm_cell_fn)(size_t units, const float* z, const float* xp, float* c, float* h);
+
 typedef struct gq_fc_kernel_info {
   const char* name;   /* "reference", "scalar", "avx2", "avx512", "neon", "neondot" */
   gq_fc_fn fn;
   int qd8;            /* 1: int8 arithmetic defined above; 0: float32 */
   int rank;           /* higher is preferred by "auto" */
+  gq_lstm_cell_fn cell; /* the LSTM cell update of the same instruction set */
 } gq_fc_kernel_info;
 
 /* Kernels compiled into this build (for this architecture), whether or not
@@ -130,6 +149,10 @@ const gq_fc_kernel_info* gq_fc_kernel_find(const char* name);
 /* Runs kernel on args; when the kernel is qd8 and in_features exceeds
  * GQ_FC_QD8_MAX_IN, runs the reference kernel instead. */
 void gq_fc_run(const gq_fc_kernel_info* kernel, const gq_fc_args* args);
+
+/* The LSTM cell update above with kernel's instruction set. */
+void gq_lstm_cell(const gq_fc_kernel_info* kernel, size_t units, const float* z, const float* xp,
+                  float* c, float* h);
 
 #ifdef __cplusplus
 }

@@ -29,14 +29,14 @@ static void run_reference(const gq_fc_args* a) {
 }
 
 static const gq_fc_kernel_info kKernels[] = {
-    {"reference", run_reference, 0, 0},
-    {"scalar", gq_fc_qd8__scalar, 1, 1},
+    {"reference", run_reference, 0, 0, gq_lstm_cell__scalar},
+    {"scalar", gq_fc_qd8__scalar, 1, 1, gq_lstm_cell__scalar},
 #if defined(GQ_FC_X86)
-    {"avx2", gq_fc_qd8__avx2, 1, 2},
-    {"avx512", gq_fc_qd8__avx512, 1, 3},
+    {"avx2", gq_fc_qd8__avx2, 1, 2, gq_lstm_cell__avx2},
+    {"avx512", gq_fc_qd8__avx512, 1, 3, gq_lstm_cell__avx512},
 #elif defined(GQ_FC_ARM64)
-    {"neon", gq_fc_qd8__neon, 1, 2},
-    {"neondot", gq_fc_qd8__neondot, 1, 3},
+    {"neon", gq_fc_qd8__neon, 1, 2, gq_lstm_cell__neon},
+    {"neondot", gq_fc_qd8__neondot, 1, 3, gq_lstm_cell__neon},
 #endif
 };
 

@@ -125,4 +125,32 @@ GQ_FC_INTERNAL void gq_fc_qd8__avx512(const gq_fc_args* args);   /* AVX-512 F/BW
 GQ_FC_INTERNAL void gq_fc_qd8__neon(const gq_fc_args* args);     /* aarch64 Advanced SIMD */
 GQ_FC_INTERNAL void gq_fc_qd8__neondot(const gq_fc_args* args);  /* + dot product (ARMv8.2 dotprod) */
 
+/* The LSTM cells (gq_lstm_cell*.c). e^x: x clamped to [GQ_EXP_LO,
+ * GQ_EXP_HI] (2^n stays a normal float), n = round(x log2 e), r = x - n ln2
+ * in two steps (GQ_LN2_HI has 15 significant bits, so n * GQ_LN2_HI is
+ * exact for |n| <= 256), e^r by its Taylor polynomial to degree 7. */
+#define GQ_EXP_HI 88.0f
+#define GQ_EXP_LO (-87.0f)
+#define GQ_LOG2E 1.44269504f
+#define GQ_LN2_HI 0.693145751953125f
+#define GQ_LN2_LO 1.428606765330187e-06f
+#define GQ_EXP_C7 (1.0f / 5040.0f)
+#define GQ_EXP_C6 (1.0f / 720.0f)
+#define GQ_EXP_C5 (1.0f / 120.0f)
+#define GQ_EXP_C4 (1.0f / 24.0f)
+#define GQ_EXP_C3 (1.0f / 6.0f)
+#define GQ_EXP_C2 0.5f
+
+/* The scalar cell from unit `first` on (the SIMD cells' tails). */
+GQ_FC_INTERNAL void gq_lstm_cell__scalar_from(size_t first, size_t units, const float* z,
+                                              const float* xp, float* c, float* h);
+GQ_FC_INTERNAL void gq_lstm_cell__scalar(size_t units, const float* z, const float* xp, float* c,
+                                         float* h);
+GQ_FC_INTERNAL void gq_lstm_cell__avx2(size_t units, const float* z, const float* xp, float* c,
+                                       float* h);
+GQ_FC_INTERNAL void gq_lstm_cell__avx512(size_t units, const float* z, const float* xp, float* c,
+                                         float* h);
+GQ_FC_INTERNAL void gq_lstm_cell__neon(size_t units, const float* z, const float* xp, float* c,
+                                       float* h);
+
 #endif /* GQ_FC_INTERNAL_H_ */

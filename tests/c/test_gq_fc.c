@@ -12,6 +12,9 @@
  *   test_gq_fc fc FILE [all | KERNEL...]
  *                               kernel cases (magic "GQFC"): every kernel this
  *                               CPU runs, or the named ones
+ *   test_gq_fc cell FILE [all | KERNEL...]
+ *                               LSTM cell cases (magic "GQLC") for every
+ *                               kernel's gq_lstm_cell, or the named ones
  *   test_gq_fc flex FILE        flexbuffer expectations (magic "GQFX")
  *   test_gq_fc fuzz FILE        arbitrary bytes, must not crash (magic "GQFZ")
  *
@@ -23,6 +26,10 @@
  *     f32 bias[out] (only if has_bias), f64 expected[batch*out],
  *     f64 tol[batch*out] (float32 kernels), then f64 expected[batch*out],
  *     f64 tol[batch*out] for the qd8 kernels (gq_fc.h's int8 arithmetic)
+ *   GQLC: "GQLC" u32 version=1, u32 ncases, then per case
+ *     u32 id, u32 units, f32 z[4*units], f32 xp[4*units], f32 c[units],
+ *     f64 c_expected[units], f64 h_expected[units], f64 c_tol[units],
+ *     f64 h_tol[units]
  *   GQFX: "GQFX" u32 version=1, u32 nbufs, then per buffer
  *     u32 len, u8 bytes[len], u32 open_status, u64 count, u32 nqueries,
  *     then per query: u8 kind (0 get_int, 1 get_string, 2 key_at),
@@ -626,6 +633,110 @@ static int run_fuzz(reader* r) {
   return failures ? 1 : 0;
 }
 
+/* ---- LSTM cell ------------------------------------------------------- */
+
+typedef struct cell_case {
+  uint32_t id;
+  size_t units;
+  float* z;
+  float* xp;
+  float* c;
+  double* expected[2]; /* c, h */
+  double* tol[2];
+} cell_case;
+
+/* Runs kernel k's cell on every case; returns the number of failed values. */
+static int run_cell_kernel(const gq_fc_kernel_info* k, const cell_case* cases, size_t ncases,
+                           size_t* values) {
+  int bad = 0;
+  for (size_t i = 0; i < ncases; ++i) {
+    const cell_case* t = &cases[i];
+    float* c = xmalloc(t->units * sizeof(float));
+    float* h = xmalloc(t->units * sizeof(float));
+    memcpy(c, t->c, t->units * sizeof(float));
+    for (size_t j = 0; j < t->units; ++j) {
+      h[j] = NAN; /* an output the cell forgets to write fails */
+    }
+    gq_lstm_cell(k, t->units, t->z, t->xp, c, h);
+    int reported = 0;
+    for (size_t j = 0; j < t->units; ++j) {
+      const float got[2] = {c[j], h[j]};
+      for (int which = 0; which < 2; ++which) {
+        const double diff = fabs((double)got[which] - t->expected[which][j]);
+        if (!(diff <= t->tol[which][j])) {
+          if (reported < 5) {
+            fprintf(stderr, "FAIL %s cell case %u (units=%zu): %s[%zu] = %.9g, expected %.9g, "
+                    "|diff| %.3g > tol %.3g\n", k->name, t->id, t->units, which ? "h" : "c", j,
+                    (double)got[which], t->expected[which][j], diff, t->tol[which][j]);
+          }
+          ++reported;
+          ++bad;
+        }
+      }
+    }
+    *values += 2 * t->units;
+    free(c);
+    free(h);
+  }
+  return bad;
+}
+
+/* cell FILE [all | NAME...]: as run_fc, for the kernels' LSTM cells. */
+static int run_cell(reader* r, int nnames, char** names) {
+  expect_magic(r, "GQLC", 1);
+  const uint32_t ncases = get_u32(r, "ncases");
+  cell_case* cases = xmalloc(mul_checked(ncases, sizeof(cell_case), "cases"));
+  for (uint32_t i = 0; i < ncases; ++i) {
+    cell_case* t = &cases[i];
+    t->id = get_u32(r, "id");
+    t->units = get_u32(r, "units");
+    if (t->units == 0) {
+      bad_input("a cell case with 0 units");
+    }
+    const size_t gates = mul_checked(4, t->units, "gates");
+    t->z = get_f32_array(r, gates, "z");
+    t->xp = get_f32_array(r, gates, "xp");
+    t->c = get_f32_array(r, t->units, "c");
+    t->expected[0] = get_f64_array(r, t->units, "c_expected");
+    t->expected[1] = get_f64_array(r, t->units, "h_expected");
+    t->tol[0] = get_f64_array(r, t->units, "c_tol");
+    t->tol[1] = get_f64_array(r, t->units, "h_tol");
+  }
+  if (r->pos != r->len) {
+    bad_input("trailing bytes after the last case");
+  }
+  const int all = nnames == 0 || (nnames == 1 && strcmp(names[0], "all") == 0);
+  const size_t count = all ? gq_fc_kernel_count() : (size_t)nnames;
+  for (size_t i = 0; i < count; ++i) {
+    const gq_fc_kernel_info* k = all ? gq_fc_kernel_at(i) : gq_fc_kernel_find(names[i]);
+    if (k == NULL) {
+      fprintf(stderr, "FAIL: kernel %s is not compiled in or not supported here\n", names[i]);
+      ++failures;
+      continue;
+    }
+    if (!gq_fc_kernel_supported(k)) {
+      printf("cell[%s]: skipped, not supported by this CPU\n", k->name);
+      continue;
+    }
+    size_t values = 0;
+    const int bad = run_cell_kernel(k, cases, ncases, &values);
+    failures += bad;
+    printf("cell[%s]: %u cases, %zu values, %d failure(s)\n", k->name, ncases, values, bad);
+  }
+  for (uint32_t i = 0; i < ncases; ++i) {
+    free(cases[i].z);
+    free(cases[i].xp);
+    free(cases[i].c);
+    for (int which = 0; which < 2; ++which) {
+      free(cases[i].expected[which]);
+      free(cases[i].tol[which]);
+    }
+  }
+  free(cases);
+  printf("cell: %d failure(s)\n", failures);
+  return failures ? 1 : 0;
+}
+
 int main(int argc, char** argv) {
   if (argc == 2 && strcmp(argv[1], "api") == 0) {
     return run_api();
@@ -634,8 +745,10 @@ int main(int argc, char** argv) {
     return run_list();
   }
   const int is_fc = argc >= 3 && strcmp(argv[1], "fc") == 0;
-  if (argc != 3 && !is_fc) {
-    fprintf(stderr, "usage: %s api | list | fc FILE [all | KERNEL...] | flex FILE | fuzz FILE\n",
+  const int is_cell = argc >= 3 && strcmp(argv[1], "cell") == 0;
+  if (argc != 3 && !is_fc && !is_cell) {
+    fprintf(stderr, "usage: %s api | list | fc FILE [all | KERNEL...] | cell FILE [all | KERNEL...] "
+            "| flex FILE | fuzz FILE\n",
             argv[0]);
     return 2;
   }
@@ -645,6 +758,8 @@ int main(int argc, char** argv) {
   int rc;
   if (is_fc) {
     rc = run_fc(&r, argc - 3, argv + 3);
+  } else if (is_cell) {
+    rc = run_cell(&r, argc - 3, argv + 3);
   } else if (strcmp(argv[1], "flex") == 0) {
     rc = run_flex(&r);
   } else if (strcmp(argv[1], "fuzz") == 0) {
