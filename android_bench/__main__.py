@@ -3,13 +3,15 @@
 - ``run MODEL...``: latency and memory on an Android device over adb, or on
   this machine with ``--host`` (``run.py``);
 - ``build-delegate --ndk PATH``: our delegate for Android (``ndk.py``);
-- ``kernels``: GQ kernels against XNNPACK on this machine (``kernels.py``).
+- ``kernels``: GQ kernels against XNNPACK on this machine (``kernels.py``);
+- ``profile MODEL...``: op-level profile (time per node and per op type) on
+  this machine (``opprofile.py``; on a phone: ``run --op-profile``).
 """
 
 import argparse
 import sys
 
-from android_bench import kernels, ndk, run
+from android_bench import kernels, ndk, opprofile, run
 from android_bench.errors import BenchError
 
 
@@ -19,6 +21,7 @@ def build_parser():
     run.add_parser(sub)
     ndk.add_parser(sub)
     kernels.add_parser(sub)
+    opprofile.add_parser(sub)
     return parser
 
 

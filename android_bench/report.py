@@ -5,7 +5,8 @@
   protocol, and the summaries and ratios derived from them. It is rewritten
   atomically after every round, so it is never half written.
 - ``report.md``: the tables (per model; against the baseline) and how the
-  numbers were measured.
+  numbers were measured; with ``--op-profile``, a section per model with
+  its time per op type and per node (``opprofile.format_profile``).
 - ``report.png``: latency P50/P90 and memory per model (matplotlib).
 """
 
@@ -24,6 +25,25 @@ METHOD = (
     "tool's start to its end (`Memory footprint delta ... overall=`). Sessions of the models "
     "alternate (A B A B ...)."
 )
+
+
+# How each source of op profiles measures (``OpProfile.source``).
+OP_PROFILE_METHOD = {
+    "device": (
+        "One extra `benchmark_model` session per model after the timed ones, with "
+        "`--enable_op_profiling=true`: the runtime's profiler times every node of every profiled run "
+        "(delegate nodes as one node each: `GqDelegate` for a GQ op, `TfLiteXNNPackDelegate` for an "
+        "XNNPACK partition). Whole graph is the same session's mean run, profiler on."
+    ),
+    "host": (
+        "LiteRT's Python API has no op profiler, so each node of subgraph 0 is timed alone: a one-node "
+        "model (the node's constants kept, its other inputs fed the values of a real run of the full model), "
+        "invoked in a fresh order each run among the other nodes, the whole model and an empty model; a "
+        "node's time is its median invoke minus the empty model's median invoke (the fixed cost of one "
+        "`invoke()`), and so is the whole graph's. Nodes a delegate fuses in the full model (XNNPACK "
+        "partitions) each pay their own dispatch when alone, so their sum can exceed the whole graph."
+    ),
+}
 
 
 def write_json(results: dict, out_dir: Path):
@@ -122,7 +142,30 @@ def markdown(results: dict) -> str:
     if failed:
         body += ["", "Failures:"] + [f"- {m['name']}: {m['error']}" for m in failed]
     body += ["", markdown_table(results), "", f"How: {METHOD}", "", "![latency and memory](report.png)", ""]
+    body += op_profile_sections(results)
     return "\n".join(body)
+
+
+def op_profile_sections(results: dict) -> list[str]:
+    """The report's op-profile part: how it was measured, then one section per model."""
+    from android_bench.opprofile import format_profile
+
+    profiled = [m for m in results["models"] if m.get("op_profile")]
+    if not profiled:
+        return []
+    sources = {m["op_profile"].get("source", "") for m in profiled} - {""}
+    body = ["## Op profiles", ""]
+    for source in sorted(sources):
+        how = OP_PROFILE_METHOD["host" if source.startswith("host") else "device"]
+        body += [f"How ({source}): {how}", ""]
+    for m in profiled:
+        p = m["op_profile"]
+        body += [f"### {m['name']}", ""]
+        if "error" in p:
+            body += [f"FAILED: {p['error']}", ""]
+            continue
+        body += [format_profile(p), "", f"Log: `{p.get('log')}`", ""]
+    return body
 
 
 def plot(results: dict, path: Path):

@@ -20,11 +20,18 @@ Protocol (the same on both targets):
 - Sessions of the models alternate, A B A B ..., so drift (temperature,
   frequency, background load) hits every model alike.
 - GQ models (any ``GQ_*`` custom op) run with the delegate; others without.
+- ``--op-profile``: after the timed sessions, one more session per model
+  with ``--enable_op_profiling=true`` (``--op-profile-runs`` runs), whose
+  tables ``opprofile.parse_benchmark_profile`` reads; the timed sessions
+  never run with the profiler. On ``--host`` without a benchmark_model
+  binary, ``python -m android_bench profile`` (isolated single-node models,
+  see ``opprofile.py``) in a fresh pinned process instead.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import sys
 import time
@@ -33,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from android_bench import benchmark_output, report
+from android_bench import benchmark_output, opprofile, report
 from android_bench.adb import Adb, DeviceLost
 from android_bench.errors import BenchError
 from android_bench.targets import DeviceTarget, HostTarget, check_abi, cpu_list, parse_mask
@@ -58,6 +65,8 @@ class Protocol:
     mask_reason: str = ""
     timeout: float = 600.0
     extra_args: list[str] = field(default_factory=list)
+    op_profile: bool = False
+    op_profile_runs: int = 100
 
     @property
     def sessions(self) -> int:
@@ -71,6 +80,29 @@ class Protocol:
                   f"--warmup_min_secs={self.warmup_secs:g}", f"--num_runs={num_runs}", "--min_secs=0",
                   "--report_peak_memory_footprint=true"]
         return flags + list(self.extra_args)
+
+    def profile_flags(self, graph: str, delegate: str | None) -> list[str]:
+        """The flags of the op-profile session: the timed sessions' with the profiler on.
+
+        Extra flags that would move or duplicate the profile are left out
+        (``--profiling_output_csv_file`` sends the tables to a file).
+        """
+        flags = [f for f in self.flags(graph, delegate, self.op_profile_runs)
+                 if not f.startswith(_PROFILE_FLAGS)]
+        return flags + ["--enable_op_profiling=true"]
+
+    def delegate_kernel(self) -> str | None:
+        """The GQ kernel named by an extra ``--external_delegate_options=...;kernel:NAME;...``, if any."""
+        for arg in self.extra_args:
+            if arg.startswith("--external_delegate_options="):
+                for item in arg.partition("=")[2].split(";"):
+                    key, _, value = item.partition(":")
+                    if key.strip() == "kernel" and value.strip():
+                        return value.strip()
+        return None
+
+
+_PROFILE_FLAGS = ("--enable_op_profiling", "--profiling_output_csv_file")
 
 
 @dataclass
@@ -101,6 +133,7 @@ class ModelResult:
     error: str | None = None
     summary: dict | None = None
     vs_baseline: dict | None = None
+    op_profile: dict | None = None
 
 
 def _sha256(path) -> str:
@@ -263,6 +296,74 @@ def measure(target, models: list[ModelResult], protocol: Protocol, results: dict
             break
 
 
+def _mean_us(stat: benchmark_output.RunStat) -> float | None:
+    return stat.avg_us if stat.avg_us is not None else stat.curr_us
+
+
+def _profile_one(target, i: int, m: ModelResult, protocol: Protocol, out_dir: Path) -> dict:
+    """The op profile of model ``i`` as results.json stores it (with ``log``, or ``error``)."""
+    stem = m.name.replace("#", "_")
+    log_name = f"logs/{stem}.profile.txt"
+    if not target.native_op_profiler:
+        json_name = f"logs/{stem}.profile.json"
+        status, text = target.op_profile_session(i, out_dir / json_name, protocol.op_profile_runs,
+                                                 protocol.threads, protocol.delegate_kernel(), protocol.mask,
+                                                 protocol.timeout)
+        (out_dir / log_name).write_text(text)
+        if status != 0:
+            return {"error": f"the host op profiler failed with exit status {status} ({log_name}): "
+                             f"{text.strip()[-500:]}", "log": log_name}
+        try:
+            profile = json.loads((out_dir / json_name).read_text())["models"][0]["op_profile"]
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            return {"error": f"the host op profiler wrote no readable {json_name}: {e}", "log": log_name}
+        if m.uses_delegate and target.delegate_path:
+            from converters.runtime import delegate_path
+
+            if Path(target.delegate_path).resolve() != Path(delegate_path()).resolve():
+                profile["notes"].append(f"GQ ops ran with the built delegate {delegate_path()}, not "
+                                        f"--delegate {target.delegate_path} (the host profiler loads the former)")
+        return {**profile, "log": json_name}
+    flags = protocol.profile_flags(target.model_path(i), target.delegate_path if m.uses_delegate else None)
+    status, text = target.session(flags, protocol.mask, protocol.timeout)
+    (out_dir / log_name).write_text(text)
+    target.collect_files(out_dir / "files", f"{stem}.profile.")
+    try:
+        out = benchmark_output.parse(text)
+        if status != 0:
+            raise benchmark_output.BenchmarkOutputError(f"exit status {status} after a complete output")
+        profile = opprofile.parse_benchmark_profile(text)
+    except (benchmark_output.BenchmarkOutputError, BenchError) as e:
+        return {"error": f"op-profile session failed ({log_name}): {e}", "log": log_name}
+    profile.whole_graph_us = _mean_us(out.inference)
+    profile.notes.append(f"whole graph: the mean of the same session's {out.inference.count} timed runs, "
+                         "profiler on (the latency table's sessions ran without it)")
+    return {**profile.to_dict(), "log": log_name}
+
+
+def profile_ops(target, models: list[ModelResult], protocol: Protocol, results: dict, out_dir: Path, log=print):
+    """One op-profile session per measured model, after all timed sessions.
+
+    A model whose profile fails gets ``{"error": ...}`` as its
+    ``op_profile``; the others are still profiled. ``results.json`` is
+    rewritten after each model.
+    """
+    for i, m in enumerate(models):
+        if m.error:
+            continue
+        m.op_profile = _profile_one(target, i, m, protocol, out_dir)
+        if "error" in m.op_profile:
+            log(f"  {m.name}: op profile FAILED\n    {m.op_profile['error']}")
+        else:
+            p = m.op_profile
+            top = ", ".join(f"{t['type']} {t['percent']:.0f}%" for t in p["by_type"][:3] if t["percent"] is not None)
+            log(f"[op profile] {m.name}: {len(p['nodes'])} nodes, sum {p['nodes_total_us'] / 1000:.3f} ms"
+                + (f", whole graph {p['whole_graph_us'] / 1000:.3f} ms" if p["whole_graph_us"] is not None else "")
+                + (f"; {top}" if top else ""))
+        finalize(results, models)
+        report.write_json(results, out_dir)
+
+
 def finalize(results: dict, models: list[ModelResult]):
     """Fills summaries and baseline ratios into ``results`` (idempotent)."""
     for m in models:
@@ -312,6 +413,8 @@ def _check_protocol_args(args):
         raise BenchError(f"Expected --warmup-secs >= 0. Received {args.warmup_secs}.")
     if not args.timeout > 0:
         raise BenchError(f"Expected --timeout > 0. Received {args.timeout}.")
+    if args.op_profile_runs < 1:
+        raise BenchError(f"Expected --op-profile-runs >= 1. Received {args.op_profile_runs}.")
 
 
 def _main(args, log) -> int:
@@ -365,7 +468,8 @@ def _main(args, log) -> int:
             raise BenchError(f"CPU mask {mask:x} includes CPUs {sorted(outside)} this process may not use.")
     protocol = Protocol(runs=args.runs, warmup_runs=args.warmup, warmup_secs=args.warmup_secs,
                         threads=args.threads, mask=mask, mask_reason=reason, timeout=args.timeout,
-                        extra_args=list(args.benchmark_arg or []))
+                        extra_args=list(args.benchmark_arg or []), op_profile=args.op_profile,
+                        op_profile_runs=args.op_profile_runs)
     if protocol.threads > bin(mask).count("1"):
         log(f"warning: --threads {protocol.threads} > {bin(mask).count('1')} CPUs in mask {mask:x}")
     out_dir = _prepare_out(args.out, target.kind)
@@ -398,6 +502,8 @@ def _main(args, log) -> int:
         target.setup(args.benchmark_binary, delegate if needs_delegate else None,
                      [Path(m.path) for m in models])
         measure(target, models, protocol, results, out_dir, log=log)
+        if protocol.op_profile:
+            profile_ops(target, models, protocol, results, out_dir, log=log)
         results["complete"] = True
     except DeviceLost as e:
         results["error"] = f"{e} The results measured before are kept."
@@ -415,6 +521,9 @@ def _main(args, log) -> int:
         finalize(results, models)
         report.write_all(results, out_dir)
     print(report.markdown_table(results))
+    for m in models:
+        if m.op_profile and "error" not in m.op_profile:
+            print(f"\n{m.name}: " + opprofile.format_profile(m.op_profile, max_nodes=10))
     if results["error"]:
         print(f"error: {results['error']}", file=sys.stderr)
     failed = [m for m in models if m.error]
@@ -455,6 +564,12 @@ def add_parser(sub):
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per session (default 600)")
     p.add_argument("--benchmark-arg", action="append", metavar="FLAG",
                    help="extra benchmark_model flag, repeatable (e.g. --benchmark-arg=--use_xnnpack=false)")
+    p.add_argument("--op-profile", action="store_true",
+                   help="also an op-level profile of each model (time per node and per op type): one extra "
+                        "session with --enable_op_profiling=true after the timed ones; on --host without "
+                        "--benchmark-binary, isolated single-node models (`profile` command)")
+    p.add_argument("--op-profile-runs", type=int, default=100,
+                   help="profiled runs per model for --op-profile (default 100)")
     p.add_argument("--out", help="output folder (default android_bench_out/<target>_<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=main)

@@ -11,6 +11,12 @@ protocol (``run.py``) chooses; they return its exit status and text output.
 - :class:`HostTarget`: ``python -m android_bench.hostbench`` (LiteRT + the
   delegate in-process, printing benchmark_model's format) or a host
   ``benchmark_model`` binary, pinned with ``sched_setaffinity``.
+
+Op profiles (``run --op-profile``): a target whose binary is a real
+``benchmark_model`` (:attr:`native_op_profiler`) runs one more session with
+``--enable_op_profiling=true``; the host without one runs ``python -m
+android_bench profile`` in a fresh pinned process instead
+(:meth:`HostTarget.op_profile_session`, see ``opprofile.py``).
 """
 
 from __future__ import annotations
@@ -175,6 +181,8 @@ class DeviceTarget:
     """An Android device reached through adb."""
 
     kind = "device"
+    # benchmark_model's own profiler (--enable_op_profiling) gives the op profile.
+    native_op_profiler = True
 
     def __init__(self, adb: Adb, *, log=print):
         self.adb = adb
@@ -316,6 +324,11 @@ class HostTarget:
     def abis(self, facts: dict) -> list[str]:
         return {"x86_64": ["x86_64"], "aarch64": ["arm64-v8a"]}.get(platform.machine(), [])
 
+    @property
+    def native_op_profiler(self) -> bool:
+        """Whether sessions run a real benchmark_model (with its op profiler), not hostbench."""
+        return self.binary is not None
+
     def setup(self, binary: str | None, delegate: str | None, models: list[Path]):
         self.run_dir = tempfile.mkdtemp(prefix="gq_bench_")
         self._delegate = delegate
@@ -343,6 +356,28 @@ class HostTarget:
             return 124, f"ERROR: the session timed out after {e.timeout:.0f} s\n"
         except (OSError, subprocess.SubprocessError) as e:
             raise BenchError(f"Could not start the host benchmark {self.command()[0]!r}: {e}") from None
+        return r.returncode, r.stdout + r.stderr
+
+    def op_profile_session(self, i: int, json_path: Path, runs: int, threads: int, kernel: str | None,
+                           mask: int, timeout: float) -> tuple[int, str]:
+        """Profiles model ``i`` with ``python -m android_bench profile`` in a fresh pinned process.
+
+        The profile is written to ``json_path``; returns the exit status and
+        the process's text output (empty on success: it runs ``--quiet``).
+        """
+        cmd = [sys.executable, "-m", "android_bench", "profile", self._models[i], "--runs", str(runs),
+               "--threads", str(threads), "--json", str(json_path), "--quiet"]
+        if kernel:
+            cmd += ["--kernel", kernel]
+        cpus = {c for c in range(mask.bit_length()) if mask >> c & 1}
+        try:
+            r = subprocess.run(cmd, cwd=self.run_dir, capture_output=True, text=True, errors="replace",
+                               timeout=timeout, stdin=subprocess.DEVNULL,
+                               preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+        except subprocess.TimeoutExpired as e:
+            return 124, f"ERROR: the op profile timed out after {e.timeout:.0f} s\n"
+        except (OSError, subprocess.SubprocessError) as e:
+            raise BenchError(f"Could not start the host op profiler {sys.executable!r}: {e}") from None
         return r.returncode, r.stdout + r.stderr
 
     def collect_files(self, dest: Path, prefix: str) -> list[str]:
