@@ -9,8 +9,13 @@
   any recipe (a name in gq_tf/asr/recipes/ or a JSON file). A recipe with
   several models trains them side by side, one process per CPU (``--jobs``).
 - ``gq-tf asr corpus --out DIR [--preset small]``: only the corpus.
+- ``gq-tf asr transcribe EXPORT_DIR AUDIO [AUDIO ...] [--stream] [--kernel K]
+  [--threads N] [--json OUT]``: transcribes audio files (any rate and channel
+  count soundfile reads) with an exported streaming model, chunk by chunk as
+  an app would, and reports per-chunk latency, UPL and RTF
+  (``gq_tf.asr.transcribe``).
 
-Every command resumes: what is on disk in ``--out`` is reused.
+The experiment commands resume: what is on disk in ``--out`` is reused.
 """
 
 import argparse
@@ -37,7 +42,68 @@ def _parser():
     corpus.add_argument("--out", required=True)
     corpus.add_argument("--preset", default="small")
     corpus.add_argument("--seed", type=int, default=0)
+    tr = sub.add_parser("transcribe", help="transcribe audio files with an exported streaming model",
+                        description="Streams each file through the three .tflite step graphs of EXPORT_DIR "
+                                    "(deploy.export_streaming) and prints its transcript, per-chunk latency "
+                                    "P50/P90, user-perceived latency (UPL) and real-time factor (RTF).")
+    tr.add_argument("export_dir", metavar="EXPORT_DIR", help="directory with streaming.json and three .tflite files")
+    tr.add_argument("audio", metavar="AUDIO", nargs="+",
+                    help="audio files (wav, flac, ogg, ...; any rate, any channels)")
+    tr.add_argument("--stream", action="store_true", help="print partial hypotheses as the chunks arrive")
+    tr.add_argument("--kernel", default="auto",
+                    help="GQ kernel of the delegate: auto (default), reference, or a variant this CPU runs")
+    tr.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
+    tr.add_argument("--json", dest="json_path", metavar="OUT", help="write every file's results to this JSON file")
     return p
+
+
+def _transcribe(args):
+    """``gq-tf asr transcribe``: every file is tried; a bad one is reported and the others go on.
+
+    Returns:
+      0, or 2 when any file failed.
+    """
+    from pathlib import Path
+
+    from gq_tf.asr import transcribe
+    from gq_tf.asr.deploy import atomic_json
+
+    if args.json_path and not Path(args.json_path).absolute().parent.is_dir():
+        raise FileNotFoundError(f"Expected --json in an existing directory. Received {args.json_path!r}.")
+    rec = transcribe.open_recognizer(args.export_dir, kernel=args.kernel, num_threads=args.threads)
+    files, failed = [], []
+    for path in args.audio:
+        shown = []
+
+        def header(path=path, shown=shown):
+            if not shown:
+                print(path, flush=True)
+                shown.append(True)
+
+        def partial(time_s, text, header=header):
+            header()
+            print(f"  [{time_s:.2f} s] {text}", flush=True)
+
+        try:
+            res = transcribe.transcribe_file(rec, path, stream_callback=partial if args.stream else None)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            files.append({"path": path, "error": str(e)})
+            failed.append(path)
+            continue
+        header()
+        channels = f"{res.channels} channel{'s' if res.channels > 1 else ''}"
+        print(f"  transcript: {res.text or '(empty)'}")
+        print(f"  {res.summary()} ({res.duration_s:.2f} s of {res.sample_rate} Hz, {channels})", flush=True)
+        files.append(res.to_dict())
+    if args.json_path:
+        atomic_json(args.json_path, {"export_dir": str(args.export_dir), "model": rec.cfg.name,
+                                     "kind": rec.manifest.get("kind"), "kernel": args.kernel,
+                                     "threads": args.threads, "files": files})
+    if failed:
+        print(f"error: {len(failed)} of {len(args.audio)} files failed: {', '.join(failed)}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv=None):
@@ -49,6 +115,8 @@ def main(argv=None):
 
             make_corpus(args.out, args.preset, seed=args.seed, log=log)
             return 0
+        if args.command == "transcribe":
+            return _transcribe(args)
         from gq_tf.asr.experiment import run_recipe
 
         if args.command == "demo":
