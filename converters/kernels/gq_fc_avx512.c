@@ -627,7 +627,63 @@ GQ_INLINE void tile_multi(const ctx512* c, size_t o0, size_t n0, int b, int R, i
            o0, n0, b, R, NB);
 }
 
+/* Batch 1 with one block per row (in <= 64) at b == 4 or 2: the packed
+ * rows are contiguous blocks of 8 b bytes, so one 64-byte load holds the
+ * blocks of G = 8 / b consecutive rows. As in tile_multi, a shift by b * s
+ * and one vpermb give field s (weights 64 / G * s ...) of all G rows at
+ * once, multiplied with that segment of x repeated G times; segment g of the
+ * accumulator then sums row g. The segments are split into 16 row
+ * accumulators for the usual reduction. Only full 16-row tiles (out >= 16),
+ * so no load reaches past the matrix. */
+GQ_INLINE void tile_single(const ctx512* c, size_t o0, size_t n0, int b) {
+  const int G = 8 / b;
+  const __m512i tab = c->ztab[0];
+  const __m512i xa = _mm512_load_si512((const void*)(c->r.xq + n0 * c->r.in_pad));
+  const __m512i x0 = G == 2 ? _mm512_shuffle_i64x2(xa, xa, 0x44) : _mm512_shuffle_i32x4(xa, xa, 0x00);
+  const __m512i x1 = G == 2 ? _mm512_shuffle_i64x2(xa, xa, 0xEE) : _mm512_shuffle_i32x4(xa, xa, 0x55);
+  const __m512i x2 = _mm512_shuffle_i32x4(xa, xa, 0xAA);
+  const __m512i x3 = _mm512_shuffle_i32x4(xa, xa, 0xFF);
+  const uint8_t* wp = c->r.packed + o0 * c->r.row_bytes;
+#define GQ_LOAD_SUM(l)                                                                         \
+  __m512i s##l;                                                                                \
+  if ((l) < 16 / G) {                                                                          \
+    const __m512i raw = _mm512_loadu_si512((const void*)(wp + 64 * (l)));                      \
+    s##l = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_permutexvar_epi8(raw, tab), x0);  \
+    s##l = _mm512_dpbusd_epi32(s##l, _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, b), tab), x1); \
+    if (G == 4) {                                                                              \
+      s##l = _mm512_dpbusd_epi32(s##l, _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, 4), tab), x2); \
+      s##l = _mm512_dpbusd_epi32(s##l, _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, 6), tab), x3); \
+    }                                                                                          \
+  } else {                                                                                     \
+    s##l = _mm512_setzero_si512();                                                             \
+  }
+  GQ_LOAD_SUM(0) GQ_LOAD_SUM(1) GQ_LOAD_SUM(2) GQ_LOAD_SUM(3)
+  GQ_LOAD_SUM(4) GQ_LOAD_SUM(5) GQ_LOAD_SUM(6) GQ_LOAD_SUM(7)
+#undef GQ_LOAD_SUM
+  __m512i sums;
+  if (G == 2) {
+#define GQ_LO(v) _mm512_zextsi256_si512(_mm512_castsi512_si256(v))
+#define GQ_HI(v) _mm512_zextsi256_si512(_mm512_extracti64x4_epi64(v, 1))
+    sums = zreduce16(GQ_LO(s0), GQ_HI(s0), GQ_LO(s1), GQ_HI(s1), GQ_LO(s2), GQ_HI(s2), GQ_LO(s3),
+                     GQ_HI(s3), GQ_LO(s4), GQ_HI(s4), GQ_LO(s5), GQ_HI(s5), GQ_LO(s6), GQ_HI(s6),
+                     GQ_LO(s7), GQ_HI(s7));
+#undef GQ_LO
+#undef GQ_HI
+  } else {
+#define GQ_Q(v, g) _mm512_zextsi128_si512(_mm512_extracti32x4_epi32(v, g))
+    sums = zreduce16(GQ_Q(s0, 0), GQ_Q(s0, 1), GQ_Q(s0, 2), GQ_Q(s0, 3), GQ_Q(s1, 0), GQ_Q(s1, 1),
+                     GQ_Q(s1, 2), GQ_Q(s1, 3), GQ_Q(s2, 0), GQ_Q(s2, 1), GQ_Q(s2, 2), GQ_Q(s2, 3),
+                     GQ_Q(s3, 0), GQ_Q(s3, 1), GQ_Q(s3, 2), GQ_Q(s3, 3));
+#undef GQ_Q
+  }
+  epilogue(c, sums, o0, n0, b, 16, 1);
+}
+
 GQ_INLINE void tile(const ctx512* c, size_t o0, size_t n0, int b, int R, int NB, int mode) {
+  if (mode == MODE_MULTI && R == 16 && NB == 1 && c->r.nblk == 1) {
+    tile_single(c, o0, n0, b);
+    return;
+  }
   const int split = split_offset(c, R, NB, mode == MODE_MULTI ? (size_t)(8 / b) : 1) != 0;
   if (mode == MODE_MULTI) {
     if (split) {
