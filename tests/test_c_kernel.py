@@ -71,7 +71,8 @@ INS = (1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 200)
 OUTS = (1, 3, 8, 16, 17, 33, 64)
 BATCHES = (1, 2, 5)
 BIG_BATCHES = (3, 8, 15, 16, 17, 33, 64)
-BIG_SHAPES = ((129, 15), (64, 17), (200, 33), (65, 64), (31, 9))
+# (1030, 9): 17 blocks, the AVX-512 batch tiles' grouped decoding with a leftover block
+BIG_SHAPES = ((129, 15), (64, 17), (200, 33), (65, 64), (31, 9), (1030, 9))
 
 # enum gq_flex_status
 OK, MALFORMED, NOT_MAP, MISSING, WRONG_TYPE = range(5)

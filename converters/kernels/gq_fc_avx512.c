@@ -120,6 +120,7 @@ typedef struct ctx512 {
   gq_fc_rows r; /* packed, row_bytes, nblk, ... (gq_fc_internal.h) */
   int prefetch;    /* W does not stay in cache: prefetch the next tile */
   size_t row_gcd;  /* gcd(row_bytes, 4096) */
+  const int8_t* xperm; /* batch tiles at b == 2, 4: x in tile_multi's order (permute_x) */
 } ctx512;
 
 /* How blocks are decoded (chosen per b and tile shape, GQ_MODE1/GQ_MODEN):
@@ -627,6 +628,97 @@ GQ_INLINE void tile_multi(const ctx512* c, size_t o0, size_t n0, int b, int R, i
            o0, n0, b, R, NB);
 }
 
+/* Batch tiles at b == 4 or 2: the decoding of tile_multi (G = 8 / b blocks
+ * from one 64-byte load, a shift and one vpermb per field), with x of every
+ * batch row put into the matching order once per call (permute_x) instead
+ * of being shuffled in registers for every row and step: each decoded
+ * register is then multiplied with NB plain loads of x. */
+static void permute_x(const int8_t* xq, size_t nblk, int G, int8_t* out) {
+  /* Per group of G blocks: for field s, 64 bytes whose segment g (64 / G
+   * bytes) is x of block k + g at weights 64 / G * s ... (the weights field
+   * s of that block holds); the blocks after the last full group stay in
+   * natural order for the leftover path. */
+  const size_t seg = (size_t)(64 / G);
+  const size_t groups = nblk / (size_t)G;
+  for (size_t k = 0; k < groups; ++k) {
+    const int8_t* src = xq + k * 64 * (size_t)G;
+    int8_t* dst = out + k * 64 * (size_t)G;
+    for (int f = 0; f < G; ++f) {
+      for (int g = 0; g < G; ++g) {
+        memcpy(dst + 64 * f + seg * (size_t)g, src + 64 * g + seg * (size_t)f, seg);
+      }
+    }
+  }
+  memcpy(out + groups * 64 * (size_t)G, xq + groups * 64 * (size_t)G,
+         (nblk - groups * (size_t)G) * 64);
+}
+
+GQ_INLINE void tile_multi_nb(const ctx512* c, size_t o0, size_t n0, int b, int R, int NB) {
+  const int G = 8 / b;
+#define GQ_DECL(j) __m512i a##j = _mm512_setzero_si512();
+  GQ_LIST16(GQ_DECL)
+#undef GQ_DECL
+  const size_t rb = c->r.row_bytes;
+  const size_t ip = c->r.in_pad;
+  const size_t bb = (size_t)(8 * b);
+  const uint8_t* wp = c->r.packed + o0 * rb;
+  const int8_t* xp = c->xperm + n0 * ip;
+  const __m512i tab = c->ztab[0];
+  const uint8_t* next = next_tile(c, o0, R);
+  size_t k = 0;
+  for (; k + (size_t)G <= c->r.nblk; k += (size_t)G) {
+    prefetch_next(c, next, k / (size_t)G, 64, R);
+    __m512i w0 = _mm512_setzero_si512();
+    __m512i w1 = _mm512_setzero_si512();
+    __m512i w2 = _mm512_setzero_si512();
+    __m512i w3 = _mm512_setzero_si512();
+#define GQ_STEP(j)                                                                         \
+  if ((j) < R * NB) {                                                                      \
+    if ((j) % NB == 0) {                                                                   \
+      const __m512i raw = _mm512_loadu_si512((const void*)(wp + (size_t)((j) / NB) * rb)); \
+      w0 = _mm512_permutexvar_epi8(raw, tab);                                              \
+      w1 = _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, b), tab);                        \
+      if (G == 4) {                                                                        \
+        w2 = _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, 4), tab);                      \
+        w3 = _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, 6), tab);                      \
+      }                                                                                    \
+    }                                                                                      \
+    const int8_t* x_ = xp + (size_t)((j) % NB) * ip;                                       \
+    a##j = _mm512_dpbusd_epi32(a##j, w0, _mm512_load_si512((const void*)x_));              \
+    a##j = _mm512_dpbusd_epi32(a##j, w1, _mm512_load_si512((const void*)(x_ + 64)));       \
+    if (G == 4) {                                                                          \
+      a##j = _mm512_dpbusd_epi32(a##j, w2, _mm512_load_si512((const void*)(x_ + 128)));    \
+      a##j = _mm512_dpbusd_epi32(a##j, w3, _mm512_load_si512((const void*)(x_ + 192)));    \
+    }                                                                                      \
+  }
+    GQ_LIST16(GQ_STEP)
+#undef GQ_STEP
+    wp += 64;
+    xp += 64 * (size_t)G;
+  }
+  for (; k < c->r.nblk; ++k) { /* leftover blocks, x in natural order */
+    __m256i w0 = _mm256_setzero_si256();
+    __m256i w1 = _mm256_setzero_si256();
+#define GQ_STEP(j)                                                                         \
+  if ((j) < R * NB) {                                                                      \
+    if ((j) % NB == 0) {                                                                   \
+      w0 = ydecode(c, wp + (size_t)((j) / NB) * rb, b, 0);                                 \
+      w1 = ydecode(c, wp + (size_t)((j) / NB) * rb, b, 1);                                 \
+    }                                                                                      \
+    const int8_t* x_ = xp + (size_t)((j) % NB) * ip;                                       \
+    __m256i s_ = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w0,                           \
+                                     _mm256_load_si256((const __m256i*)(const void*)x_));  \
+    s_ = _mm256_dpbusd_epi32(s_, w1, _mm256_load_si256((const __m256i*)(const void*)(x_ + 32))); \
+    a##j = _mm512_add_epi32(a##j, _mm512_zextsi256_si512(s_));                             \
+  }
+    GQ_LIST16(GQ_STEP)
+#undef GQ_STEP
+    wp += bb;
+    xp += 64;
+  }
+  epilogue(c, zreduce16(GQ_ARGS16), o0, n0, b, R, NB);
+}
+
 /* Batch 1 with one block per row (in <= 64) at b == 4 or 2: the packed
  * rows are contiguous blocks of 8 b bytes, so one 64-byte load holds the
  * blocks of G = 8 / b consecutive rows. As in tile_multi, a shift by b * s
@@ -684,6 +776,14 @@ GQ_INLINE void tile(const ctx512* c, size_t o0, size_t n0, int b, int R, int NB,
     tile_single(c, o0, n0, b);
     return;
   }
+  if (mode == MODE_MULTI && NB > 1) {
+    if (c->xperm != NULL) {
+      tile_multi_nb(c, o0, n0, b, R, NB);
+    } else {
+      tile_ymm(c, o0, n0, b, R, NB, 0);
+    }
+    return;
+  }
   const int split = split_offset(c, R, NB, mode == MODE_MULTI ? (size_t)(8 / b) : 1) != 0;
   if (mode == MODE_MULTI) {
     if (split) {
@@ -729,7 +829,8 @@ typedef void (*rows_fn)(const ctx512* c, size_t n0, size_t ob, size_t oe);
  * MODE_MULTI would cost per batch row). */
 #define GQ_MODE1(B) \
   ((B) == 1 || (B) >= 7 ? MODE_ZMM : (B) == 2 || (B) == 4 ? MODE_MULTI : MODE_YMM)
-#define GQ_MODEN(B) ((B) == 1 || (B) >= 7 ? MODE_ZMM : MODE_YMM)
+#define GQ_MODEN(B) \
+  ((B) == 1 || (B) >= 7 ? MODE_ZMM : (B) == 2 || (B) == 4 ? MODE_MULTI : MODE_YMM)
 /* Output rows per GEMV tile: 8 where decoding needs more registers (more
  * planes, or the 4 tables of b == 8); with 16, GCC spills accumulators. */
 #define GQ_R1(B) ((B) == 1 || (B) == 2 || (B) == 4 ? 16 : 8)
@@ -817,6 +918,17 @@ void gq_fc_qd8__avx512(const gq_fc_args* a) {
   init_ctx(&c, a, &ws);
   const rows_fn* fns = kRows[a->bits - 1];
   const size_t batch = a->batch;
+  /* Batch tiles at b == 2, 4 decode G blocks at a time when (nearly) all
+   * blocks fall into full groups (measured at batch 4 and 16: 5-17% faster
+   * for 2 to 32 blocks; with 3 or 9 blocks, the leftover block makes it
+   * 0-8% slower than two ymm halves per block). */
+  const size_t G = a->bits == 2 || a->bits == 4 ? (size_t)(8 / a->bits) : 0;
+  c.xperm = batch > 1 && G != 0 && (c.r.nblk % G == 0 || c.r.nblk >= 16) ? ws.xperm : NULL;
+  if (c.xperm != NULL) {
+    for (size_t n = 0; n < batch; ++n) {
+      permute_x(ws.xq + n * ws.in_pad, c.r.nblk, 8 / a->bits, ws.xperm + n * ws.in_pad);
+    }
+  }
   /* Batch tiles: full tiles of NBMAX rows; the rest with the smallest tile
    * >= rest, overlapping the previous tiles; below NBMAX rows, tiles of the
    * largest power of two <= batch, the last one overlapping. */

@@ -20,11 +20,14 @@
  *        writes the padding as zeros, so padded weights (index 0) add 0;
  *  sx    float [batch], the row scales;
  *  xsum  int32 [batch], sum_i xq[n,i] (for kernels that offset codes);
+ *  xperm int8  [batch][in_pad], free for a kernel's own copy of xq in
+ *        another order (the AVX-512 batch tiles);
  * each part starts on a 64-byte boundary. */
 typedef struct gq_fc_ws {
   int8_t* xq;
   float* sx;
   int32_t* xsum;
+  int8_t* xperm;
   size_t in_pad;
 } gq_fc_ws;
 
@@ -44,6 +47,8 @@ static inline gq_fc_ws gq_fc_ws_layout(void* workspace, size_t batch, size_t in_
   ws.sx = (float*)(void*)base;
   base += gq_fc_align64(batch * sizeof(float));
   ws.xsum = (int32_t*)(void*)base;
+  base += gq_fc_align64(batch * sizeof(int32_t));
+  ws.xperm = (int8_t*)(void*)base;
   return ws;
 }
 

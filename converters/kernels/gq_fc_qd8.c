@@ -59,10 +59,11 @@ size_t gq_fc_workspace_size(size_t batch, size_t in_features) {
     return 0;
   }
   const size_t xq = batch * in_pad;
-  if (xq > SIZE_MAX - 64 - 2 * (batch * sizeof(float) + 64)) {
+  if (xq > (SIZE_MAX - 128 - 2 * (batch * sizeof(float) + 64)) / 2) {
     return 0;
   }
-  return gq_fc_align64(xq) + gq_fc_align64(batch * sizeof(float)) +
+  /* xq, sx, xsum, and xperm (the same size as xq) */
+  return 2 * gq_fc_align64(xq) + gq_fc_align64(batch * sizeof(float)) +
          gq_fc_align64(batch * sizeof(int32_t));
 }
 
