@@ -58,6 +58,7 @@ __all__ = [
     "StreamingRecognizer",
     "export_streaming",
     "load_manifest",
+    "stream_timed",
 ]
 
 EXPORT_KINDS = ("gq", "float", "int8")
@@ -280,6 +281,11 @@ class _Recognizer:
       timings: {"encoder" | "prediction" | "joint": [seconds per call]} since
         construction (or ``clear_timings``): each entry times one run of that
         step graph, decoding excluded.
+      chunk_timings: [seconds per chunk] since construction (or
+        ``clear_timings``), filled by ``push`` and ``finish``: each entry
+        times all the processing one chunk triggered, the encoder step, the
+        prediction and joint calls of its frames and the greedy decoding
+        between them (what a user waits for per chunk).
       tokens: the tokens of the current utterance so far.
     """
 
@@ -290,6 +296,7 @@ class _Recognizer:
         self.chunk_frames = cfg.chunk_frames
         self._pad = models.feature_fill(cfg)
         self.timings = {part: [] for part in PARTS}
+        self.chunk_timings = []
         self._decoder = GreedyDecoder(self._pred_step, self._joint_fn, models.initial_states(cfg)["prediction"],
                                       blank=self.blank, max_symbols_per_frame=max_symbols_per_frame)
         self.reset()
@@ -312,8 +319,10 @@ class _Recognizer:
         return list(self._decoder.tokens)
 
     def clear_timings(self):
+        """Empties ``timings`` and ``chunk_timings``."""
         for v in self.timings.values():
             v.clear()
+        self.chunk_timings.clear()
 
     def reset(self):
         """Starts a new utterance: zero states, empty buffer, no tokens."""
@@ -322,10 +331,13 @@ class _Recognizer:
         self._decoder.reset()
 
     def _run_chunk(self, chunk):
+        t0 = time.perf_counter()
         out = self._timed("encoder", self._graphs["encoder"], {"features": chunk[None], **self._states})
         enc = out.pop("encoder_out")[0]
         self._states = out
-        return self._decoder.push(enc)
+        new = self._decoder.push(enc)
+        self.chunk_timings.append(time.perf_counter() - t0)
+        return new
 
     def push(self, feature_frames):
         """Adds log-mel frames [k, n_mels] (any k >= 0); runs every complete chunk.
@@ -356,6 +368,62 @@ class _Recognizer:
             self._buffer = self._buffer[:0]
             self._run_chunk(chunk)
         return self.tokens
+
+
+def stream_timed(rec, features, frame_ready_s, end_s, on_new=None):
+    """Streams one utterance through a recognizer as its audio arrives, timing what a user waits for.
+
+    The features are pushed one whole chunk at a time (each push runs that
+    chunk), then the remaining frames and ``finish()`` (the padded last
+    chunk). The measured processing times are replayed against the audio
+    clock: a chunk starts when the audio of its last frame has arrived
+    (``frame_ready_s(j)`` for frame ``j``) and the previous chunk is done;
+    the end starts when the audio ends (``end_s``). The user-perceived
+    latency (UPL) is when ``finish()`` is done minus ``end_s``: for a
+    recognizer that keeps up (RTF < 1) the last chunk and ``finish()``, for
+    one that falls behind its backlog too.
+
+    Args:
+      rec: a recognizer of this module (``reset``, ``clear_timings``,
+        ``push``, ``finish``, ``tokens``, ``chunk_frames``, ``chunk_timings``).
+      features: log-mel frames [T, n_mels].
+      frame_ready_s: ``frame_ready_s(j)`` -> seconds from the start of the
+        audio at which frame ``j`` can be computed.
+      end_s: seconds of audio.
+      on_new: ``on_new(new_tokens, audio_time_s)`` after each push that
+        produced tokens (outside the timed calls).
+
+    Returns:
+      dict: ``tokens``, ``chunk_s`` (seconds per chunk, ``rec.chunk_timings``:
+      each the encoder step plus that chunk's prediction/joint calls and
+      decoding), ``upl_s`` and ``busy_s`` (all pushes and ``finish()``).
+    """
+    feats = np.asarray(features, np.float32).reshape(len(features), -1)
+    c = rec.chunk_frames
+    full = len(feats) // c
+    rec.reset()
+    rec.clear_timings()
+    clock = busy = 0.0
+    for k in range(full):
+        t0 = time.perf_counter()
+        new = rec.push(feats[k * c:(k + 1) * c])
+        dt = time.perf_counter() - t0
+        busy += dt
+        ready = frame_ready_s((k + 1) * c - 1)
+        clock = max(clock, ready) + dt
+        if new and on_new is not None:
+            on_new(new, ready)
+    before = len(rec.tokens)
+    t0 = time.perf_counter()
+    rec.push(feats[full * c:])  # fewer than c frames: only buffered
+    tokens = rec.finish()
+    dt = time.perf_counter() - t0
+    busy += dt
+    clock = max(clock, end_s) + dt
+    if len(tokens) > before and on_new is not None:
+        on_new(tokens[before:], end_s)
+    return {"tokens": [int(t) for t in tokens], "chunk_s": list(rec.chunk_timings), "upl_s": clock - end_s,
+            "busy_s": busy}
 
 
 class _TFLiteGraph:
@@ -397,6 +465,8 @@ class StreamingRecognizer(_Recognizer):
       timings: {part: [seconds per call]}; one call is ``set_tensor`` of
         every input, ``invoke`` and ``get_tensor`` of every output (the
         tensor copies cost about a microsecond).
+      chunk_timings: [seconds per chunk], each the encoder step plus the
+        prediction and joint calls and the decoding the chunk triggered.
       manifest: the directory's ``streaming.json``.
 
     Example:

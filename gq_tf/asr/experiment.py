@@ -12,6 +12,8 @@ it into a directory, one subdirectory per model and variant::
     <out>/<model>/float_model/         float training (ckpt/, log.jsonl, summary.json)
     <out>/<model>/<variant>/           fine-tune (ckpt/), stream/ (3 .tflite + streaming.json),
                                        result.json (the row)
+    <out>/bench/, <out>/streambench/   latency: step graphs (android_bench --host), the
+                                       whole streaming recognizer (streambench)
     <out>/results.json, results.md, results.png
 
 Every finished step leaves its result on disk, so running the same command
@@ -30,6 +32,11 @@ resumes from its last epoch). Variant kinds:
 Policies in recipes: ``"pattern": bits`` is GQ at ``bits``, ``"u8"`` is
 ``gq_tf.Uniform(8)``; a dict gives bits per weight
 (``{"kernel": 4, "recurrent_kernel": 1}``); first full match wins.
+
+The recipe's ``"eval"`` section: ``tflite_utterances`` (null: all),
+``bench_runs`` (android_bench runs per step graph), ``stream_utterances``
+(test utterances of the whole-recognizer streaming benchmark, default 50;
+0 skips it) and ``stream_memory`` (its peak-memory children, default true).
 
 A variant may also carry ``"models": [...]`` (run for those models only) and
 ``"finetune": {...}`` (its own training settings over the recipe's, e.g.
@@ -491,6 +498,84 @@ def bench(rows: list[dict], out: Path, runs: int, log=print) -> None:
                 row[f"{part}_p90_ms"] = summary["p90_us"] / 1000
 
 
+def _stream_key(mine: list[dict], n: int, memory: bool) -> dict:
+    """What a cached streaming benchmark must match: the variants, their exports (by the time their
+    manifest was written), the number of utterances and whether memory was measured."""
+    from gq_tf.asr.deploy import MANIFEST
+
+    exports = {}
+    for row in mine:
+        manifest = Path(row["stream_dir"], MANIFEST)
+        exports[row["variant"]] = [str(row["stream_dir"]), manifest.stat().st_mtime_ns if manifest.exists() else None]
+    return {"exports": exports, "utterances": n, "memory": memory}
+
+
+def stream_bench(rows: list[dict], out: Path, utterances: dict, *, memory=True, log=print) -> dict:
+    """Whole-recognizer streaming latency of every variant (``streambench.bench_streaming``), per model.
+
+    Each model's variants stream the same test utterances through their
+    deployed ``StreamingRecognizer`` (1 thread, interleaved); each variant's
+    peak memory is measured in a child process. Results are cached in
+    ``out/streambench/<model>.json`` (measured again only when the variants,
+    their exports or the number of utterances changed). Fills the rows'
+    ``stream_*`` keys, and ``stream_transcript_mismatches``: how many of the
+    benchmark's transcripts differ from the ``.tflite`` WER path's (in
+    ``hyps_test.txt``; the same recognizer, so 0).
+
+    Args:
+      rows: the table rows (``stream_dir`` of each).
+      out: the run directory.
+      utterances: {model: [feature arrays]}; a model without any is skipped.
+      memory: measure the peak memory.
+
+    Returns:
+      {model: the bench_streaming result}; the ratios are against
+      ``uniform8`` (TFLite's int8 builtins) or ``int8`` where the model
+      has one, else its first variant.
+    """
+    from gq_tf.asr import streambench
+    from gq_tf.asr.text import Tokenizer
+
+    tokenizer = Tokenizer()
+    results = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        feats = list(utterances.get(model) or [])
+        if not feats:
+            continue
+        path = out / "streambench" / f"{model}.json"
+        key = _stream_key(mine, len(feats), memory)
+        res = json.loads(path.read_text()) if path.exists() else None
+        if res is None or res.get("key") != key:
+            names = [r["variant"] for r in mine]
+            baseline = next((b for b in ("uniform8", "int8") if b in names), names[0])
+            log(f"streaming benchmark ({model}: {len(feats)} test utterances x {len(names)} variants, "
+                f"whole recognizer, 1 thread, interleaved; baseline {baseline})")
+            res = {"key": key, **streambench.bench_streaming({r["variant"]: r["stream_dir"] for r in mine}, feats,
+                                                             baseline=baseline, memory=memory, log=log)}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_json(path, res)
+        results[model] = res
+        for row in mine:
+            v = res["variants"].get(row["variant"])
+            if v is None:
+                continue
+            for key_ in ("chunk_p50_ms", "chunk_p90_ms", "upl_p50_ms", "upl_p90_ms", "rtf", "mem_mb"):
+                row[f"stream_{key_}"] = v[key_]
+            row["stream_utterances"] = v["utterances"]
+            hyps_file = Path(row["stream_dir"]).parent / "hyps_test.txt"
+            if hyps_file.exists():
+                deployed = [line.split("\t")[3] for line in hyps_file.read_text().splitlines()]
+                # Past tflite_utterances_test the file holds "" (not decoded on .tflite).
+                deployed = deployed[:row.get("tflite_utterances_test", len(deployed))]
+                pairs = [(tokenizer.decode(t), h) for t, h in zip(v["tokens"], deployed)]
+                row["stream_transcript_mismatches"] = sum(a != b for a, b in pairs)
+                if row["stream_transcript_mismatches"]:
+                    log(f"  {model}/{row['variant']}: {row['stream_transcript_mismatches']} of {len(pairs)} "
+                        "streaming-benchmark transcripts differ from the .tflite WER path's")
+    return results
+
+
 COLUMNS = (
     ("variant", "variant", "{}"),
     ("bits", "bits", "{:.2f}"),
@@ -502,6 +587,11 @@ COLUMNS = (
     ("encoder_p50_ms", "enc step P50 ms", "{:.3f}"),
     ("encoder_p90_ms", "enc step P90 ms", "{:.3f}"),
     ("prediction_p50_ms", "pred step P50 ms", "{:.3f}"),
+    ("stream_chunk_p50_ms", "chunk P50 ms", "{:.3f}"),
+    ("stream_chunk_p90_ms", "chunk P90 ms", "{:.3f}"),
+    ("stream_upl_p50_ms", "UPL ms", "{:.3f}"),
+    ("stream_rtf", "RTF", "{:.4f}"),
+    ("stream_mem_mb", "mem MB", "{:.1f}"),
     ("train_minutes", "train min", "{:.1f}"),
 )
 
@@ -570,7 +660,11 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(rows: list[dict], out: Path, recipe: dict, command: str) -> None:
+def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, streaming: dict | None = None) -> None:
+    """Writes ``results.json``, ``results.png`` and ``results.md``; ``streaming``: :func:`stream_bench`'s
+    results, shown per model with their ratios."""
+    from gq_tf.asr import streambench
+
     atomic_json(out / "results.json", {"recipe": recipe, "command": command, "rows": rows})
     plot(rows, out / "results.png")
     lines = [f"# ASR results: recipe `{recipe['name']}`", "",
@@ -579,8 +673,20 @@ def write_reports(rows: list[dict], out: Path, recipe: dict, command: str) -> No
              "the deployed streaming `.tflite` graphs (LiteRT + the GQ delegate); size = the three "
              "step graphs' bytes (for clustering: as 4-bit indices + centroids); latency = "
              "android_bench `--host` P50/P90 of one encoder chunk step and one prediction step; "
-             "train min = float training + the variant's fine-tune.", "",
+             "chunk P50/P90, UPL, RTF, mem = the whole streaming recognizer on test utterances "
+             "(below); train min = float training + the variant's fine-tune.", "",
              table(rows), "", "![WER vs size](results.png)", ""]
+    if streaming:
+        lines += ["## Streaming recognizer (what a user feels)", "",
+                  "Each variant's deployed `StreamingRecognizer` (greedy decoding, 1 thread) on the same test "
+                  "utterances, fed one chunk at a time, variants interleaved per utterance. chunk = the "
+                  "processing one chunk triggers (encoder step, prediction and joint calls, decoding); UPL = "
+                  "user-perceived latency, end of audio to final transcript (P50/P90 over utterances); RTF = "
+                  "processing time / audio time; mem = the recognizer's peak RSS growth in a fresh process. "
+                  "In brackets: the ratio to the baseline variant.", ""]
+        for model, res in streaming.items():
+            lines += [f"**{model}** ({res['settings']['utterances']} utterances, baseline {res['baseline']})", "",
+                      streambench.table(res), ""]
     (out / "results.md").write_text("\n".join(lines))
 
 
@@ -663,8 +769,12 @@ def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, repor
         contexts[models[0]] = prepare(recipe, out, models[0], log=log)
         _run_models_in_parallel(recipe_name, out, models, variants, jobs, log)
     rows = []
+    ev = recipe.get("eval", {})
+    n_stream = int(ev.get("stream_utterances", 50))
+    stream_utterances = {}  # model -> the test features the streaming benchmark runs
     for model_name in models:
         ctx = contexts.pop(model_name, None) or prepare(recipe, out, model_name, log=log)
+        stream_utterances[model_name] = list(ctx.data["test"].features[:n_stream])
         train_float(ctx)
         for name, spec in variants_of(recipe, model_name, variants):
             rows.append(run_variant(ctx, name, spec, command))
@@ -672,8 +782,9 @@ def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, repor
                 write_reports(rows, out, recipe, command)
     if not reports:
         return rows
-    bench(rows, out, int(recipe.get("eval", {}).get("bench_runs", 20)), log=log)
-    write_reports(rows, out, recipe, command)
+    bench(rows, out, int(ev.get("bench_runs", 20)), log=log)
+    streaming = stream_bench(rows, out, stream_utterances, memory=bool(ev.get("stream_memory", True)), log=log)
+    write_reports(rows, out, recipe, command, streaming)
     log(f"\n{table(rows, markdown=False)}\nwrote {out / 'results.md'}, {out / 'results.png'} "
         f"({(time.time() - t0) / 60:.1f} min)")
     return rows
