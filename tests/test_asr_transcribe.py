@@ -174,10 +174,13 @@ class _SlowRecognizer:
         self.cfg = models.load_config("rnnt_tiny")
         self.chunk_frames = self.cfg.chunk_frames
         self.clock, self.cost, self.finish_cost = clock, cost, finish_cost
-        self.tokens = []
+        self.tokens, self.chunk_timings = [], []
 
     def reset(self):
         self.tokens, self._buffered = [], 0
+
+    def clear_timings(self):
+        self.chunk_timings = []
 
     def push(self, frames):
         self._buffered += len(frames)
@@ -185,6 +188,7 @@ class _SlowRecognizer:
         while self._buffered >= self.chunk_frames:
             self._buffered -= self.chunk_frames
             self.clock[0] += self.cost
+            self.chunk_timings.append(self.cost)
             new.append(2)
         self.tokens += new
         return new
@@ -205,7 +209,7 @@ def test_upl_is_what_is_pending_when_the_audio_ends(tmp_path, monkeypatch, cost,
     path = tmp_path / "a.wav"
     sf.write(path, _signal(RATE, 4080 / RATE), RATE, subtype="FLOAT")
     clock = [0.0]
-    monkeypatch.setattr(transcribe, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(deploy, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     res = transcribe.transcribe_file(_SlowRecognizer(clock, cost, 0.01), path)
     assert res.frames == 24 and res.chunk_ms == pytest.approx([1000 * cost] * 3)
     assert res.upl_ms == pytest.approx(1000 * want_upl)

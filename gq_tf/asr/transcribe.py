@@ -282,55 +282,30 @@ def open_recognizer(export_dir, *, kernel="auto", num_threads=1, warm_up=True):
 
 
 def _stream(recognizer, feats, duration_s, tokenizer, stream_callback):
-    """Streams ``feats`` through ``recognizer`` chunk by chunk in real-time order, timing each chunk.
+    """Streams ``feats`` through ``recognizer`` in real-time order (``deploy.stream_timed``).
 
-    Chunk ``k`` (frames ``[k c, (k + 1) c)``, ``c = chunk_frames``) is
-    complete when the audio of its last frame ``j`` has arrived, at
-    ``(j * frame_step + frame_length) / sample_rate``; the rest (a partial
-    last chunk, run by ``finish()``) when the audio ends. A chunk starts when
-    it is complete and the previous one is done (a simulated clock driven by
-    the measured times), so a slower-than-real-time backlog shows in the UPL.
+    Frame ``j`` can be computed once the audio up to ``j * frame_step +
+    frame_length`` samples has arrived; the audio ends at ``duration_s``.
 
     Returns:
       dict of TranscriptResult's fields tokens, text, chunk_ms, upl_ms,
       processing_ms and partials.
     """
+    from gq_tf.asr.deploy import stream_timed
+
     fc = _feature_config(recognizer)
-    c = recognizer.chunk_frames
-    recognizer.reset()
-    chunk_s, partials = [], []
-    clock = 0.0  # seconds since the start of the audio
+    partials = []
 
-    def emit(new, audio_time):
-        # Outside the timed calls: printing a partial is not the recognizer's time.
-        if new:
-            partials.append((round(audio_time, 4), tokenizer.decode(recognizer.tokens)))
-            if stream_callback is not None:
-                stream_callback(*partials[-1])
+    def on_new(new, audio_time):
+        partials.append((round(audio_time, 4), tokenizer.decode(recognizer.tokens)))
+        if stream_callback is not None:
+            stream_callback(*partials[-1])
 
-    full = len(feats) // c
-    for k in range(full):
-        ready = (((k + 1) * c - 1) * fc.frame_step + fc.frame_length) / fc.sample_rate
-        t0 = time.perf_counter()
-        new = recognizer.push(feats[k * c:(k + 1) * c])
-        dt = time.perf_counter() - t0
-        chunk_s.append(dt)
-        clock = max(clock, ready) + dt
-        emit(new, ready)
-    before = len(recognizer.tokens)
-    t0 = time.perf_counter()
-    recognizer.push(feats[full * c:])  # fewer than c frames: only buffered
-    tokens = recognizer.finish()
-    dt = time.perf_counter() - t0
-    if len(feats) % c:
-        chunk_s.append(dt)
-        processing_s = sum(chunk_s)
-    else:
-        processing_s = sum(chunk_s) + dt
-    upl_s = max(clock, duration_s) + dt - duration_s
-    emit(tokens[before:], duration_s)
-    return {"tokens": list(tokens), "text": tokenizer.decode(tokens), "chunk_ms": [1000.0 * s for s in chunk_s],
-            "upl_ms": 1000.0 * upl_s, "processing_ms": 1000.0 * processing_s, "partials": partials}
+    out = stream_timed(recognizer, feats, lambda j: (j * fc.frame_step + fc.frame_length) / fc.sample_rate,
+                       duration_s, on_new)
+    return {"tokens": out["tokens"], "text": tokenizer.decode(out["tokens"]),
+            "chunk_ms": [1000.0 * s for s in out["chunk_s"]], "upl_ms": 1000.0 * out["upl_s"],
+            "processing_ms": 1000.0 * out["busy_s"], "partials": partials}
 
 
 def transcribe_file(recognizer, path, stream_callback=None, *, tokenizer=None) -> TranscriptResult:
