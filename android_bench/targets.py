@@ -75,6 +75,18 @@ class Cpu:
     online: bool
 
 
+def cpu_model() -> str:
+    """This machine's CPU model (``/proc/cpuinfo``'s model name, else the platform's name)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def parse_cpus(text: str) -> list[Cpu]:
     """CPUs of :data:`CPU_SCRIPT`'s output (``cpu=N maxkhz|- governor|- online``)."""
     cpus = []
@@ -299,15 +311,7 @@ class HostTarget:
         allowed = sorted(os.sched_getaffinity(0))
         mask, why = big_core_mask([c for c in cpus if c.index in allowed] or
                                   [Cpu(i, None, None, True) for i in allowed])
-        cpu_name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        cpu_name = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
+        cpu_name = cpu_model()
         return {
             "host": platform.node(),
             "model": cpu_name,

@@ -19,18 +19,26 @@ import subprocess
 import sys
 import tempfile
 
-__all__ = ["peak_rss_growth", "main"]
+__all__ = ["peak_rss_growth", "proc_status_bytes", "main"]
 
-_CHILD = r"""
-import json, sys, numpy as np
-from converters import runtime
 
-def status(key):
+def proc_status_bytes(key):
+    """A memory field of ``/proc/self/status`` (e.g. ``VmRSS``, ``VmHWM``) in bytes.
+
+    Raises:
+      RuntimeError: the field is not there.
+    """
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError(key + " not in /proc/self/status")
+    raise RuntimeError(f"Expected {key} in /proc/self/status. Received none.")
+
+
+_CHILD = r"""
+import json, sys, numpy as np
+from converters import runtime
+from converters.memory import proc_status_bytes as status
 
 path, runtime_name, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 runtime.delegate_path()
