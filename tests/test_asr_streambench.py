@@ -253,3 +253,18 @@ def test_paper_command_reuses_exports_and_writes_its_tables(paper_dir, monkeypat
     with pytest.raises(SystemExit):
         streambench.main(["paper", "--threads", "0"])
     assert "--threads >= 1" in capsys.readouterr().err
+
+
+def test_chunk_latency_from_steps_weights_each_graph_by_its_calls(exports):
+    utts = _utterances(2)
+    res = streambench.bench_streaming(exports, utts, memory=False)
+    for name, v in res["variants"].items():
+        calls = v["calls_per_chunk"]
+        assert calls["encoder"] == pytest.approx(1.0)  # one encoder step per chunk
+        assert calls["joint"] >= 1.0  # at least one joint call per encoder frame
+        assert calls["prediction"] >= 0.0
+    got = streambench.chunk_latency_from_steps({"encoder": 1.2, "prediction": 0.1, "joint": 0.01},
+                                               {"encoder": 1.0, "prediction": 0.4, "joint": 2.4})
+    assert got == pytest.approx(1.264)
+    with pytest.raises(ValueError, match=r"Received none for \['joint'\]"):
+        streambench.chunk_latency_from_steps({"encoder": 1.0}, {"encoder": 1.0, "joint": 2.0})

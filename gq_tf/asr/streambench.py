@@ -48,6 +48,7 @@ __all__ = [
     "PAPER_VARIANTS",
     "bench_steps",
     "bench_streaming",
+    "chunk_latency_from_steps",
     "export_variants",
     "machine",
     "main",
@@ -95,7 +96,8 @@ def stream_utterance(rec, features, frame_ms=10):
 
     Returns:
       dict: ``stream_timed``'s (``tokens``, ``chunk_s``, ``upl_s``,
-      ``busy_s``) and ``audio_s`` (``T * frame_ms``).
+      ``busy_s``), ``audio_s`` (``T * frame_ms``) and ``calls`` ({step
+      graph: how many times this utterance ran it}).
     """
     from gq_tf.asr import deploy
 
@@ -103,6 +105,8 @@ def stream_utterance(rec, features, frame_ms=10):
     audio = len(feats) * frame_ms / 1000
     out = deploy.stream_timed(rec, feats, lambda j: (j + 1) * frame_ms / 1000, audio)
     out["audio_s"] = audio
+    # stream_timed cleared the per-graph timings: what is there now is this utterance's calls.
+    out["calls"] = {part: len(t) for part, t in getattr(rec, "timings", {}).items()}
     return out
 
 
@@ -145,8 +149,9 @@ def bench_streaming(export_dirs, utterances, *, baseline="int8", num_threads=1, 
       ``variants`` ({name: {"chunk_p50_ms", "chunk_p90_ms", "upl_p50_ms",
       "upl_p90_ms", "rtf", "mem_mb", "chunks", "utterances", "audio_s",
       "busy_s", "memory" (bytes, see :func:`recognizer_peak_memory`),
-      "tokens" (one list per utterance)}}) and ``ratios`` ({name: {metric:
-      value / baseline's}}).
+      "calls_per_chunk" ({step graph: mean calls per chunk}, for
+      :func:`chunk_latency_from_steps`), "tokens" (one list per
+      utterance)}}) and ``ratios`` ({name: {metric: value / baseline's}}).
 
     Raises:
       ValueError: no variants, no utterances, or a baseline not among them.
@@ -185,9 +190,14 @@ def bench_streaming(export_dirs, utterances, *, baseline="int8", num_threads=1, 
         busy, audio = sum(r["busy_s"] for r in runs[name]), sum(r["audio_s"] for r in runs[name])
         c50, c90 = _percentiles_ms(chunk_s)
         u50, u90 = _percentiles_ms(upl_s)
+        calls = {}
+        for r in runs[name]:
+            for part, n in r.get("calls", {}).items():
+                calls[part] = calls.get(part, 0) + n
         variants[name] = {"chunk_p50_ms": c50, "chunk_p90_ms": c90, "upl_p50_ms": u50, "upl_p90_ms": u90,
                           "rtf": busy / audio if audio else None, "mem_mb": None, "chunks": len(chunk_s),
                           "utterances": len(feats), "audio_s": audio, "busy_s": busy, "memory": None,
+                          "calls_per_chunk": {p: n / len(chunk_s) for p, n in calls.items()} if chunk_s else {},
                           "tokens": [r["tokens"] for r in runs[name]]}
     if memory:
         for name in names:
@@ -200,6 +210,41 @@ def bench_streaming(export_dirs, utterances, *, baseline="int8", num_threads=1, 
             "settings": {"num_threads": num_threads, "kernel": kernel, "runtime": runtime, "warmup": warmup,
                          "utterances": len(feats), "memory_utterances": memory_utterances if memory else 0},
             "variants": variants, "ratios": _ratios(variants, baseline, [k for k, _, _ in METRICS])}
+
+
+def chunk_latency_from_steps(step_ms, calls_per_chunk) -> float:
+    """The per-chunk latency a device gives, from its step-graph timings and the decoder's call counts.
+
+    On a phone ``android_bench run`` times each step graph alone (the stock
+    ``benchmark_model`` runs one graph); how often a chunk runs each one
+    depends on the transcripts, not on the device, so it is taken from a
+    host run of the real recognizer on the same utterances
+    (:func:`bench_streaming`'s ``calls_per_chunk``): ``sum over graphs of
+    step_ms[graph] * calls_per_chunk[graph]``. The host's decoding loop
+    (Python) is not in it; on the host the measured chunk latency is the
+    figure to use.
+
+    Args:
+      step_ms: {"encoder" | "prediction" | "joint": ms per call} (e.g. the
+        P50s of ``android_bench run`` on the three files of an export).
+      calls_per_chunk: {graph: mean calls per chunk}.
+
+    Returns:
+      float: ms per chunk.
+
+    Raises:
+      ValueError: a graph with calls but no timing.
+
+    Example:
+      >>> chunk_latency_from_steps({"encoder": 1.2, "prediction": 0.1, "joint": 0.01},
+      ...                          {"encoder": 1.0, "prediction": 0.4, "joint": 2.4})
+      1.264
+    """
+    missing = sorted(p for p, n in calls_per_chunk.items() if n and p not in step_ms)
+    if missing:
+        raise ValueError(f"Expected a step time for every graph a chunk calls ({sorted(calls_per_chunk)}). "
+                         f"Received none for {missing}.")
+    return float(sum(step_ms[p] * n for p, n in calls_per_chunk.items() if n))
 
 
 def _cell(value, ratio, fmt):
@@ -235,14 +280,8 @@ from ai_edge_litert import interpreter as _litert  # noqa: F401  (imported befor
 from ai_edge_litert import schema_py_generated as _schema  # noqa: F401
 from converters import runtime
 from gq_tf.asr import deploy
+from converters.memory import proc_status_bytes as status
 from gq_tf.asr.streambench import stream_utterance
-
-def status(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(key + " not in /proc/self/status")
 
 directory, features, threads, kernel, runtime_name = sys.argv[1:6]
 with np.load(features) as z:
@@ -562,21 +601,15 @@ def paper(model_names=PAPER_MODELS, *, threads=(1, 2), out="runs/paper_latency",
 
 def machine() -> str:
     """A one-line description of this host (CPU model, cores, memory)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from android_bench.targets import cpu_model
+
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         mem_text = f", {mem:.0f} GiB RAM"
     except (ValueError, OSError):
         mem_text = ""
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores available{mem_text}, {platform.system()} {platform.machine()}"
+    return (f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores available{mem_text}, "
+            f"{platform.system()} {platform.machine()}")
 
 
 def paper_table(result, markdown=True) -> str:
