@@ -526,6 +526,22 @@ GQ_INLINE void tile_ymm(const ctx512* c, size_t o0, size_t n0, int b, int R, int
   }
 }
 
+/* One leftover block (after the groups of tile_multi / tile_multi_nb) for
+ * accumulator j, in two ymm halves: the block of tile row j / NB at WROW,
+ * x of batch row j % NB at XROW, natural weight order. */
+#define GQ_LEFTOVER_STEP(j, WROW, XROW)                                                     \
+  if ((j) < R * NB) {                                                                      \
+    if ((j) % NB == 0) {                                                                   \
+      w0 = ydecode(c, (WROW), b, 0);                                                       \
+      w1 = ydecode(c, (WROW), b, 1);                                                       \
+    }                                                                                      \
+    const int8_t* x_ = (XROW);                                                             \
+    __m256i s_ = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w0,                           \
+                                     _mm256_load_si256((const __m256i*)(const void*)x_));  \
+    s_ = _mm256_dpbusd_epi32(s_, w1, _mm256_load_si256((const __m256i*)(const void*)(x_ + 32))); \
+    a##j = _mm512_add_epi32(a##j, _mm512_zextsi256_si512(s_));                             \
+  }
+
 /* b == 4 or 2 (MODE_MULTI): G = 8 / b consecutive blocks from one 64-byte
  * load, their planes being contiguous. Shifting the load right by b*s puts
  * field s of every byte at the bottom, i.e. for each block (one 64/G-byte
@@ -604,18 +620,7 @@ GQ_INLINE void tile_multi(const ctx512* c, size_t o0, size_t n0, int b, int R, i
   for (; k < c->r.nblk; ++k) { /* leftover blocks (then h == 0) */
     __m256i w0 = _mm256_setzero_si256();
     __m256i w1 = _mm256_setzero_si256();
-#define GQ_STEP(j)                                                                         \
-  if ((j) < R * NB) {                                                                      \
-    if ((j) % NB == 0) {                                                                   \
-      w0 = ydecode(c, GQ_WROW((j) / NB), b, 0);                                            \
-      w1 = ydecode(c, GQ_WROW((j) / NB), b, 1);                                            \
-    }                                                                                      \
-    const int8_t* x_ = GQ_XROW((j) / NB, (j) % NB);                                        \
-    __m256i s_ = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w0,                           \
-                                     _mm256_load_si256((const __m256i*)(const void*)x_));  \
-    s_ = _mm256_dpbusd_epi32(s_, w1, _mm256_load_si256((const __m256i*)(const void*)(x_ + 32))); \
-    a##j = _mm512_add_epi32(a##j, _mm512_zextsi256_si512(s_));                             \
-  }
+#define GQ_STEP(j) GQ_LEFTOVER_STEP(j, GQ_WROW((j) / NB), GQ_XROW((j) / NB, (j) % NB))
     GQ_LIST16(GQ_STEP)
 #undef GQ_STEP
     wp1 += bb;
@@ -700,18 +705,7 @@ GQ_INLINE void tile_multi_nb(const ctx512* c, size_t o0, size_t n0, int b, int R
   for (; k < c->r.nblk; ++k) { /* leftover blocks, x in natural order */
     __m256i w0 = _mm256_setzero_si256();
     __m256i w1 = _mm256_setzero_si256();
-#define GQ_STEP(j)                                                                         \
-  if ((j) < R * NB) {                                                                      \
-    if ((j) % NB == 0) {                                                                   \
-      w0 = ydecode(c, wp + (size_t)((j) / NB) * rb, b, 0);                                 \
-      w1 = ydecode(c, wp + (size_t)((j) / NB) * rb, b, 1);                                 \
-    }                                                                                      \
-    const int8_t* x_ = xp + (size_t)((j) % NB) * ip;                                       \
-    __m256i s_ = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w0,                           \
-                                     _mm256_load_si256((const __m256i*)(const void*)x_));  \
-    s_ = _mm256_dpbusd_epi32(s_, w1, _mm256_load_si256((const __m256i*)(const void*)(x_ + 32))); \
-    a##j = _mm512_add_epi32(a##j, _mm512_zextsi256_si512(s_));                             \
-  }
+#define GQ_STEP(j) GQ_LEFTOVER_STEP(j, wp + (size_t)((j) / NB) * rb, xp + (size_t)((j) % NB) * ip)
     GQ_LIST16(GQ_STEP)
 #undef GQ_STEP
     wp += bb;
