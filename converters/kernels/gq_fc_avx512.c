@@ -526,6 +526,20 @@ GQ_INLINE void tile_ymm(const ctx512* c, size_t o0, size_t n0, int b, int R, int
   }
 }
 
+/* The codes of one 64-byte load holding G = 8 / b blocks at b == 4 or 2:
+ * field f (weights 64 / G * f ... of every block) is the lookup of the
+ * bytes shifted right by b * f; w2, w3 only for G == 4. The index bits
+ * above b are garbage the repeating tables ignore. */
+GQ_INLINE void decode_fields(__m512i raw, __m512i tab, int b, __m512i* w0, __m512i* w1,
+                             __m512i* w2, __m512i* w3) {
+  *w0 = _mm512_permutexvar_epi8(raw, tab);
+  *w1 = _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, b), tab);
+  if (b == 2) {
+    *w2 = _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, 4), tab);
+    *w3 = _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, 6), tab);
+  }
+}
+
 /* One leftover block (after the groups of tile_multi / tile_multi_nb) for
  * accumulator j, in two ymm halves: the block of tile row j / NB at WROW,
  * x of batch row j % NB at XROW, natural weight order. */
@@ -577,14 +591,8 @@ GQ_INLINE void tile_multi(const ctx512* c, size_t o0, size_t n0, int b, int R, i
 #define GQ_STEP(j)                                                                         \
   if ((j) < R * NB) {                                                                      \
     if ((j) % NB == 0) {                                                                   \
-      const __m512i raw = _mm512_loadu_si512((const void*)GQ_WROW((j) / NB));              \
-      w0 = _mm512_permutexvar_epi8(raw, tab);                                              \
-      w1 = _mm512_permutexvar_epi8(                                                        \
-          G == 2 ? _mm512_srli_epi16(raw, 4) : _mm512_srli_epi16(raw, 2), tab);            \
-      if (G == 4) {                                                                        \
-        w2 = _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, 4), tab);                      \
-        w3 = _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, 6), tab);                      \
-      }                                                                                    \
+      decode_fields(_mm512_loadu_si512((const void*)GQ_WROW((j) / NB)), tab, b, &w0, &w1, &w2, \
+                    &w3);                                                                  \
     }                                                                                      \
     const int8_t* x_ = GQ_XROW((j) / NB, (j) % NB);                                        \
     const __m512i xa_ = _mm512_load_si512((const void*)x_);                                \
@@ -681,13 +689,8 @@ GQ_INLINE void tile_multi_nb(const ctx512* c, size_t o0, size_t n0, int b, int R
 #define GQ_STEP(j)                                                                         \
   if ((j) < R * NB) {                                                                      \
     if ((j) % NB == 0) {                                                                   \
-      const __m512i raw = _mm512_loadu_si512((const void*)(wp + (size_t)((j) / NB) * rb)); \
-      w0 = _mm512_permutexvar_epi8(raw, tab);                                              \
-      w1 = _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, b), tab);                        \
-      if (G == 4) {                                                                        \
-        w2 = _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, 4), tab);                      \
-        w3 = _mm512_permutexvar_epi8(_mm512_srli_epi16(raw, 6), tab);                      \
-      }                                                                                    \
+      decode_fields(_mm512_loadu_si512((const void*)(wp + (size_t)((j) / NB) * rb)), tab, b, \
+                    &w0, &w1, &w2, &w3);                                                   \
     }                                                                                      \
     const int8_t* x_ = xp + (size_t)((j) % NB) * ip;                                       \
     a##j = _mm512_dpbusd_epi32(a##j, w0, _mm512_load_si512((const void*)x_));              \
