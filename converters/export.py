@@ -311,7 +311,7 @@ def _packable(layer, weight_name):
         return None
     if type(layer) is keras.layers.LSTM and weight_name in _LSTM_WEIGHTS:
         return _lstm_unsupported(layer)
-    if type(layer) is keras.layers.MultiHeadAttention and weight_name in _MHA_SUBLAYERS:
+    if isinstance(layer, keras.layers.MultiHeadAttention) and weight_name in _MHA_SUBLAYERS:
         dense = getattr(layer, _MHA_SUBLAYERS[weight_name])
         if _einsum_split(dense) is None or dense.activation not in (None, keras.activations.linear):
             return f"attention {weight_name} projection '{dense.equation}' is not a plain matmul"

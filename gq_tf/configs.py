@@ -25,6 +25,7 @@ __all__ = [
     "GQQuantizeConfig",
     "quantize_model",
     "quantize_scope",
+    "register_layer",
     "resolve_policy",
 ]
 
@@ -67,6 +68,30 @@ def table_row(layer):
     (``Conv1DTranspose`` subclasses ``Conv1D``).
     """
     return LAYER_TABLE.get(type(layer))
+
+
+def register_layer(cls, base):
+    """Lets gq_tf quantize ``cls``, a subclass of ``base`` that keeps ``base``'s weights.
+
+    Exact types are the rule (``table_row``); this is the way to add a
+    subclass that only changes the call and keeps its parent's weights where
+    the parent keeps them (for example an attention layer with a key/value
+    cache for streaming). The subclass is quantized, exported and stripped
+    like ``base``.
+
+    Raises:
+      TypeError: ``cls`` is not a subclass of ``base``.
+      ValueError: ``base`` has no row in ``LAYER_TABLE``.
+    """
+    if base not in LAYER_TABLE:
+        raise ValueError(
+            f"Expected a base type with a LAYER_TABLE row ({', '.join(c.__name__ for c in LAYER_TABLE)}). "
+            f"Received {getattr(base, '__name__', base)!r}."
+        )
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"Expected a subclass of {base.__name__}. Received {cls!r}.")
+    LAYER_TABLE[cls] = LAYER_TABLE[base]
+    return cls
 
 
 def _get_path(layer, path):

@@ -425,3 +425,67 @@ def test_export_float_and_int8_baselines(tmp_path):
         deploy.export_streaming(net, cfg, tmp_path / "gq", kind="gq")
     with pytest.raises(ValueError, match="kind"):
         deploy.export_streaming(net, cfg, tmp_path / "x", kind="fp16")
+
+
+def test_conformer_step_projects_each_frame_once(qat_setup):
+    """Keys and values of earlier chunks come from the state: no projection in the exported encoder
+    runs on more rows than the chunk has frames, and CachedAttention equals attention over the cached inputs."""
+    from converters import flatbuf
+
+    cfg, _, _, out = qat_setup
+    if cfg.kind != "conformer":
+        pytest.skip("RNN-T has no attention")
+    chunk = cfg.chunk_frames // models.SUBSAMPLING
+    with open(out.paths["encoder"], "rb") as f:
+        model = flatbuf.read(f.read())
+    sub = model.subgraphs[0]
+    cached = cfg.encoder.left_chunks * chunk
+    rows = [int(np.prod(sub.tensors[op.inputs[0]].shape[:-1])) for op in sub.operators
+            if flatbuf.op_name(model, op) in ("GQ_FULLY_CONNECTED", "FULLY_CONNECTED")]
+    # Projections (4 per block and more) run on the chunk's frames; the first
+    # subsampling convolution on its 10 ms frames; nothing on cached + new.
+    assert rows.count(chunk) >= 4 * cfg.encoder.blocks and max(rows) < cached + chunk, rows
+
+    # One block's CachedAttention against keras' MultiHeadAttention with the same weights.
+    full = _emitting_net(cfg).get_layer("conformer_0_mhsa")
+    e = cfg.encoder
+    cached_layer = models.CachedAttention(e.heads, e.d_model // e.heads)
+    rng = np.random.default_rng(3)
+    history = rng.normal(size=(1, cached, e.d_model)).astype(np.float32)
+    x = rng.normal(size=(1, chunk, e.d_model)).astype(np.float32)
+    mask = np.ones((1, chunk, cached + chunk), np.float32)
+    mask[..., : cached // 2] = 0.0
+    zeros = np.zeros((1, cached, e.heads, e.d_model // e.heads), np.float32)
+    cached_layer([x, zeros, zeros, mask])
+    cached_layer.set_weights(full.get_weights())
+    keys = full._key_dense(history).numpy()
+    values = full._value_dense(history).numpy()
+    got, new_keys, new_values = cached_layer([x, keys, values, mask])
+    want = full(x, np.concatenate([history, x], axis=1), attention_mask=mask)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=FLOAT32_TOL, rtol=FLOAT32_TOL)
+    both = np.concatenate([history, x], axis=1)[:, chunk:]
+    np.testing.assert_allclose(new_keys.numpy(), full._key_dense(both).numpy(), atol=FLOAT32_TOL)
+    np.testing.assert_allclose(new_values.numpy(), full._value_dense(both).numpy(), atol=FLOAT32_TOL)
+
+
+def test_streaming_recognizer_takes_its_states_from_the_manifest(qat_setup, tmp_path):
+    """An export made before a change of ``state_specs`` keeps working: the zero states are the manifest's."""
+    import shutil
+
+    cfg, _, _, out = qat_setup
+    src = os.path.dirname(out.paths[deploy.MANIFEST])
+    rec = deploy.StreamingRecognizer(src, kernel="reference")
+    manifest = deploy.load_manifest(src)
+    for part in ("encoder", "prediction"):
+        states = deploy.manifest_states(manifest, part)
+        assert list(states) == manifest["graphs"][part]["states"]
+        shapes = {row["name"]: row["shape"] for row in manifest["graphs"][part]["inputs"]}
+        assert all(v.shape == tuple(shapes[k]) and not v.any() for k, v in states.items())
+    assert set(rec._states) == set(manifest["graphs"]["encoder"]["states"])
+    # A manifest whose state has no input is refused with both names.
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    manifest["graphs"]["encoder"]["states"].append("no_such_state")
+    (bad / deploy.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="no_such_state"):
+        deploy.StreamingRecognizer(bad, kernel="reference")

@@ -7,7 +7,7 @@ import pytest
 import gq_tf
 from gq_tf import keras
 from gq_tf.codebooks import quantized_weights
-from gq_tf.configs import LAYER_TABLE, WEIGHT_NAMES, resolve_policy
+from gq_tf.configs import LAYER_TABLE, WEIGHT_NAMES, register_layer, resolve_policy
 
 
 def _plan(model, policy, **kw):
@@ -59,7 +59,8 @@ def test_norm_and_weightless_layers_pass_through(seq_model, img_model):
 
 
 def test_table_covers_the_issue_layer_list():
-    names = {cls.__name__ for cls in LAYER_TABLE}
+    # Keras' own types; register_layer may have added subclasses (the ASR package's CachedAttention).
+    names = {cls.__name__ for cls in LAYER_TABLE if cls.__module__.startswith("tf_keras.")}
     assert names == {"Dense", "Conv1D", "Conv2D", "DepthwiseConv1D", "DepthwiseConv2D", "LSTM",
                      "Embedding", "MultiHeadAttention"}
     assert set(WEIGHT_NAMES) == {"kernel", "recurrent_kernel", "depthwise_kernel", "embeddings",
@@ -85,6 +86,25 @@ def test_subclass_of_supported_layer_is_not_silently_supported():
     model = keras.Sequential([keras.Input((5, 3)), keras.layers.Conv1DTranspose(4, 3, name="deconv")])
     with pytest.raises(ValueError, match="class Conv1DTranspose"):
         resolve_policy(model, {".*": 4})
+
+
+def test_register_layer_quantizes_a_subclass_like_its_base():
+    class MyConv(keras.layers.Conv1DTranspose):
+        pass
+
+    class KeepsDense(keras.layers.Dense):
+        pass
+
+    with pytest.raises(ValueError, match="LAYER_TABLE row.*Conv1DTranspose"):
+        register_layer(MyConv, keras.layers.Conv1DTranspose)
+    with pytest.raises(TypeError, match="subclass of Dense"):
+        register_layer(MyConv, keras.layers.Dense)
+    try:
+        assert register_layer(KeepsDense, keras.layers.Dense) is KeepsDense
+        model = keras.Sequential([keras.Input((3,)), KeepsDense(2, name="mine")])
+        assert _plan(model, {".*": 4}) == {"mine": {"kernel": ("GeneralQuantizer", 4)}}
+    finally:
+        LAYER_TABLE.pop(KeepsDense, None)
 
 
 @pytest.mark.parametrize("bits", [0, 9, -1])

@@ -268,6 +268,22 @@ def load_manifest(directory):
     return manifest
 
 
+def manifest_states(manifest, part):
+    """Zero states of one step graph of an export, ``{name: float32 array}``, from its ``streaming.json``.
+
+    The manifest lists the graph's state inputs and their shapes, so an
+    export keeps working when a later version changes ``models.state_specs``
+    (e.g. the Conformer's attention cache).
+    """
+    graph = manifest["graphs"][part]
+    shapes = {row["name"]: row["shape"] for row in graph["inputs"]}
+    missing = [name for name in graph["states"] if name not in shapes]
+    if missing:
+        raise ValueError(f"Expected every state of the {part} graph among its inputs "
+                         f"{sorted(shapes)}. Received states {missing} without an input.")
+    return {name: np.zeros(shapes[name], np.float32) for name in graph["states"]}
+
+
 # ----------------------------------------------------------------- recognizers
 
 
@@ -289,15 +305,18 @@ class _Recognizer:
       tokens: the tokens of the current utterance so far.
     """
 
-    def __init__(self, cfg, graphs, blank=0, max_symbols_per_frame=5):
+    def __init__(self, cfg, graphs, blank=0, max_symbols_per_frame=5, states=None):
         self.cfg = cfg
         self._graphs = graphs
+        # Zero states by part; an export's own (its streaming.json) may differ
+        # from what this version's state_specs(cfg) builds.
+        self._initial = models.initial_states(cfg) if states is None else states
         self.blank = int(blank)
         self.chunk_frames = cfg.chunk_frames
         self._pad = models.feature_fill(cfg)
         self.timings = {part: [] for part in PARTS}
         self.chunk_timings = []
-        self._decoder = GreedyDecoder(self._pred_step, self._joint_fn, models.initial_states(cfg)["prediction"],
+        self._decoder = GreedyDecoder(self._pred_step, self._joint_fn, self._initial["prediction"],
                                       blank=self.blank, max_symbols_per_frame=max_symbols_per_frame)
         self.reset()
 
@@ -326,7 +345,7 @@ class _Recognizer:
 
     def reset(self):
         """Starts a new utterance: zero states, empty buffer, no tokens."""
-        self._states = models.initial_states(self.cfg)["encoder"]
+        self._states = {k: v.copy() for k, v in self._initial["encoder"].items()}
         self._buffer = np.zeros((0, self.cfg.n_mels), np.float32)
         self._decoder.reset()
 
@@ -482,7 +501,8 @@ class StreamingRecognizer(_Recognizer):
                                           runtime=runtime, kernel=kernel, num_threads=num_threads)
                        for part in PARTS}
         super().__init__(cfg, self.graphs, blank=self.manifest.get("blank", 0),
-                         max_symbols_per_frame=max_symbols_per_frame)
+                         max_symbols_per_frame=max_symbols_per_frame,
+                         states={part: manifest_states(self.manifest, part) for part in ("encoder", "prediction")})
 
 
 class KerasStreamingRecognizer(_Recognizer):

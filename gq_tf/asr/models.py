@@ -25,8 +25,8 @@ and the training graph only uses context a streaming step has:
 * Conformer: two stride-2 convolutions over a left zero-padded input ("causal"
   padding; a step keeps the last ``kernel - 1`` input frames as its cache);
   attention over chunks: an encoder frame in chunk ``k`` sees chunks
-  ``k - left_chunks .. k`` (a step keeps the normalized attention inputs of the
-  last ``left_chunks`` chunks and a validity mask); causal depthwise
+  ``k - left_chunks .. k`` (a step keeps the projected keys and values of the
+  last ``left_chunks`` chunks and a validity mask: ``CachedAttention``); causal depthwise
   convolution (cache of ``conv_kernel - 1`` frames); LayerNormalization
   everywhere (no BatchNorm statistics over time). There is no positional
   encoding: the causal convolutions before and inside every block give the
@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from gq_tf._keras import keras, tf
+from gq_tf.configs import register_layer
 
 __all__ = [
     "CONFIG_DIR",
@@ -500,6 +501,37 @@ class TakeLast(keras.layers.Layer):
 
 
 @_register
+class CachedAttention(keras.layers.MultiHeadAttention):
+    """Self-attention of a streaming step over the projected keys and values of earlier chunks.
+
+    Inputs ``[x, key_cache, value_cache, mask]``: ``x`` [B, T, d] (the
+    chunk's normalized frames), the keys and values of the last S frames
+    [B, S, heads, key_dim] and the mask [B, T, S + T]. Returns ``(output [B,
+    T, d], new key cache, new value cache)``: the same function as
+    ``MultiHeadAttention()(x, concat(last S inputs, x), attention_mask=mask)``,
+    but a frame's key and value are projected once, when it arrives, not
+    once per chunk that sees it (``left_chunks + 1`` times).
+
+    The weights are MultiHeadAttention's, under the same names (the training
+    graph's layer copies in), and gq_tf quantizes and exports them the same
+    way (``gq_tf.configs.register_layer``).
+    """
+
+    def call(self, inputs, training=None):
+        x, key_cache, value_cache, mask = inputs
+        if not self._built_from_signature:
+            self._build_from_signature(query=x, value=x)
+        keys = tf.concat([key_cache, self._key_dense(x)], axis=1)
+        values = tf.concat([value_cache, self._value_dense(x)], axis=1)
+        out, _ = self._compute_attention(self._query_dense(x), keys, values, mask, training)
+        drop = keys.shape[1] - key_cache.shape[1]
+        return self._output_dense(out), keys[:, drop:], values[:, drop:]
+
+
+register_layer(CachedAttention, keras.layers.MultiHeadAttention)
+
+
+@_register
 class GLU(keras.layers.Layer):
     """Gated linear unit over the last axis: ``a * sigmoid(b)`` for ``[a, b] = x``."""
 
@@ -547,8 +579,12 @@ def _maybe_dropout(x, rate, name):
     return keras.layers.Dropout(rate, name=name)(x) if rate else x
 
 
-def _conformer_parts(cfg, i):
-    """The weight layers of Conformer block ``i`` (shared by both graphs)."""
+def _conformer_parts(cfg, i, cached=0):
+    """The weight layers of Conformer block ``i`` (shared by both graphs).
+
+    ``cached``: frames of left context a step graph keeps; with some, the
+    attention is a ``CachedAttention`` (same weights).
+    """
     e = cfg.encoder
     d, p = e.d_model, f"conformer_{i}_"
     layers = {}
@@ -557,7 +593,8 @@ def _conformer_parts(cfg, i):
         layers[f"{ff}_dense1"] = keras.layers.Dense(d * e.ff_mult, activation="swish", name=f"{p}{ff}_dense1")
         layers[f"{ff}_dense2"] = keras.layers.Dense(d, name=f"{p}{ff}_dense2")
     layers["mhsa_norm"] = keras.layers.LayerNormalization(name=f"{p}mhsa_norm")
-    layers["mhsa"] = keras.layers.MultiHeadAttention(e.heads, d // e.heads, name=f"{p}mhsa")
+    attention = CachedAttention if cached else keras.layers.MultiHeadAttention
+    layers["mhsa"] = attention(e.heads, d // e.heads, name=f"{p}mhsa")
     layers["conv_norm"] = keras.layers.LayerNormalization(name=f"{p}conv_norm")
     layers["conv_pw1"] = keras.layers.Dense(2 * d, name=f"{p}conv_pw1")
     layers["conv_dw"] = keras.layers.DepthwiseConv1D(e.conv_kernel, padding="valid", name=f"{p}conv_dw")
@@ -736,8 +773,9 @@ def state_specs(cfg):
         if cached:
             enc["attention_valid"] = (1, cached)
         for i in range(e.blocks):
-            if cached:
-                enc[f"conformer_{i}_mhsa_cache"] = (1, cached, e.d_model)
+            if cached:  # projected keys and values (CachedAttention)
+                enc[f"conformer_{i}_mhsa_key_cache"] = (1, cached, e.heads, e.d_model // e.heads)
+                enc[f"conformer_{i}_mhsa_value_cache"] = (1, cached, e.heads, e.d_model // e.heads)
             enc[f"conformer_{i}_conv_cache"] = (1, e.conv_kernel - 1, e.d_model)
         enc = {k: v for k, v in enc.items() if all(v)}  # kernel 1: no cache
     pred = {}
@@ -793,13 +831,14 @@ def _conformer_encoder_step(x, cfg, states):
     if cached:
         mask, new["attention_valid"] = StepAttentionMask(chunk, name="attention_mask")(states["attention_valid"])
     for i in range(e.blocks):
-        p, parts = f"conformer_{i}_", _conformer_parts(cfg, i)
+        p, parts = f"conformer_{i}_", _conformer_parts(cfg, i, cached)
         x = _feed_forward(x, parts, "ff1", 0, p, False)
         y = parts["mhsa_norm"](x)
-        kv, keep = _cached(y, states, f"{p}mhsa_cache", cached, f"{p}mhsa")
-        if keep is not None:
-            new[f"{p}mhsa_cache"] = keep
-        y = parts["mhsa"](y, kv, attention_mask=mask) if mask is not None else parts["mhsa"](y, kv)
+        if cached:
+            keys, values = f"{p}mhsa_key_cache", f"{p}mhsa_value_cache"
+            y, new[keys], new[values] = parts["mhsa"]([y, states[keys], states[values], mask])
+        else:
+            y = parts["mhsa"](y, y)
         x = keras.layers.Add(name=f"{p}mhsa_residual")([x, y])
         y = GLU(name=f"{p}conv_glu")(parts["conv_pw1"](parts["conv_norm"](x)))
         z, keep = _cached(y, states, f"{p}conv_cache", e.conv_kernel - 1, f"{p}conv")

@@ -428,12 +428,12 @@ def export_variants(model_name, out_dir, *, variants=PAPER_VARIANTS, recipe="ful
     return done
 
 
-def _step_feeds(manifest, part, cfg, rng):
+def _step_feeds(manifest, part, rng):
     """Inputs of one step graph by name: random features / encoder frame / prediction output, zero
     (initial) states, token 1."""
-    from gq_tf.asr import models
+    from gq_tf.asr import deploy
 
-    states = models.initial_states(cfg).get(part, {})
+    states = deploy.manifest_states(manifest, part)
     feeds = {}
     for row in manifest["graphs"][part]["inputs"]:
         name, shape, dtype = row["name"], row["shape"], np.dtype(row["dtype"])
@@ -487,7 +487,7 @@ def bench_steps(export_dirs, *, threads=(1, 2), rounds=100, warmup=10, baseline=
                 it = make_interpreter(Path(export_dirs[n]) / m["graphs"][part]["file"], num_threads=t,
                                       kernel=kernel, runtime=runtime)
                 by_name = it.get_signature_runner().get_input_details()
-                feeds = _step_feeds(m, part, models.ModelConfig.from_dict(m["config"]), np.random.default_rng(0))
+                feeds = _step_feeds(m, part, np.random.default_rng(0))
                 for name, value in feeds.items():
                     it.set_tensor(by_name[name]["index"], value)
                 for _ in range(warmup):
