@@ -489,3 +489,31 @@ def test_streaming_recognizer_takes_its_states_from_the_manifest(qat_setup, tmp_
     (bad / deploy.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="no_such_state"):
         deploy.StreamingRecognizer(bad, kernel="reference")
+
+
+def test_split_depthwise_conv_equals_depthwise_conv_in_keras_and_tflite(tmp_path):
+    """Taps split into pieces (max_taps=2 on 7 taps: 2 + 2 + 2 + 1) give DepthwiseConv1D's output,
+    in Keras, quantized by gq_tf (its kernel is a DepthwiseConv1D kernel) and exported."""
+    import converters
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(1, 10, 6)).astype(np.float32)
+    inp = keras.Input((10, 6), batch_size=1)
+    plain = keras.Model(inp, keras.layers.DepthwiseConv1D(7, padding="valid", name="dw")(inp))
+    inp = keras.Input((10, 6), batch_size=1)
+    split = keras.Model(inp, models.SplitDepthwiseConv1D(7, padding="valid", max_taps=2, name="dw")(inp))
+    split.set_weights(plain.get_weights())
+    np.testing.assert_allclose(split(x).numpy(), plain(x).numpy(), atol=FLOAT32_TOL, rtol=FLOAT32_TOL)
+    assert models.SplitDepthwiseConv1D.from_config(split.layers[-1].get_config()).max_taps == 2
+
+    qat_plain, qat_split = gq_tf.quantize_model(plain, {"dw": 3}), gq_tf.quantize_model(split, {"dw": 3})
+    models.copy_weights(qat_plain, {"m": qat_split})
+    want = qat_plain(x).numpy()
+    np.testing.assert_allclose(qat_split(x).numpy(), want, atol=FLOAT32_TOL, rtol=FLOAT32_TOL)
+    with pytest.warns(converters.NotPackedWarning):
+        converters.export_tflite(qat_split, str(tmp_path / "gq.tflite"))
+    got = converters.make_interpreter(str(tmp_path / "gq.tflite"), kernel="reference")
+    got.set_tensor(got.get_input_details()[0]["index"], x)
+    got.invoke()
+    np.testing.assert_allclose(got.get_tensor(got.get_output_details()[0]["index"]), want,
+                               atol=FLOAT32_TOL, rtol=FLOAT32_TOL)

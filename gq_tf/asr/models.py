@@ -532,6 +532,51 @@ register_layer(CachedAttention, keras.layers.MultiHeadAttention)
 
 
 @_register
+class SplitDepthwiseConv1D(keras.layers.DepthwiseConv1D):
+    """DepthwiseConv1D ("valid", stride 1) computed as a sum of convolutions of at most ``max_taps`` taps each.
+
+    The step graph's form of the Conformer's depthwise convolution: XNNPACK
+    runs a depthwise convolution of up to 25 taps with its depthwise
+    kernels and a longer one as a general convolution, about 8x slower (one
+    160 ms step of a 512-channel, 31-tap convolution: 54 us against 9 us as
+    16 + 15 taps; docs/KERNELS.md). Same weights as DepthwiseConv1D, so the
+    training graph's layer copies in and gq_tf quantizes it like one
+    (``gq_tf.configs.register_layer``); with ``kernel_size <= max_taps``, or
+    any padding, stride or dilation other than "valid", 1, 1, it is
+    DepthwiseConv1D.
+    """
+
+    def __init__(self, *args, max_taps=25, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_taps = int(max_taps)
+
+    def call(self, inputs):
+        taps = self.kernel_size[0]
+        plain = (self.padding != "valid" or self.strides != (1,) or self.dilation_rate != (1,)
+                 or self.data_format != "channels_last")
+        if taps <= self.max_taps or plain:
+            return super().call(inputs)
+        frames = inputs.shape[1] - taps + 1
+        kernel = self.depthwise_kernel  # [taps, channels, multiplier]
+        out = None
+        for start in range(0, taps, self.max_taps):
+            n = min(self.max_taps, taps - start)
+            piece = tf.nn.depthwise_conv2d(inputs[:, None, start:start + frames + n - 1, :],
+                                           kernel[None, start:start + n], strides=[1, 1, 1, 1], padding="VALID")
+            out = piece if out is None else out + piece
+        out = out[:, 0]
+        if self.use_bias:
+            out = tf.nn.bias_add(out, self.bias)
+        return self.activation(out) if self.activation is not None else out
+
+    def get_config(self):
+        return {**super().get_config(), "max_taps": self.max_taps}
+
+
+register_layer(SplitDepthwiseConv1D, keras.layers.DepthwiseConv1D)
+
+
+@_register
 class GLU(keras.layers.Layer):
     """Gated linear unit over the last axis: ``a * sigmoid(b)`` for ``[a, b] = x``."""
 
@@ -579,11 +624,12 @@ def _maybe_dropout(x, rate, name):
     return keras.layers.Dropout(rate, name=name)(x) if rate else x
 
 
-def _conformer_parts(cfg, i, cached=0):
+def _conformer_parts(cfg, i, cached=None):
     """The weight layers of Conformer block ``i`` (shared by both graphs).
 
-    ``cached``: frames of left context a step graph keeps; with some, the
-    attention is a ``CachedAttention`` (same weights).
+    ``cached``: None for the training graph; for a step graph, the frames of
+    left context it keeps: with some, the attention is a ``CachedAttention``;
+    the depthwise convolution is a ``SplitDepthwiseConv1D`` (same weights).
     """
     e = cfg.encoder
     d, p = e.d_model, f"conformer_{i}_"
@@ -597,7 +643,8 @@ def _conformer_parts(cfg, i, cached=0):
     layers["mhsa"] = attention(e.heads, d // e.heads, name=f"{p}mhsa")
     layers["conv_norm"] = keras.layers.LayerNormalization(name=f"{p}conv_norm")
     layers["conv_pw1"] = keras.layers.Dense(2 * d, name=f"{p}conv_pw1")
-    layers["conv_dw"] = keras.layers.DepthwiseConv1D(e.conv_kernel, padding="valid", name=f"{p}conv_dw")
+    depthwise = SplitDepthwiseConv1D if cached is not None else keras.layers.DepthwiseConv1D
+    layers["conv_dw"] = depthwise(e.conv_kernel, padding="valid", name=f"{p}conv_dw")
     layers["conv_dw_norm"] = keras.layers.LayerNormalization(name=f"{p}conv_dw_norm")
     layers["conv_pw2"] = keras.layers.Dense(d, name=f"{p}conv_pw2")
     layers["out_norm"] = keras.layers.LayerNormalization(name=f"{p}out_norm")
