@@ -211,7 +211,18 @@ def _unique_names(paths: list[Path]) -> list[str]:
 
 
 def load_models(paths: list[str]) -> list[ModelResult]:
-    """Checks the model files and reads their custom ops."""
+    """Checks the model files and reads their custom ops.
+
+    Every model goes through ``converters.modelcheck.check_model`` here, at
+    the start of a run: a model it refuses (one that could crash the
+    benchmark binary, e.g. a graph input that names a constant) stops the run
+    with that message before any device is contacted or anything is pushed.
+
+    Raises:
+      BenchError: no model, a missing file, or a model that is not a TFLite
+        flatbuffer or fails the model checks.
+    """
+    from converters.modelcheck import check_model
     from converters.runtime import custom_ops
 
     if not paths:
@@ -222,6 +233,7 @@ def load_models(paths: list[str]) -> list[ModelResult]:
         if not p.is_file():
             raise BenchError(f"Model file not found: {str(p)!r}.")
         try:
+            check_model(p)
             ops = custom_ops(p)
         except ValueError as e:
             raise BenchError(str(e)) from None

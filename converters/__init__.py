@@ -3,7 +3,9 @@
 ``export_tflite`` writes the file (``GQ_FULLY_CONNECTED`` custom ops with
 packed b-bit weights, layout in ``converters.layout``); ``make_interpreter``
 opens it in LiteRT or ``tf.lite`` with the project's delegate library
-(``delegate_path()``), which runs the custom ops with its C kernels.
+(``delegate_path()``), which runs the custom ops with its C kernels, after
+``check_model`` has checked the model's structure (it refuses models that
+would crash a runtime, e.g. a graph input that names a constant).
 
 Example:
   >>> import converters
@@ -23,6 +25,7 @@ _WHERE = {
     "NotPackedWarning": "converters.export",
     "delegate_path": "converters.runtime",
     "make_interpreter": "converters.runtime",
+    "check_model": "converters.modelcheck",
 }
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "NotPackedWarning",
     "delegate_path",
     "make_interpreter",
+    "check_model",
 ]
 
 

@@ -23,6 +23,8 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
+from converters import modelcheck
+
 __all__ = ["RUNTIMES", "KernelInfo", "kernels", "auto_kernel", "custom_ops", "delegate_path", "make_interpreter"]
 
 RUNTIMES = ("litert", "tflite")
@@ -215,8 +217,11 @@ def make_interpreter(model_path_or_bytes, *, num_threads=1, runtime="litert", ke
 
     Raises:
       ValueError: unknown ``runtime`` or ``kernel``, bad ``num_threads``, bytes
-        or a file that are not a TFLite model, or a model the runtime refuses
-        to load (its message is included).
+        or a file that are not a TFLite model, a model the structural checks
+        refuse (``converters.modelcheck.check_model``: constant graph inputs,
+        indices out of range, sizes the file cannot hold, GQ weights that are
+        not constants...; checked before the runtime reads the model), or a
+        model the runtime refuses to load (its message is included).
       FileNotFoundError: the model file or the delegate library is missing.
       TypeError: ``model_path_or_bytes`` is neither a path nor bytes.
       RuntimeError: the model loads but cannot be prepared: an unsupported GQ
@@ -233,6 +238,9 @@ def make_interpreter(model_path_or_bytes, *, num_threads=1, runtime="litert", ke
         raise ValueError(f"Expected num_threads >= 1. Received: num_threads={num_threads!r}")
     source, name, buf = _model_source(model_path_or_bytes)
     try:
+        # Before the runtime sees the model: it trusts indices, sizes and
+        # tensor roles, and some defects crash it instead of failing.
+        modelcheck.check_bytes(buf, name)
         return _open(source, name, buf, num_threads, runtime, kernel)
     finally:
         if isinstance(buf, mmap.mmap):

@@ -242,6 +242,33 @@ def test_device_errors(phone, fc_models, stand_in, tmp_path, capsys, setup, args
         assert os.listdir(Path(d["root"]) / "data/local/tmp") == []
 
 
+def test_bad_model_is_refused_before_any_push(phone, fc_models, stand_in, tmp_path, capsys):
+    """A model the model checks refuse (here: graph input 0 names a constant,
+    which would crash the benchmark binary on the phone) stops the run before
+    adb is called at all, with check_model's message."""
+    from converters import flatbuf
+    from converters.modelcheck import check_model
+
+    model = flatbuf.read(fc_models["gq"].read_bytes())
+    sub = model.subgraphs[0]
+    constant = next(i for i, t in enumerate(sub.tensors) if model.buffers[t.buffer].data is not None)
+    sub.inputs = np.array([constant], np.int32)
+    bad = tmp_path / "fc_gq_bad.tflite"
+    bad.write_bytes(flatbuf.write(model))
+    with pytest.raises(ValueError, match="graph input 0") as info:
+        check_model(bad)
+
+    root = phone.add()
+    code = _run([fc_models["int8"], bad, "--adb", phone.adb, "--benchmark-binary", stand_in,
+                 "--delegate", delegate_path(), "--runs", 2, *FAST, "--out", tmp_path / "out"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"error: {info.value}" in err and "Traceback" not in err
+    assert phone.log() == []  # no adb command: nothing pushed, no device touched
+    assert os.listdir(root / "data/local/tmp") == []
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
 def test_device_lost_mid_run(phone, fc_models, stand_in, tmp_path, capsys):
     # Shells before the first session: facts, mkdir, chmod, ls; then per
     # session the run and an ls for written files. Lose it in round 2.

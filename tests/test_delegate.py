@@ -337,15 +337,17 @@ def test_malformed_model_in_tf_lite(small_model, case):
         make_interpreter(fz.edited(small_model, edit), runtime="tflite")
 
 
-def test_inconsistent_models_are_caught_by_the_runtime(small_model):
-    """Some defects never reach the delegate: the runtime's own checks come first."""
+def test_inconsistent_models_are_refused_before_the_runtime(small_model):
+    """Some defects never reach the delegate: the model checks
+    (converters.modelcheck) refuse them before the runtime reads the model."""
     def short_buffer(model, op):  # a packed buffer shorter than its own shape
         fz.set_buffer(model, int(op.inputs[1]), bytes(PACKED - 1), fix_shape=False)
 
-    with pytest.raises(ValueError, match="could not load model .*required_bytes <= bytes"):
+    with pytest.raises(ValueError, match=rf"tensor 1 'Const': Expected buffer \d+ to hold the {PACKED} bytes "
+                                         rf".*Received {PACKED - 1} bytes"):
         make_interpreter(fz.edited(small_model, short_buffer))
-    # The runtime marks such a model inconsistent and never applies delegates.
-    with pytest.raises(RuntimeError, match="Invalid tensor index 999 in node inputs"):
+    with pytest.raises(ValueError, match=r"node 0 \(GQ_FULLY_CONNECTED\), input 3: Expected a tensor index in "
+                                         r"0\.\.\d+ or -1 \(no tensor\)\. Received index 999\."):
         make_interpreter(fz.edited(small_model, fz.edit_inputs(lambda i: i[:3] + [999])))
 
 
