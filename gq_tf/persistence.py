@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 
-from gq_tf._keras import keras
+from gq_tf._keras import keras, tf
 from gq_tf.configs import _ORIGINS, quantize_model, quantize_scope
 from gq_tf.quantizers import _KernelQuantizer
 
@@ -94,6 +94,26 @@ def save_qat(qat_model, directory):
         os.rename(tmp, directory)
 
 
+def _read_meta(meta_path):
+    """The JSON save_qat wrote, checked for its format and keys."""
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"Expected {meta_path} to hold the JSON gq_tf.save_qat writes. Received a file that does not "
+            f"parse ({e}): it is truncated or damaged; save the model again."
+        ) from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"Expected a JSON object in {meta_path}. Received a JSON {type(meta).__name__}.")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"Expected format {FORMAT!r} in {meta_path}. Received {meta.get('format')!r}.")
+    missing = [k for k in ("float_model", "policy") if k not in meta]
+    if missing:
+        raise ValueError(f"Expected keys 'float_model' and 'policy' in {meta_path}. Received keys {sorted(meta)}.")
+    return meta
+
+
 def load_qat(directory, custom_objects=None):
     """Restores a QAT model saved by ``save_qat``.
 
@@ -105,20 +125,62 @@ def load_qat(directory, custom_objects=None):
       The QAT model with every weight and the annealing state restored.
 
     Raises:
-      FileNotFoundError, ValueError: missing or foreign files.
+      FileNotFoundError: ``gq_model.json`` or the weights checkpoint is missing.
+      ValueError: a damaged or foreign file (not JSON, another format, a
+        float model Keras cannot build, a policy that does not fit it, a
+        truncated, altered or foreign weights checkpoint); the message names
+        the file.
     """
-    meta_path = os.path.join(os.fspath(directory), _META)
+    directory = os.fspath(directory)
+    meta_path = os.path.join(directory, _META)
     if not os.path.exists(meta_path):
         raise FileNotFoundError(
             f"Expected a directory written by gq_tf.save_qat containing {_META}. "
             f"Received {directory!r}, which has no {_META}."
         )
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"Expected format {FORMAT!r} in {meta_path}. Received {meta.get('format')!r}.")
-    with quantize_scope(custom_objects or {}):
-        model = keras.models.model_from_json(json.dumps(meta["float_model"]))
-    qat = quantize_model(model, policy_from_json(meta["policy"]))
-    qat.load_weights(os.path.join(os.fspath(directory), _WEIGHTS)).expect_partial()
+    meta = _read_meta(meta_path)
+    try:
+        with quantize_scope(custom_objects or {}):
+            model = keras.models.model_from_json(json.dumps(meta["float_model"]))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(
+            f"Expected a Keras model config under 'float_model' in {meta_path}. Received one Keras cannot "
+            f"build: {type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"Expected a Keras model config under 'float_model' in {meta_path}. Received one that Keras "
+            f"builds into a {type(model).__name__}, not a model."
+        )
+    try:
+        policy = policy_from_json(meta["policy"])
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(
+            f"Expected a policy as save_qat writes it under 'policy' in {meta_path} "
+            f"({{\"rules\": [[pattern, spec], ...]}} or {{\"bits\": n}}). Received "
+            f"{json.dumps(meta['policy'])[:200]} ({type(e).__name__}: {e})."
+        ) from e
+    try:
+        qat = quantize_model(model, policy)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"Expected the policy in {meta_path} to fit its float model. Received: {e}") from e
+    weights = os.path.join(directory, _WEIGHTS)
+    shards = [f for f in os.listdir(directory) if f.startswith(_WEIGHTS + ".data-")]
+    if not os.path.exists(weights + ".index") or not shards:
+        raise FileNotFoundError(
+            f"Expected the weights checkpoint {_WEIGHTS}.index and {_WEIGHTS}.data-* written by gq_tf.save_qat "
+            f"in {directory!r}. Received files {sorted(os.listdir(directory))}."
+        )
+    try:
+        # Every variable of the rebuilt model must get a value: a checkpoint of
+        # another model would otherwise leave some at their initial values.
+        qat.load_weights(weights).assert_existing_objects_matched().expect_partial()
+    except (tf.errors.OpError, IndexError, ValueError, AssertionError) as e:
+        text = e.message if isinstance(e, tf.errors.OpError) else str(e)
+        raise ValueError(
+            f"Expected {weights}.index and {weights}.data-* to be a whole checkpoint of the model in "
+            f"{meta_path}. Received one that cannot be restored ({type(e).__name__}: "
+            f"{text.strip().splitlines()[0] if text.strip() else ''}): it is truncated, damaged or of another "
+            f"model; save the model again."
+        ) from e
     return qat

@@ -350,3 +350,49 @@ def test_changed_settings_start_a_stage_again(tmp_path):
     experiment._forget_if_changed(folder, {"spec": {"policy": {".*": 5}}}, log=said.append)
     assert not (folder / "ckpt").exists() and "other settings" in said[0]
 
+
+
+def test_reordering_policy_patterns_is_a_change(tmp_path):
+    """First match wins: the same patterns in another order are another model."""
+    folder = tmp_path / "mixed"
+    key = {"spec": {"kind": "qat", "policy": {"encoder_.*": {"recurrent_kernel": 2, "kernel": 4}, ".*": 5}},
+           "finetune": {"lr": 1e-4, "epochs": 2}}
+    experiment._forget_if_changed(folder, key, log=lambda m: None)
+    stamp = json.loads((folder / "settings.json").read_text())
+    # Rebuilt from its stamp, the variant gets the same policy, in the same order.
+    assert list(experiment.parse_policy(stamp["spec"]["policy"])) == ["encoder_.*", ".*"]
+    (folder / "ckpt").mkdir()
+    said = []
+    # Other settings in another key order, or a weight dict reordered: the same settings.
+    same = {"finetune": {"epochs": 2, "lr": 1e-4},
+            "spec": {"policy": {"encoder_.*": {"kernel": 4, "recurrent_kernel": 2}, ".*": 5}, "kind": "qat"}}
+    experiment._forget_if_changed(folder, same, log=said.append)
+    assert (folder / "ckpt").exists() and not said
+    swapped = {**key, "spec": {"kind": "qat", "policy": {".*": 5, "encoder_.*": {"recurrent_kernel": 2, "kernel": 4}}}}
+    experiment._forget_if_changed(folder, swapped, log=said.append)
+    assert not (folder / "ckpt").exists() and "other settings" in said[0]
+
+
+def test_a_sorted_stamp_of_an_older_version_is_kept_and_rewritten(tmp_path):
+    """Runs made before the order was kept (every key sorted, '.*' first) are not thrown away."""
+    folder = tmp_path / "mixed"
+    key = {"spec": {"kind": "qat", "policy": {"encoder_.*": 2, ".*": 5}}, "finetune": {"lr": 1e-4, "epochs": 2}}
+    (folder / "ckpt").mkdir(parents=True)
+    old = json.dumps(key, sort_keys=True, default=str)  # what the previous version wrote
+    assert old.index('".*"') < old.index('"encoder_.*"')
+    (folder / "settings.json").write_text(old)
+    said = []
+    experiment._forget_if_changed(folder, key, log=said.append)
+    assert (folder / "ckpt").exists() and "older version" in said[0]
+    new = (folder / "settings.json").read_text()
+    assert new != old and list(json.loads(new)["spec"]["policy"]) == ["encoder_.*", ".*"]
+    said.clear()
+    experiment._forget_if_changed(folder, key, log=said.append)  # rewritten: now plainly the same
+    assert (folder / "ckpt").exists() and not said
+    # An old stamp with other content is still a change.
+    (folder / "settings.json").write_text(json.dumps({**key, "finetune": {"lr": 1e-3, "epochs": 2}}, sort_keys=True))
+    experiment._forget_if_changed(folder, key, log=said.append)
+    assert not (folder / "ckpt").exists() and "other settings" in said[0]
+    # A stage without a policy (the float model) keeps the old form: its stamps are unchanged.
+    float_key = {"train": {"lr": 1e-3, "epochs": 4}, "model": {"kind": "rnnt", "units": [4, 8]}}
+    assert experiment._stamp_text(float_key) == json.dumps(float_key, sort_keys=True)

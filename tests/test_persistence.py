@@ -99,3 +99,66 @@ def test_registered_classes_round_trip(obj):
     assert type(back) is type(obj)
     assert back.get_config() == obj.get_config()
     assert type(obj).from_config(obj.get_config()).get_config() == obj.get_config()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A saved QAT model to damage (copied per test)."""
+    folder = tmp_path_factory.mktemp("saved") / "m"
+    gq_tf.save_qat(gq_tf.quantize_model(sequence_model(), {"lstm": 4, "dense": gq_tf.Uniform(8)}), folder)
+    return folder
+
+
+def _copy(saved, tmp_path):
+    import shutil
+
+    return shutil.copytree(saved, tmp_path / "m")
+
+
+def _meta(folder):
+    return json.loads((folder / "gq_model.json").read_text())
+
+
+def _edit_meta(folder, **changes):
+    (folder / "gq_model.json").write_text(json.dumps({**_meta(folder), **changes}))
+
+
+@pytest.mark.parametrize("damage, error, match", [
+    (lambda m: (m / "gq_model.json").write_text((m / "gq_model.json").read_text()[:300]), ValueError,
+     r"gq_model.json to hold the JSON .* does not parse .*truncated"),
+    (lambda m: (m / "gq_model.json").write_bytes(b"\xff\xfe garbage"), ValueError, r"gq_model.json .*does not parse"),
+    (lambda m: (m / "gq_model.json").write_text("[1, 2]"), ValueError, r"JSON object in .*gq_model.json.*list"),
+    (lambda m: (m / "gq_model.json").write_text(json.dumps({k: v for k, v in _meta(m).items() if k != "policy"})),
+     ValueError,
+     r"keys 'float_model' and 'policy' in .*gq_model.json. Received keys \['float_model', 'format'\]"),
+    (lambda m: _edit_meta(m, float_model={"class_name": "Nope", "config": {}}), ValueError,
+     r"Keras model config under 'float_model' in .*gq_model.json"),
+    (lambda m: _edit_meta(m, policy={"rules": [["lstm"]]}), ValueError,
+     r"policy as save_qat writes it under 'policy' in .*gq_model.json"),
+    (lambda m: _edit_meta(m, policy="abc"), ValueError, r"policy as save_qat writes it .*\"abc\""),
+    (lambda m: _edit_meta(m, policy={"rules": [["lstm", {"weights": {"nope": 4}}]]}), ValueError,
+     r"policy in .*gq_model.json to fit its float model.*nope"),
+    (lambda m: _edit_meta(m, policy={"rules": [["nothing", 4]]}), ValueError,
+     r"policy in .*gq_model.json to fit its float model"),
+    (lambda m: (m / "weights.index").unlink(), FileNotFoundError, r"weights.index and weights.data-\* .*in"),
+    (lambda m: [f.unlink() for f in m.glob("weights.data-*")], FileNotFoundError, r"weights checkpoint"),
+    (lambda m: [f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2]) for f in m.glob("weights.data-*")],
+     ValueError, r"weights.index and .*weights.data-\* to be a whole checkpoint .*cannot be restored"),
+    (lambda m: (m / "weights.index").write_bytes((m / "weights.index").read_bytes()[:50]), ValueError,
+     r"whole checkpoint .*cannot be restored .*sstable"),
+])
+def test_load_of_a_damaged_save_names_the_file(saved, tmp_path, damage, error, match):
+    folder = _copy(saved, tmp_path)
+    damage(folder)
+    with pytest.raises(error, match=match):
+        gq_tf.load_qat(folder)
+
+
+def test_load_of_weights_from_another_model_is_an_error(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    other = tmp_path / "other"
+    gq_tf.save_qat(gq_tf.quantize_model(sequence_model(), {"dense": 4}), other)  # fewer quantizer variables
+    for f in other.glob("weights.*"):
+        (folder / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(ValueError, match="whole checkpoint of the model .*cannot be restored"):
+        gq_tf.load_qat(folder)

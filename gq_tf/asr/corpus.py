@@ -783,18 +783,23 @@ def _babble_bank(config: CorpusConfig, seed: int, train_voices: list[Voice], sen
     return tracks
 
 
-def _remove_stale_tmp(out_dir: Path, log) -> None:
+def _remove_stale_tmp(out_dir: Path, log, what: str = "corpus") -> None:
+    """Removes the temporary files and directories of ``out_dir`` (``.<name>.tmp-<pid>...``, next to
+    it) whose process is gone: left by a killed run. Those of a live process are its own."""
     for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
         try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
+            pid = int(tmp.name[len(out_dir.name) + 6:].split("-")[0].split(".")[0])
             os.kill(pid, 0)
             continue  # a live run owns it
         except ProcessLookupError:
             pass
         except (ValueError, PermissionError):
             continue
-        log(f"corpus: removing {tmp} left by an interrupted run")
-        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"{what}: removing {tmp} left by an interrupted run")
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def _write_all(stream, tmp: Path, entries: list, total: int, log) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import time
@@ -126,29 +127,56 @@ def _io_table(interpreter):
     runner = interpreter.get_signature_runner()
 
     def table(by_name, order):
-        index = {d["index"]: name for name, d in by_name.items()}
-        rows = []
-        for d in order:
-            if d["index"] in index:
-                rows.append({"name": index[d["index"]], "tensor": d["name"],
-                             "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name})
-        return rows
+        # One row per signature name: two names can share a tensor (the
+        # converter gives a one-layer LSTM's output and its h state one).
+        position = {d["index"]: i for i, d in enumerate(order)}
+        tensor = {d["index"]: d["name"] for d in order}
+        return [{"name": name, "tensor": tensor[d["index"]], "shape": [int(v) for v in d["shape"]],
+                 "dtype": np.dtype(d["dtype"]).name}
+                for name, d in sorted(by_name.items(), key=lambda item: (position[item[1]["index"]], item[0]))]
 
     return (table(runner.get_input_details(), interpreter.get_input_details()),
             table(runner.get_output_details(), interpreter.get_output_details()))
 
 
-def atomic_json(path, data):
-    """Writes ``data`` as JSON to ``path`` all at once (a temporary file, then a rename)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".streaming_", suffix=".json")
+def _umask() -> int:
+    """The process's umask, read without setting it (``os.umask`` would change it for every thread)."""
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=float)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0o022
+
+
+def atomic_write(path, data):
+    """Writes ``data`` (bytes or str, UTF-8) to ``path`` all at once: a temporary file, then a rename.
+
+    A reader (or a run resumed after a kill) sees the old file or the new
+    one, never part of one. The temporary file, ``.<name>.tmp-<pid>-<random>``
+    in the same directory, is removed on an exception; one a kill left is
+    removed by the next write of the same file.
+    """
+    from gq_tf.asr.corpus import _remove_stale_tmp  # a light import: corpus loads no TensorFlow
+
+    path = os.fspath(path)
+    _remove_stale_tmp(Path(path).absolute(), log=lambda m: None)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                               prefix=f".{os.path.basename(path)}.tmp-{os.getpid()}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        # mkstemp creates the file for its owner only; give it the mode a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_json(path, data):
+    """Writes ``data`` as JSON to ``path`` all at once (:func:`atomic_write`)."""
+    atomic_write(path, json.dumps(data, indent=1, default=float))
 
 
 def export_streaming(model, cfg, out_dir, *, kind="gq", policy=None, weights="float"):
@@ -210,6 +238,10 @@ def export_streaming(model, cfg, out_dir, *, kind="gq", policy=None, weights="fl
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The manifest is what makes a directory an export: gone while the graphs
+    # are replaced (each one atomically), written last. An export interrupted
+    # here leaves no manifest beside a mix of old and new graphs.
+    (out_dir / MANIFEST).unlink(missing_ok=True)
     paths, reports, graphs = {}, {}, {}
     specs = models.state_specs(cfg)
     for part in PARTS:
@@ -251,20 +283,109 @@ def export_streaming(model, cfg, out_dir, *, kind="gq", policy=None, weights="fl
     return StreamingExport(paths=paths, reports=reports, kind=kind)
 
 
+def _manifest_error(path, what, received):
+    return ValueError(f"Expected {what} in {str(path)!r}. Received {received}.")
+
+
+def _check_rows(path, part, key, rows):
+    """A graph's ``inputs`` or ``outputs`` table: [{name, shape, dtype}] with unique names."""
+    where = f"graphs.{part}.{key}"
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise _manifest_error(path, f"{where} to be a list of {{name, shape, dtype}} objects", repr(rows)[:200])
+    for r in rows:
+        name, shape, dtype = r.get("name"), r.get("shape"), r.get("dtype")
+        if not isinstance(name, str):
+            raise _manifest_error(path, f"a tensor name (string) in every row of {where}", f"name {name!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise _manifest_error(path, f"the shape of {where} {name!r} to be a list of ints >= 0",
+                                  f"shape {shape!r}")
+        try:
+            if not isinstance(dtype, str):
+                raise TypeError(dtype)
+            np.dtype(dtype)
+        except (TypeError, ValueError):
+            raise _manifest_error(path, f"a NumPy dtype name for {where} {name!r}", f"dtype {dtype!r}") from None
+    names = [r["name"] for r in rows]
+    # Exports before the fix of _io_table listed an output that shares its
+    # tensor with a state (a one-layer LSTM's output and h) twice under one
+    # name: identical rows, accepted.
+    unique = {json.dumps(r, sort_keys=True) for r in rows} if key == "outputs" else names
+    if len(set(names)) != len(unique):
+        raise _manifest_error(path, f"unique names in {where}", f"names {names}")
+
+
 def load_manifest(directory):
     """The ``streaming.json`` of an export directory, checked.
 
+    Checks what the recognizers and benchmarks read: a JSON object of format
+    :data:`FORMAT` with a valid model config, a ``blank`` id in the
+    vocabulary, and for each step graph a file that exists, its input and
+    output tables (name, shape, dtype) and its states (inputs, which the
+    graph also outputs). Whether the files' own signatures agree is checked
+    by ``StreamingRecognizer`` when it opens them.
+
     Raises:
-      FileNotFoundError: no manifest there.
-      ValueError: not a manifest of this format.
+      FileNotFoundError: no manifest there, or a graph file it names is missing.
+      ValueError: not a manifest of this format, or a malformed one (the
+        message names the entry).
     """
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"Expected {MANIFEST} in {directory} (written by export_streaming).")
-    with open(path) as f:
-        manifest = json.load(f)
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"Expected {MANIFEST} in {str(directory)!r} to be JSON. Received invalid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"Expected {MANIFEST} in {str(directory)!r} to be JSON. Received JSON nested too "
+                         "deeply to read.") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"Expected {MANIFEST} in {str(directory)!r} to hold a JSON object. "
+                         f"Received a JSON {type(manifest).__name__}.")
     if manifest.get("format") != FORMAT:
         raise ValueError(f"Expected {MANIFEST} of format {FORMAT!r}. Received format {manifest.get('format')!r}.")
+    try:
+        cfg = models.ModelConfig.from_dict(manifest["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"Expected a model config in {str(path)!r}. Received: {type(e).__name__}: {e}") from None
+    for key in ("feature_mean", "feature_std"):
+        # ModelConfig checks their lengths only; the recognizer computes with them.
+        values = getattr(cfg, key)
+        if values is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                          and math.isfinite(v) for v in values):
+            raise _manifest_error(path, f"config.{key} to be {cfg.n_mels} finite numbers", repr(list(values))[:200])
+    blank = manifest.get("blank", 0)
+    if not isinstance(blank, int) or isinstance(blank, bool) or not 0 <= blank < cfg.vocab_size:
+        raise _manifest_error(path, f"'blank' to be a token id in 0..{cfg.vocab_size - 1}", repr(blank))
+    if manifest.get("chunk_frames", cfg.chunk_frames) != cfg.chunk_frames:
+        raise _manifest_error(path, f"'chunk_frames' equal to the model config's ({cfg.chunk_frames})",
+                              repr(manifest["chunk_frames"]))
+    frame_ms = manifest.get("frame_ms", 10)
+    if isinstance(frame_ms, bool) or not isinstance(frame_ms, (int, float)) or not 0 < frame_ms < float("inf"):
+        raise _manifest_error(path, "'frame_ms' to be a positive number", repr(frame_ms))
+    graphs = manifest.get("graphs")
+    if not isinstance(graphs, dict) or any(not isinstance(graphs.get(p), dict) for p in PARTS):
+        received = sorted(graphs) if isinstance(graphs, dict) else graphs
+        raise _manifest_error(path, f"'graphs' with an object for each of {list(PARTS)}", repr(received)[:200])
+    for part in PARTS:
+        graph = graphs[part]
+        file = graph.get("file")
+        if not isinstance(file, str) or not file:
+            raise _manifest_error(path, f"graphs.{part}.file to name a .tflite file", repr(file))
+        if not (Path(directory) / file).is_file():
+            raise FileNotFoundError(f"Expected the {part} graph {str(Path(directory) / file)!r} named by "
+                                    f"{MANIFEST}. Received: no such file.")
+        for key in ("inputs", "outputs"):
+            _check_rows(path, part, key, graph.get(key))
+        states = graph.get("states")
+        if not isinstance(states, list) or not all(isinstance(n, str) for n in states):
+            raise _manifest_error(path, f"graphs.{part}.states to be a list of input names", repr(states)[:200])
+        inputs = {r["name"] for r in graph["inputs"]}
+        missing = [n for n in states if n not in inputs]
+        if missing:
+            raise ValueError(f"Expected every state of the {part} graph among its inputs {sorted(inputs)} in "
+                             f"{str(path)!r}. Received states {missing} without an input.")
     return manifest
 
 
@@ -364,7 +485,11 @@ class _Recognizer:
         Returns:
           list of int: the tokens the new chunks produced.
         """
-        frames = np.asarray(feature_frames, np.float32).reshape(-1, self.cfg.n_mels)
+        frames = np.asarray(feature_frames, np.float32)
+        if frames.size % self.cfg.n_mels or (frames.ndim > 1 and frames.shape[-1] != self.cfg.n_mels):
+            raise ValueError(f"Expected log-mel frames [k, n_mels={self.cfg.n_mels}]. "
+                             f"Received an array of shape {list(frames.shape)}.")
+        frames = frames.reshape(-1, self.cfg.n_mels)
         self._buffer = np.concatenate([self._buffer, frames])
         new = []
         while len(self._buffer) >= self.chunk_frames:
@@ -453,9 +578,17 @@ class _TFLiteGraph:
 
         self.path = str(path)
         self.interpreter = make_interpreter(self.path, **interpreter_kwargs)
+        signatures = self.interpreter.get_signature_list()
+        if list(signatures) != ["serving_default"]:
+            raise ValueError(f"Expected one signature 'serving_default' in {self.path} (export_streaming writes "
+                             f"it). Received signatures {sorted(signatures)}.")
         runner = self.interpreter.get_signature_runner()
-        self.inputs = {name: d["index"] for name, d in runner.get_input_details().items()}
-        self.outputs = {name: d["index"] for name, d in runner.get_output_details().items()}
+        by_name = {"inputs": runner.get_input_details(), "outputs": runner.get_output_details()}
+        self.inputs = {name: d["index"] for name, d in by_name["inputs"].items()}
+        self.outputs = {name: d["index"] for name, d in by_name["outputs"].items()}
+        # {"inputs" | "outputs": {name: (shape, dtype name)}}, to compare with streaming.json.
+        self.signature = {key: {name: ([int(v) for v in d["shape"]], np.dtype(d["dtype"]).name)
+                                for name, d in details.items()} for key, details in by_name.items()}
         self._set, self._get = self.interpreter.set_tensor, self.interpreter.get_tensor
 
     def __call__(self, feeds):
@@ -466,6 +599,46 @@ class _TFLiteGraph:
             self._set(self.inputs[name], value)
         self.interpreter.invoke()
         return {name: self._get(index) for name, index in self.outputs.items()}
+
+
+def _check_graphs(manifest, cfg, graphs):
+    """Checks that each opened step graph has the inputs, outputs and states of ``streaming.json``
+    and the shapes the recognizer feeds and reads; raises ValueError naming the file and tensor."""
+    for part in PARTS:
+        graph, sig = manifest["graphs"][part], graphs[part].signature
+        for key in ("inputs", "outputs"):
+            listed = {r["name"]: (r["shape"], np.dtype(r["dtype"]).name) for r in graph[key]}
+            # Older manifests may miss a state among the outputs (see _check_rows).
+            unlisted = set(graph["states"]) if key == "outputs" else set()
+            diff = sorted(n for n in set(listed) | set(sig[key]) - unlisted if listed.get(n) != sig[key].get(n))
+            if diff:
+                raise ValueError(f"Expected the {key} of {graphs[part].path} to be those {MANIFEST} lists. "
+                                 f"Received for {diff}: {MANIFEST} {[listed.get(n) for n in diff]}, the file "
+                                 f"{[sig[key].get(n) for n in diff]}.")
+    sig = {part: graphs[part].signature for part in PARTS}
+    enc_out = sig["encoder"]["outputs"].get("encoder_out", ([], ""))[0]
+    pred_out = sig["prediction"]["outputs"].get("pred_out", ([], ""))[0]
+    f32, frames = "float32", cfg.chunk_frames // models.reduction(cfg)
+    dim = enc_out[-1] if len(enc_out) == 3 else -1
+    units = pred_out[-1] if len(pred_out) == 2 else -1
+    wanted = {
+        "encoder": ({"features": ([1, cfg.chunk_frames, cfg.n_mels], f32)}, {"encoder_out": ([1, frames, dim], f32)}),
+        "prediction": ({"token": ([1, 1], "int32")}, {"pred_out": ([1, units], f32)}),
+        "joint": ({"enc": ([1, dim], f32), "pred": ([1, units], f32)}, {"logits": ([1, cfg.vocab_size], f32)}),
+    }
+    for part, (inputs, outputs) in wanted.items():
+        states = manifest["graphs"][part]["states"]
+        for key, fixed in (("inputs", inputs), ("outputs", outputs)):
+            got, other = sig[part][key], sig[part]["outputs" if key == "inputs" else "inputs"]
+            # Every other input and output is a state: an output fed back to the input of the same name.
+            expected = {**{n: other[n] for n in states if n in other}, **fixed}
+            diff = sorted(n for n in set(got) | set(expected) if got.get(n) != expected.get(n))
+            if diff:
+                raise ValueError(
+                    f"Expected the {part} graph's {key} to be {sorted(expected)} with the shapes and dtypes "
+                    f"of model config {cfg.name!r} (states {states} as inputs and as outputs). Received "
+                    f"{graphs[part].path} with {', '.join(f'{n}: {got.get(n)}' for n in diff)} "
+                    f"(expected {', '.join(f'{n}: {expected.get(n)}' for n in diff)}).")
 
 
 class StreamingRecognizer(_Recognizer):
@@ -500,6 +673,7 @@ class StreamingRecognizer(_Recognizer):
         self.graphs = {part: _TFLiteGraph(Path(directory) / self.manifest["graphs"][part]["file"],
                                           runtime=runtime, kernel=kernel, num_threads=num_threads)
                        for part in PARTS}
+        _check_graphs(self.manifest, cfg, self.graphs)
         super().__init__(cfg, self.graphs, blank=self.manifest.get("blank", 0),
                          max_symbols_per_frame=max_symbols_per_frame,
                          states={part: manifest_states(self.manifest, part) for part in ("encoder", "prediction")})

@@ -47,6 +47,7 @@ A variant may also carry ``"models": [...]`` (run for those models only) and
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -58,7 +59,7 @@ import numpy as np
 
 import gq_tf
 from gq_tf._keras import keras, tf
-from gq_tf.asr.deploy import atomic_json, is_qat
+from gq_tf.asr.deploy import atomic_json, atomic_write, is_qat
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -78,7 +79,16 @@ def load_recipe(name_or_path) -> dict:
     for key in ("corpus", "models", "float", "finetune", "variants"):
         if key not in recipe:
             raise ValueError(f"Recipe {path}: expected key {key!r}. Received keys {sorted(recipe)}.")
+    if not isinstance(recipe["models"], list) or not all(isinstance(m, str) for m in recipe["models"]):
+        raise ValueError(f"Recipe {path}: expected 'models' to be a list of model config names. "
+                         f"Received {recipe['models']!r}.")
+    for key in ("corpus", "float", "finetune", "variants"):
+        if not isinstance(recipe[key], dict):
+            raise ValueError(f"Recipe {path}: expected {key!r} to be a JSON object. Received {recipe[key]!r}.")
     for name, spec in recipe["variants"].items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"Recipe {path}, variant {name!r}: expected a JSON object (kind, policy, ...). "
+                             f"Received {spec!r}.")
         only = spec.get("models")
         if only is not None and (not isinstance(only, list) or set(only) - set(recipe["models"])):
             raise ValueError(f"Recipe {path}, variant {name!r}: expected 'models' to be a list of the recipe's "
@@ -246,14 +256,28 @@ class Context:
 
 
 def _fresh_float(ctx: Context):
-    """A new float network with the trained float weights (each variant fine-tunes its own copy)."""
+    """A new float network with the trained float weights (each variant fine-tunes its own copy).
+
+    Raises:
+      FileNotFoundError: no float checkpoint.
+      train.CheckpointError: the newest float checkpoint is damaged. It is not
+        replaced by an older one here, whose float model would be less trained
+        than the float row's: ``train_float`` (run again) falls back to that
+        one and trains again what was lost.
+    """
     from gq_tf.asr import models
+    from gq_tf.asr.train import CheckpointError, checkpoint_problem
 
     net = models.build_training_model(ctx.cfg)
     ckpt = tf.train.Checkpoint(net=net)
     latest = tf.train.latest_checkpoint(str(ctx.float_dir / "ckpt"))
     if latest is None:
         raise FileNotFoundError(f"No float checkpoint in {ctx.float_dir / 'ckpt'}: train the float model first.")
+    problem = checkpoint_problem(latest)
+    if problem is not None:
+        raise CheckpointError(f"Expected a readable float checkpoint to fine-tune from. Received a damaged one: "
+                              f"{problem}. To repair it, run the same command again: the float stage resumes "
+                              "from its newest readable checkpoint and trains again what was lost.")
     ckpt.restore(latest).expect_partial()
     return net
 
@@ -326,21 +350,48 @@ def _float_key(ctx: Context) -> dict:
             "corpus": ctx.recipe["corpus"]}
 
 
+def _stamp_form(value, is_policy=False):
+    """``value`` with the keys of every JSON object sorted (the order of a
+    recipe's settings means nothing), except a policy's (the dict under a
+    ``"policy"`` key): its patterns keep their order, because the first match
+    wins."""
+    if isinstance(value, dict):
+        items = value.items() if is_policy else sorted(value.items(), key=lambda kv: kv[0])
+        return {k: _stamp_form(v, is_policy=not is_policy and k == "policy") for k, v in items}
+    if isinstance(value, (list, tuple)):
+        return [_stamp_form(v) for v in value]
+    return value
+
+
+def _stamp_text(key: dict) -> str:
+    """A stage's ``settings.json``: ``key`` as JSON, policies in their own order (:func:`_stamp_form`)."""
+    return json.dumps(_stamp_form(key), default=str)
+
+
 def _forget_if_changed(folder: Path, key: dict, log) -> None:
     """Keeps ``folder`` (checkpoints, results) only if it was made with ``key``.
 
-    A recipe edited since the last run (another policy, other epochs, another
-    model config) must not resume from or reuse what the old one left.
+    A recipe edited since the last run (another policy, its patterns in
+    another order, other epochs, another model config) must not resume from
+    or reuse what the old one left. A stamp written by an older gq-tf, whose
+    keys were all sorted (policy patterns included), is accepted when it
+    holds the same settings and is written again with the patterns' order.
     """
     import shutil
 
     stamp = folder / "settings.json"
-    text = json.dumps(key, sort_keys=True, default=str)
-    if folder.exists() and (not stamp.exists() or stamp.read_text() != text):
-        log(f"  {folder}: made with other settings; starting it again")
-        shutil.rmtree(folder)
+    text = _stamp_text(key)
+    if folder.exists():
+        old = stamp.read_text(errors="replace") if stamp.exists() else None
+        if old != text and old == json.dumps(key, sort_keys=True, default=str):
+            log(f"  {folder}: settings.json written by an older version (sorted, without the order of the policy's "
+                "patterns); same settings, kept; written again with the order")
+        elif old != text:
+            log(f"  {folder}: made with other settings; starting it again")
+            shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(text)
+    # All at once: a torn stamp would read as other settings, and the folder would be thrown away.
+    atomic_write(stamp, text)
 
 
 def train_float(ctx: Context) -> dict:
@@ -355,7 +406,7 @@ def train_float(ctx: Context) -> dict:
     summary = fit(net, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, ctx.float_dir, name="float", log=ctx.log)
     summary["parameters"] = int(net.count_params())
     atomic_json(ctx.float_dir / "summary.json", summary)
-    (ctx.float_dir / "model_config.json").write_text(json.dumps(ctx.cfg.to_dict(), indent=1))
+    atomic_write(ctx.float_dir / "model_config.json", json.dumps(ctx.cfg.to_dict(), indent=1))
     return summary
 
 
@@ -436,7 +487,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
         row[f"wer_tflite_{split}"] = metrics.wer(refs[:len(t_hyps)], t_hyps)
         row[f"tflite_utterances_{split}"] = len(t_hyps)
         row[f"keras_on_same_{split}"] = metrics.wer(refs[:len(t_hyps)], hyps[:len(t_hyps)])
-        (vdir / f"hyps_{split}.txt").write_text("".join(f"{i}\t{r}\t{h}\t{t}\n" for i, r, h, t in zip(
+        atomic_write(vdir / f"hyps_{split}.txt", "".join(f"{i}\t{r}\t{h}\t{t}\n" for i, r, h, t in zip(
             ctx.data[split].ids, refs, hyps, t_hyps + [""] * (len(hyps) - len(t_hyps)))))
     row["stream_dir"] = str(stream)
     atomic_json(result_path, row)
@@ -656,7 +707,9 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.set_title(f"{model}: {name}")
             ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write(path, buf.getvalue())
     plt.close(fig)
 
 
@@ -687,7 +740,7 @@ def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, strea
         for model, res in streaming.items():
             lines += [f"**{model}** ({res['settings']['utterances']} utterances, baseline {res['baseline']})", "",
                       streambench.table(res), ""]
-    (out / "results.md").write_text("\n".join(lines))
+    atomic_write(out / "results.md", "\n".join(lines))
 
 
 def _run_models_in_parallel(recipe_name, out: Path, models: list[str], variants, jobs: int, log) -> None:

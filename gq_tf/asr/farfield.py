@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gq_tf.asr.corpus import Manifest, colored_noise, mix_at_snr
+from gq_tf.asr.corpus import Manifest, _remove_stale_tmp, colored_noise, mix_at_snr
 from gq_tf.asr.librispeech import MANIFEST, SAMPLE_RATE, load_audio, write_utterance
 
 __all__ = ["FARFIELD_VERSION", "FarfieldConfig", "make_farfield", "reverberate", "rir_bank"]
@@ -178,7 +178,8 @@ def rir_bank(cfg: FarfieldConfig, seed: int, cache_dir=None, workers: int = 2, l
     log(f"farfield: {len(rirs)} responses in {time.time() - t0:.1f} s")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}.npz")
+        _remove_stale_tmp(path, log, "farfield")
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}.npz"
         np.savez(tmp, flat=np.concatenate(rirs), lengths=np.array([len(r) for r in rirs], np.int64),
                  rooms=np.array(json.dumps(rooms)))
         os.replace(tmp, path)
@@ -257,6 +258,9 @@ def make_farfield(corpus_dir, subset: str = "test", out_subset: str = "test_far"
         raise ValueError(f"Expected {out_subset!r} to be a new subset name. Received: {out_path} exists and "
                          f"was not made by gq_tf.asr.farfield")
 
+    # What a killed run left: its subset, manifest and info files in the making.
+    for name in (out_subset, MANIFEST, info_path.name):
+        _remove_stale_tmp(corpus_dir / name, log, "farfield")
     t0 = time.time()
     bank = rir_bank(cfg, seed, corpus_dir / "farfield", workers, log)
     rng = np.random.default_rng([seed, 29])
@@ -300,7 +304,9 @@ def make_farfield(corpus_dir, subset: str = "test", out_subset: str = "test_far"
         (tmp / out_subset / _MARKER).write_text("made by gq_tf.asr.farfield\n")
         # Swap the subset in, then the manifest, then the info file that marks completion.
         if out_path.exists():
-            shutil.rmtree(out_path)
+            # Out of the way at once, removed with ``tmp``: deleted in place, a kill could leave
+            # part of it without its marker, which the next run would refuse to replace.
+            os.rename(out_path, tmp / f"{out_subset}.old")
         os.rename(tmp / out_subset, out_path)
         kept = [e for e in manifest.entries if e["subset"] != out_subset]
         all_entries = sorted(kept + entries, key=lambda e: (e["subset"], e["id"]))
@@ -316,7 +322,7 @@ def make_farfield(corpus_dir, subset: str = "test", out_subset: str = "test_far"
             "per_snr": {str(s): sum(1 for e in entries if e["snr_db"] == s) for s in cfg.snrs},
             "rir_bank": bank["path"] and os.path.relpath(bank["path"], corpus_dir), "rooms": bank["rooms"],
             "generation_s": round(elapsed, 1)}
-    info_tmp = info_path.with_name(info_path.name + f".tmp-{os.getpid()}")
+    info_tmp = info_path.with_name(f".{info_path.name}.tmp-{os.getpid()}")
     info_tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     os.replace(info_tmp, info_path)
     log(f"farfield: {out_subset} done: {len(entries)} utterances in {elapsed:.1f} s")

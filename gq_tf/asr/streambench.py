@@ -389,11 +389,13 @@ def export_variants(model_name, out_dir, *, variants=PAPER_VARIANTS, recipe="ful
     for variant, spec in _variant_specs(cfg, variants, recipe).items():
         vdir = out_dir / variant
         # As JSON reads it back (nested tuples become lists), to compare with the stamp.
-        key = json.loads(json.dumps({"config": cfg.to_dict(), "spec": spec, "seed": seed}))
+        key = json.loads(json.dumps({"config": cfg.to_dict(), "spec": spec, "seed": seed,
+                                     "step_graphs": models.STEP_GRAPHS}))
         stamp = vdir / "export.json"
         if stamp.exists():
             old = json.loads(stamp.read_text())
-            if old.get("key") == key and (vdir / deploy.MANIFEST).exists():
+            # Compared as JSON text: a policy's pattern order is its meaning.
+            if json.dumps(old.get("key")) == json.dumps(key) and (vdir / deploy.MANIFEST).exists():
                 log(f"[{model_name}/{variant}] exported before: {vdir}")
                 done[variant] = {"dir": str(vdir), **{k: old[k] for k in ("parameters", "file_bytes", "seconds")}}
                 continue
@@ -548,7 +550,7 @@ def paper(model_names=PAPER_MODELS, *, threads=(1, 2), out="runs/paper_latency",
       The ``paper.json`` data: ``{"date", "command", "machine", "settings", "models": {model: {...}}}``.
     """
     from gq_tf.asr import models as asr_models
-    from gq_tf.asr.deploy import atomic_json
+    from gq_tf.asr.deploy import atomic_json, atomic_write
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -592,7 +594,7 @@ def paper(model_names=PAPER_MODELS, *, threads=(1, 2), out="runs/paper_latency",
             "load_average": [load, os.getloadavg()[0]],
         }
         atomic_json(out / "paper.json", result)
-        (out / "paper.md").write_text(paper_table(result) + "\n")
+        atomic_write(out / "paper.md", paper_table(result) + "\n")
         log(f"[{name}] done in {(time.time() - t0) / 60:.1f} min")
     log("\n" + paper_table(result))
     log(f"wrote {out / 'paper.json'}, {out / 'paper.md'}")

@@ -9,10 +9,13 @@ functional model, so ``gq_tf.quantize_model`` and ``GQAnnealing`` work on it
 unchanged (the annealing callback finds the quantizers through the wrapper).
 
 Every run directory holds ``ckpt/`` (network + optimizer + epoch and batch
-position, written at each epoch end and every ``save_every_s`` seconds):
-running the same command again resumes where it stopped, skipping the
-batches already trained, including the annealing schedule, which lives in
-the quantizers' state.
+position, written at each epoch end and every ``save_every_s`` seconds; the
+newest :data:`KEEP_CHECKPOINTS` are kept): running the same command again
+resumes where it stopped, skipping the batches already trained, including
+the annealing schedule, which lives in the quantizers' state. A damaged
+newest checkpoint (truncated or altered file, missing shard) is skipped
+with a :class:`DamagedCheckpointWarning` for the newest readable one; with
+none readable, :class:`CheckpointError` says what to delete.
 Progress is one line per epoch (loss, dev loss, seconds) and ``log.jsonl``.
 """
 
@@ -23,7 +26,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -412,14 +417,181 @@ class _EpochCheckpoint(keras.callbacks.Callback):
                  f" · {secs:.0f} s {extra}".rstrip())
 
 
+# ----------------------------------------------------------------- checkpoints
+
+# Three, not two: the two newest are often written seconds apart (a
+# ``save_every_s`` save just before an epoch end), so one event (a full disk,
+# a crash before the data reached the disk, an interrupted copy) can damage
+# both; the third is older.
+KEEP_CHECKPOINTS = 3
+_CKPT_FILE = re.compile(r"ckpt-(\d+)\.(index|data-\d+-of-\d+)")
+# What TensorFlow's checkpoint reader raises on a damaged file: OpError
+# (checksum mismatch, bad index, missing shard) or IndexError (truncated data).
+_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, OSError)
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run can be restored: all are damaged, or they do not fit the model."""
+
+
+class DamagedCheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped; training resumes from an older one and repeats what was lost."""
+
+
+def _reason(e: BaseException) -> str:
+    text = (e.message if isinstance(e, tf.errors.OpError) else str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def checkpoint_problem(prefix) -> str | None:
+    """Why the checkpoint ``prefix`` (``.../ckpt-N``) cannot be read back, naming the bad file; None if it can.
+
+    Every tensor is read, and each is checked against the CRC32C its index
+    stores, so a truncated or altered data file, an unreadable index and a
+    missing shard are all found before anything is restored into a model.
+    """
+    prefix = os.fspath(prefix)
+    index = prefix + ".index"
+    if not os.path.exists(index):
+        return f"{index} is missing"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except _READ_ERRORS as e:
+        return f"{index} is unreadable ({_reason(e)})"
+    for key in sorted(reader.get_variable_to_dtype_map()):
+        try:
+            reader.get_tensor(key)
+        except _READ_ERRORS as e:
+            shards = sorted(Path(prefix).parent.glob(Path(prefix).name + ".data-*"))
+            if not shards:
+                return f"{prefix}.data-* is missing ({_reason(e)})"
+            return f"{', '.join(map(str, shards))} is unreadable ({_reason(e)})"
+    return None
+
+
+def _position(prefix) -> tuple[int, int] | None:
+    """(epoch, batch) a checkpoint of :func:`fit` was written at, or None if unreadable."""
+    try:
+        reader = tf.train.load_checkpoint(os.fspath(prefix))
+        return tuple(int(reader.get_tensor(f"{k}/.ATTRIBUTES/VARIABLE_VALUE")) for k in ("epoch", "batch"))
+    except _READ_ERRORS:
+        return None
+
+
+def _warn(message: str, log) -> None:
+    log(message)
+    warnings.warn(message.strip(), DamagedCheckpointWarning, stacklevel=3)
+
+
+def checkpoint_manager(ckpt, directory, *, name: str, log=print) -> tf.train.CheckpointManager:
+    """The ``tf.train.CheckpointManager`` of a run's ``ckpt/`` folder, keeping :data:`KEEP_CHECKPOINTS`.
+
+    A missing or unreadable ``checkpoint`` file (the manager's list) beside
+    checkpoint files is written again from the files, with a warning: without
+    it the manager would see no checkpoint, and the run would silently train
+    from the start.
+    """
+    directory = Path(directory)
+    try:
+        state = tf.train.get_checkpoint_state(str(directory))
+    except ValueError:  # a list without its newest entry (an empty file)
+        state = None
+    found = sorted({int(m.group(1)) for f in (directory.iterdir() if directory.is_dir() else ())
+                    if (m := _CKPT_FILE.fullmatch(f.name))})
+    if state is None and found:
+        names = [f"ckpt-{n}" for n in found]
+        _warn(f"  [{name}] {directory / 'checkpoint'} (the list of checkpoints) is missing or unreadable: "
+              f"listing the ones on disk instead ({', '.join(names)})", log)
+        stamps = [max(f.stat().st_mtime for f in directory.glob(n + ".*")) for n in names]
+        tf.compat.v1.train.update_checkpoint_state(str(directory.resolve()), names[-1], names,
+                                                   all_model_checkpoint_timestamps=stamps,
+                                                   last_preserved_timestamp=min(stamps) - 1)
+    return tf.train.CheckpointManager(ckpt, str(directory), max_to_keep=KEEP_CHECKPOINTS)
+
+
+def _number(prefix: str) -> int:
+    m = re.search(r"-(\d+)$", prefix)
+    return int(m.group(1)) if m else -1
+
+
+def restore_newest_readable(ckpt, manager, *, name: str, steps_per_epoch: int | None = None, log=print):
+    """Restores the newest checkpoint of ``manager`` that reads back whole into ``ckpt``.
+
+    Each candidate is checked (:func:`checkpoint_problem`) before anything is
+    restored, so values of a damaged checkpoint never reach the network or
+    the optimizer. Skipping a damaged one warns (``log`` and a
+    :class:`DamagedCheckpointWarning`) with the bad file and how much
+    training is repeated.
+
+    Args:
+      ckpt: the ``tf.train.Checkpoint`` to restore into (its optimizer's
+        slots already built).
+      manager: its ``tf.train.CheckpointManager``.
+      name: the stage, for the messages.
+      steps_per_epoch: batches per epoch, to count the repeated batches.
+      log: progress messages.
+
+    Returns:
+      The restored checkpoint's path, or None if the run has none yet.
+
+    Raises:
+      CheckpointError: every checkpoint is damaged, or the readable one does
+        not fit ``ckpt`` (the message says what to delete to start over).
+    """
+    prefixes = list(dict.fromkeys([*reversed(manager.checkpoints),
+                                   *([manager.latest_checkpoint] if manager.latest_checkpoint else [])]))
+    prefixes.sort(key=_number, reverse=True)
+    folder = manager.directory
+    damaged = []
+    for prefix in prefixes:
+        problem = checkpoint_problem(prefix)
+        if problem is None:
+            break
+        damaged.append((prefix, problem))
+    else:
+        if not damaged:
+            return None
+        listed = "; ".join(f"{Path(p).name}: {why}" for p, why in damaged)
+        raise CheckpointError(
+            f"Expected a readable checkpoint in {folder} to resume stage '{name}'. Received only damaged ones "
+            f"({listed}). To train '{name}' from the start, delete the folder {folder}.")
+    try:
+        ckpt.restore(prefix).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise CheckpointError(
+            f"Expected checkpoint {prefix} to fit the network and optimizer of stage '{name}'. Received one "
+            f"made for another model ({_reason(e)}). To train '{name}' from the start, delete the folder "
+            f"{folder}.") from e
+    if damaged:
+        good = _position(prefix)
+        lost = max((p for p in (_position(d) for d, _ in damaged) if p is not None), default=None)
+        bad = "; ".join(f"{Path(p).name} is damaged: {why}" for p, why in damaged)
+        where = f" (epoch {good[0]}, batch {good[1]})" if good else ""
+        if good is None or lost is None or not steps_per_epoch:
+            repeat = "what was trained after it is trained again"
+        else:
+            n = (lost[0] - good[0]) * steps_per_epoch + lost[1] - good[1]
+            repeat = (f"{n} batches ({n / steps_per_epoch:.2f} epochs) are trained again "
+                      f"(the damaged one was at epoch {lost[0]}, batch {lost[1]})")
+        _warn(f"  [{name}] {bad}. Resuming from {Path(prefix).name}{where} instead: {repeat}.", log)
+    return prefix
+
+
 def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_dir, *, name: str,
         callbacks=(), log=print) -> dict:
     """Trains ``net`` in place; resumable from ``run_dir/ckpt``. Returns a summary.
 
+    Resumes from the newest readable checkpoint (:func:`restore_newest_readable`:
+    a damaged newer one is skipped with a :class:`DamagedCheckpointWarning`).
+
     Returns:
       dict with ``epochs``, ``seconds`` (this call's training time plus the
-      time recorded by earlier interrupted calls), ``final_loss``,
-      ``dev_loss`` and ``resumed_from`` (epochs already done when called).
+      time recorded by earlier interrupted calls, up to the checkpoint resumed
+      from), ``final_loss``, ``dev_loss`` and ``resumed_from`` (epochs already
+      done when called).
+
+    Raises:
+      CheckpointError: ``run_dir/ckpt`` holds checkpoints, but none can be restored.
     """
     from gq_tf.asr.models import reduction
 
@@ -438,18 +610,19 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
     parts = {"ctc_head": trainer.ctc_head} if trainer.ctc_head is not None else {}
     ckpt = tf.train.Checkpoint(net=net, optimizer=trainer.optimizer, epoch=epoch_var, batch=batch_var,
                                seconds=seconds_var, **parts)
-    manager = tf.train.CheckpointManager(ckpt, str(run_dir / "ckpt"), max_to_keep=2)
+    manager = checkpoint_manager(ckpt, run_dir / "ckpt", name=name, log=log)
+    restored = None
     if manager.latest_checkpoint:
         # Optimizer slots are created lazily: build them before restoring.
         trainer.optimizer.build(trainer.train_variables)
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        restored = restore_newest_readable(ckpt, manager, name=name, steps_per_epoch=steps_per_epoch, log=log)
     done, skip = int(epoch_var.numpy()), int(batch_var.numpy())
-    if manager.latest_checkpoint:
+    if restored:
         if done >= cfg.epochs:
-            log(f"  [{name}] trained before ({cfg.epochs} epochs): {manager.latest_checkpoint}")
+            log(f"  [{name}] trained before ({cfg.epochs} epochs): {restored}")
         else:
             within = f", batch {skip}" if skip else ""
-            log(f"  [{name}] resuming after epoch {done}{within} from {manager.latest_checkpoint}")
+            log(f"  [{name}] resuming after epoch {done}{within} from {restored}")
     summary = {"epochs": cfg.epochs, "resumed_from": done}
     if done < cfg.epochs:
         keras.utils.set_random_seed(cfg.seed + done)
