@@ -249,6 +249,15 @@ class _Checker:
             g.names[t] = raw.decode("utf-8", "replace") if raw is not None else ""
         return g.names[t]
 
+    def utf8(self, raw, where, what):
+        """Checks that a name the runtime's Python API decodes is UTF-8 (it raises UnicodeDecodeError)."""
+        if raw is None:
+            return
+        try:
+            bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as e:
+            self.refuse(where, f"a UTF-8 {what}", f"{bytes(raw)!r} (byte {e.start} is not UTF-8)")
+
     def tensor_ref(self, g, t):
         return f"tensor {t} {self.tensor_name(g, t)!r}"
 
@@ -270,6 +279,8 @@ class _Checker:
         self.num_opcodes = self.length(model.OperatorCodesLength(), "the operator code list")
         self.num_subgraphs = self.length(model.SubgraphsLength(), "the subgraph list")
         self.buffer_bytes = [self.data_bytes(b) for b in range(self.num_buffers)]
+        for c in range(self.num_opcodes):
+            self.utf8(model.OperatorCodes(c).CustomCode(), f"operator code {c}", "custom op name")
         for m in range(self.length(model.MetadataLength(), "the metadata list")):
             b = model.Metadata(m).Buffer()
             if b >= self.num_buffers:
@@ -305,6 +316,7 @@ class _Checker:
         g.count = self.length(sub.TensorsLength(), f"subgraph {s}'s tensor list")
         for t in range(g.count):
             tensor = sub.Tensors(t)
+            self.utf8(tensor.Name(), f"subgraph {s}, tensor {t}", "tensor name")
             b = tensor.Buffer()
             if b >= self.num_buffers:
                 self.refuse(f"subgraph {s}, {self.tensor_ref(g, t)}",
@@ -452,6 +464,7 @@ class _Checker:
         for d in range(self.length(model.SignatureDefsLength(), "the signature list")):
             sig = model.SignatureDefs(d)
             key = sig.SignatureKey()
+            self.utf8(key, f"signature {d}", "signature key")
             label = f"signature {d} {key.decode('utf-8', 'replace') if key is not None else ''!r}"
             s = sig.SubgraphIndex()
             if s >= self.num_subgraphs:
@@ -462,6 +475,7 @@ class _Checker:
                 for i in range(self.length(n, f"{label}'s {kind} list")):
                     entry = get(i)
                     raw = entry.Name()
+                    self.utf8(raw, f"{label}, {kind} {i}", f"{kind} name")
                     what = f"{kind} {raw.decode('utf-8', 'replace') if raw is not None else ''!r}"
                     t = entry.TensorIndex()
                     if t >= g.count:

@@ -534,3 +534,22 @@ def test_check_time_is_small(fc, lstm):
         check_model(fc)
         check_model(lstm)
     assert (time.perf_counter() - start) / 40 < 0.05
+
+
+def test_names_the_runtime_decodes_must_be_utf8(tmp_path):
+    """Found by tests/fuzz_entry.py: a byte edit in a tensor name made LiteRT's get_tensor_details raise
+    UnicodeDecodeError from inside the runtime's Python API."""
+    import tensorflow as tf
+
+    from converters import flatbuf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="x")])
+    def f(x):
+        return {"y": x * 2.0}
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
+    model = flatbuf.read(conv.convert())
+    model.subgraphs[0].tensors[0].name = b"bad\xffname"
+    data = bytes(flatbuf.write(model))
+    with pytest.raises(ValueError, match=r"subgraph 0, tensor 0: Expected a UTF-8 tensor name"):
+        check_model(data)

@@ -8,6 +8,9 @@
 - ``gq-tf asr run RECIPE [--out DIR] [--models ...] [--variants ...] [--jobs N]``:
   any recipe (a name in gq_tf/asr/recipes/ or a JSON file). A recipe with
   several models trains them side by side, one process per CPU (``--jobs``).
+  ``--check`` only validates the recipe, its model configs, training
+  settings and variants (each policy against the built model) and prints
+  the plan, in seconds: no corpus, no training, nothing written.
 - ``gq-tf asr corpus --out DIR [--preset small]``: only the corpus.
 - ``gq-tf asr transcribe EXPORT_DIR AUDIO [AUDIO ...] [--stream] [--kernel K]
   [--threads N] [--json OUT]``: transcribes audio files (any rate and channel
@@ -19,6 +22,7 @@ The experiment commands resume: what is on disk in ``--out`` is reused.
 """
 
 import argparse
+import json
 import sys
 
 
@@ -30,9 +34,17 @@ def _parser():
     demo.add_argument("--full", action="store_true", help="the full recipe behind docs/results.md (hours)")
     demo.add_argument("--jobs", type=int, default=None,
                       help="models trained at once, one process each (default: one per CPU, up to the models)")
-    run = sub.add_parser("run", help="run or resume a recipe")
+    run = sub.add_parser(
+        "run", help="run or resume a recipe",
+        description="Runs (or resumes) a recipe into --out. With --check: validates the recipe, its model "
+                    "configs, training settings and variants (every policy is resolved against the model it "
+                    "quantizes, built but not trained) and prints the plan (models x variants, stages), in "
+                    "seconds; no corpus is built, nothing is trained or written. Exit status 2 on an invalid "
+                    "recipe, with the reason.")
     run.add_argument("recipe", help="recipe name (gq_tf/asr/recipes/) or JSON file")
-    run.add_argument("--out", required=True)
+    run.add_argument("--out", help="run directory (required unless --check)")
+    run.add_argument("--check", action="store_true",
+                     help="only validate the recipe and print the plan (no corpus, no training)")
     run.add_argument("--models", nargs="*", help="only these model configs of the recipe")
     run.add_argument("--variants", nargs="*", help="only these variants")
     run.add_argument("--jobs", type=int, default=None,
@@ -55,6 +67,220 @@ def _parser():
     tr.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     tr.add_argument("--json", dest="json_path", metavar="OUT", help="write every file's results to this JSON file")
     return p
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_types(settings, hints, where):
+    """Checks that each value of ``settings`` has its field's type (TrainConfig accepts any)."""
+    import math
+    import typing
+
+    names = {int: "an int", float: "a number", type(None): "null"}
+    for key, value in settings.items():
+        allowed = typing.get_args(hints[key]) or (hints[key],)
+        ok = any((t is type(None) and value is None) or (t is int and _is_int(value))
+                 or (t is float and (_is_int(value) or (isinstance(value, float) and math.isfinite(value))))
+                 for t in allowed)
+        if not ok:
+            wanted = " or ".join(names.get(t, t.__name__) for t in allowed)
+            raise ValueError(f"{where}: expected {key} to be {wanted}. Received {key}={value!r}.")
+
+
+def _train_settings(settings, where):
+    """A stage's settings as a checked TrainConfig."""
+    import typing
+
+    from gq_tf.asr.train import TrainConfig
+
+    cfg = TrainConfig.from_dict(settings)
+    _check_types(settings, typing.get_type_hints(TrainConfig), where)
+    return cfg
+
+
+def _dict_entry(recipe, key, where, default=None):
+    value = recipe.get(key, default)
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected {key!r} to be a JSON object. Received {value!r}.")
+    return value
+
+
+def _plural(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def check_recipe(recipe_name, models=None, variants=None):
+    """Validates a recipe as ``run_recipe`` will use it, without a corpus or training.
+
+    Loads the recipe (``experiment.load_recipe``), every model config it
+    runs (``models.load_config``), the training settings of each stage and
+    variant (``train.TrainConfig``, value types included), the annealing
+    schedule, the corpus preset and the ``eval`` section, and resolves each
+    QAT variant's policy (``experiment.parse_policy``) against its model,
+    built but not trained (``gq_tf.configs.resolve_policy``: the checks of
+    ``gq_tf.quantize_model``). What would stop a run hours in (a policy that
+    selects an unsupported layer, a misspelt training key) stops here.
+
+    Args:
+      recipe_name: a recipe name (``gq_tf/asr/recipes/``) or JSON file.
+      models, variants: only these model configs / variants, as ``run_recipe``.
+
+    Returns:
+      dict: the plan: ``name``, ``corpus`` (a line), ``models`` ({model:
+      {"kind", "parameters", "float" (a line), "variants": [(variant, kind,
+      a line)]}}) and ``stages`` (a line).
+
+    Raises:
+      FileNotFoundError: no such recipe or model config.
+      ValueError, TypeError: the recipe, a model config or a selection is
+        invalid (the message names the entry).
+    """
+    from gq_tf._keras import tf
+    from gq_tf.asr import corpus, experiment
+    from gq_tf.asr import models as asr_models
+    from gq_tf.asr.train import annealing
+    from gq_tf.configs import resolve_policy
+
+    recipe = experiment.load_recipe(recipe_name)
+    where = f"Recipe {recipe.get('name')!r}"
+    names = recipe["models"]
+    if not isinstance(names, list) or not names or not all(isinstance(m, str) for m in names):
+        raise ValueError(f"{where}: expected 'models' to be a non-empty list of model config names. "
+                         f"Received {names!r}.")
+    selected = list(models or names)
+    unknown = [m for m in selected if m not in names]
+    if unknown:
+        raise ValueError(f"Expected models of recipe {recipe.get('name')!r} ({names}). Received {unknown}.")
+    unknown = [v for v in variants or () if v not in recipe["variants"]]
+    if unknown:
+        raise ValueError(f"Expected variants of recipe {recipe.get('name')!r} ({sorted(recipe['variants'])}). "
+                         f"Received {unknown}.")
+
+    c = _dict_entry(recipe, "corpus", where)
+    if "librispeech" in c:
+        if not isinstance(c["librispeech"], str):
+            raise ValueError(f"{where}: expected corpus.librispeech to be a directory. Received {c['librispeech']!r}.")
+        subsets = {role: c.get(role, default) for role, default in
+                   (("train", "train-clean-100"), ("dev", "dev-clean"), ("test", "test-clean"))}
+        bad = {role: s for role, s in subsets.items() if not isinstance(s, str)}
+        if bad:
+            raise ValueError(f"{where}: expected corpus subset names (strings). Received {bad}.")
+        corpus_line = f"LibriSpeech at {c['librispeech']}: " + ", ".join(f"{r} {s}" for r, s in subsets.items())
+    else:
+        preset, seed = c.get("preset", "small"), c.get("seed", 0)
+        if not _is_int(seed):
+            raise ValueError(f"{where}: expected corpus.seed to be an int. Received {seed!r}.")
+        if not isinstance(preset, (str, dict)):
+            raise ValueError(f"{where}: expected corpus.preset to be a preset name or an object. "
+                             f"Received {preset!r}.")
+        corpus.preset_voices(preset)  # validates a preset name or config
+        corpus_line = f"built-in preset {preset if isinstance(preset, str) else '(custom)'}, seed {seed}"
+    far = recipe.get("farfield", {})
+    if far is not None:
+        if not isinstance(far, dict):
+            raise ValueError(f"{where}: expected 'farfield' to be a JSON object or null. Received {far!r}.")
+        if not _is_int(far.get("seed", 0)):
+            raise ValueError(f"{where}: expected farfield.seed to be an int. Received {far['seed']!r}.")
+        if "librispeech" not in c:
+            corpus_line += f"; far-field test set, seed {far.get('seed', 0)}"
+
+    for stage in ("float", "finetune"):
+        per_model = _dict_entry(recipe, stage, where).get("per_model", {})
+        if not isinstance(per_model, dict) or not all(isinstance(v, dict) for v in per_model.values()):
+            raise ValueError(f"{where}: expected {stage}.per_model to map model names to settings objects. "
+                             f"Received {per_model!r}.")
+    schedule = _dict_entry(recipe, "annealing", where, {})
+    try:
+        annealing(1000, **schedule)
+    except TypeError as e:
+        raise ValueError(f"{where}: expected 'annealing' keys of train.annealing. Received {schedule}: {e}") from None
+    ev = _dict_entry(recipe, "eval", where, {})
+    for key, minimum, default in (("tflite_utterances", 1, None), ("bench_runs", 1, 20),
+                                  ("stream_utterances", 0, 50)):
+        value = ev.get(key, default)
+        if not (value is None and default is None) and not (_is_int(value) and value >= minimum):
+            raise ValueError(f"{where}: expected eval.{key} to be an int >= {minimum}"
+                             f"{' or null' if default is None else ''}. Received {value!r}.")
+    if not isinstance(ev.get("stream_memory", True), bool):
+        raise ValueError(f"{where}: expected eval.stream_memory to be true or false. Received {ev['stream_memory']!r}.")
+
+    # Everything that needs no model first (fast), then each model is built
+    # once and its variants' policies are resolved against it.
+    plan = {"name": recipe.get("name"), "corpus": corpus_line, "models": {}}
+    todo = {}  # model -> (config, {variant: parsed policy})
+    for model_name in selected:
+        cfg = asr_models.load_config(model_name)
+        tcfg = _train_settings(experiment.stage_settings(recipe, "float", model_name),
+                               f"{where}, model {model_name!r}, float")
+        entry = {"kind": cfg.kind, "variants": [],
+                 "float": f"float training {_plural(tcfg.epochs, 'epoch')}, batch {tcfg.batch_size}"}
+        policies = {}
+        for name, spec in experiment.variants_of(recipe, model_name, variants):
+            vwhere = f"{where}, variant {name!r}"
+            kind = spec.get("kind", "qat")
+            if kind == "float":
+                entry["variants"].append((name, kind, "the float model, exported float32"))
+                continue
+            if kind not in ("qat", "cluster"):
+                raise ValueError(f"Variant {name!r}: expected kind float, qat or cluster. Received {kind!r}.")
+            ft = _train_settings(experiment.finetune_settings(recipe, spec, model_name),
+                                 f"{vwhere}, model {model_name!r}, finetune")
+            batches = "" if ft.epoch_batches is None else f" of {ft.epoch_batches} batches"
+            line = f"fine-tune {_plural(ft.epochs, 'epoch')}{batches}"
+            if kind == "cluster":
+                clusters = spec.get("clusters", 16)
+                if not _is_int(clusters) or clusters < 2:
+                    raise ValueError(f"{vwhere}: expected clusters to be an int >= 2. Received {clusters!r}.")
+                entry["variants"].append((name, kind, f"{line}, {clusters} clusters, exported float32"))
+                continue
+            if "policy" not in spec:
+                raise ValueError(f"{vwhere}: expected a 'policy' for kind 'qat'. Received keys {sorted(spec)}.")
+            policy = spec["policy"]
+            if not isinstance(policy, dict):
+                raise ValueError(f"{vwhere}: expected 'policy' to be an object of pattern: bits. Received {policy!r}.")
+            policies[name] = experiment.parse_policy(policy)
+            entry["variants"].append((name, kind, f"{line}, policy {json.dumps(policy)}"))
+        plan["models"][model_name] = entry
+        todo[model_name] = (cfg, policies)
+    for model_name, (cfg, policies) in todo.items():
+        try:
+            net = asr_models.build_training_model(cfg)
+        except (tf.errors.ResourceExhaustedError, MemoryError) as e:
+            raise ValueError(f"Expected model config {model_name!r} to make a model that fits in memory. Received "
+                             f"one that does not ({type(e).__name__} while building it).") from None
+        entry = plan["models"][model_name]
+        entry["parameters"] = int(net.count_params())
+        for i, (name, kind, line) in enumerate(entry["variants"]):
+            if name in policies:
+                quantized = resolve_policy(net, policies[name])
+                entry["variants"][i] = (name, kind, line.replace(
+                    ", policy ", f", {len(quantized)} of {len(net.layers)} layers quantized, policy ", 1))
+        del net
+    runs = sum(len(m["variants"]) for m in plan["models"].values())
+    n_stream = ev.get("stream_utterances", 50)
+    plan["stages"] = " -> ".join([
+        "corpus", "features", "float training (per model)",
+        "per variant: fine-tune, streaming export, WER (Keras and .tflite)",
+        f"step-graph benchmark ({ev.get('bench_runs', 20)} runs)"]
+        + ([f"streaming benchmark ({_plural(n_stream, 'utterance')})"] if n_stream else [])
+        + ["results.md, results.png"])
+    plan["runs"] = runs
+    return plan
+
+
+def _print_plan(plan, out):
+    print(f"recipe {plan['name']!r}: valid (--check: no corpus, no training, nothing written)")
+    print(f"corpus: {plan['corpus']}")
+    print(f"models x variants: {len(plan['models'])} model(s), {plan['runs']} variant run(s)")
+    for model, entry in plan["models"].items():
+        print(f"  {model} ({entry['kind']}, {entry['parameters']:,} parameters): {entry['float']}")
+        for name, kind, line in entry["variants"]:
+            print(f"    {name:<16} {kind:<8} {line}")
+    print(f"stages: {plan['stages']}")
+    if out:
+        print(f"output: {out} (what is there is reused where its settings match)")
 
 
 def _transcribe(args):
@@ -107,9 +333,15 @@ def _transcribe(args):
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and not args.check and not args.out:
+        parser.error("run: the following argument is required: --out (or give --check)")
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     try:
+        if args.command == "run" and args.check:
+            _print_plan(check_recipe(args.recipe, models=args.models, variants=args.variants), args.out)
+            return 0
         if args.command == "corpus":
             from gq_tf.asr.corpus import make_corpus
 
@@ -125,7 +357,7 @@ def main(argv=None):
         else:
             run_recipe(args.recipe, args.out, models=args.models, variants=args.variants,
                        jobs=1 if args.worker else args.jobs, reports=not args.worker, log=log)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, TypeError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -94,6 +94,10 @@ __all__ = [
 KINDS = ("rnnt", "conformer")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SUBSAMPLING = 4  # the Conformer's two stride-2 convolutions
+# Version of the step graphs' structure, for caches of exports: 2 = the
+# Conformer's key/value cache (CachedAttention) and split depthwise
+# convolution (SplitDepthwiseConv1D).
+STEP_GRAPHS = 2
 
 
 # ----------------------------------------------------------------- configs
@@ -329,6 +333,7 @@ def load_named_json(path_or_name, folder, what):
 
     Raises:
       FileNotFoundError: neither a file nor a known name (the message lists the names).
+      ValueError: not UTF-8 JSON holding an object.
     """
     path = Path(path_or_name)
     if not path.is_file():
@@ -336,8 +341,16 @@ def load_named_json(path_or_name, folder, what):
         if not path.is_file():
             known = sorted(p.stem for p in Path(folder).glob("*.json"))
             raise FileNotFoundError(f"Expected a {what} file or one of {known}. Received {str(path_or_name)!r}.")
-    with open(path) as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"Expected a UTF-8 JSON {what} file. Received {path}, whose byte {e.start} "
+                         "is not UTF-8.") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"Expected a JSON {what} file. Received {path}: {e}.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"Expected a JSON object in {what} file {path}. Received a {type(data).__name__}.")
     data.setdefault("name", path.stem)
     return data, path
 
