@@ -427,14 +427,13 @@ def test_export_float_and_int8_baselines(tmp_path):
         deploy.export_streaming(net, cfg, tmp_path / "x", kind="fp16")
 
 
+@pytest.mark.parametrize("qat_setup", ["conformer"], indirect=True)
 def test_conformer_step_projects_each_frame_once(qat_setup):
     """Keys and values of earlier chunks come from the state: no projection in the exported encoder
     runs on more rows than the chunk has frames, and CachedAttention equals attention over the cached inputs."""
     from converters import flatbuf
 
     cfg, _, _, out = qat_setup
-    if cfg.kind != "conformer":
-        pytest.skip("RNN-T has no attention")
     chunk = cfg.chunk_frames // models.SUBSAMPLING
     with open(out.paths["encoder"], "rb") as f:
         model = flatbuf.read(f.read())
