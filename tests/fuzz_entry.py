@@ -127,7 +127,8 @@ def _utterance(n_mels):
     try:
         voice = next(v for v in corpus.all_voices() if v.engine == "espeak")
         audio = corpus.synthesize(voice, "set a timer for ten minutes and call my brother")
-        return transcribe.audio_features(audio, cfg).astype(np.float32), f"espeak-ng {voice.name}, {len(audio) / 16000:.1f} s"
+        what = f"espeak-ng {voice.name}, {len(audio) / 16000:.1f} s"
+        return transcribe.audio_features(audio, cfg).astype(np.float32), what
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         rng = np.random.default_rng(0)
         return (rng.normal(-4.0, 2.0, (300, n_mels)).astype(np.float32),
