@@ -609,12 +609,24 @@ def _set_asymmetric_inputs(op):
         opts.asymmetricQuantizeInputs = True
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process's umask,
+    read without setting it (``os.umask`` would change it for every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = 0o022
+    return 0o666 & ~umask
+
+
 def _atomic_write(path, data):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".gq_export_", suffix=".tflite.part")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, new_file_mode())  # mkstemp makes it the owner's only
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -44,19 +44,16 @@ What is compared (:func:`comparable`), exactly:
 
 Not compared: timings, latency, memory, dates, checkpoints and logs.
 
-Determinism: the ``tiny`` recipe is not bit-reproducible even without kills:
-SpecAugment draws its masks from ``tf.random.get_global_generator()``, which
-``keras.utils.set_random_seed`` does not reseed, so two uninterrupted runs
-train other weights (measured: other transcripts and ``.tflite`` bytes,
-and even the table: one of the 16 WERs, 100% in one run, was 101.47% in the
-other). The harness therefore runs ``tests/killresume_recipe.json``: the
-tiny recipe with SpecAugment off, and a checkpoint after every batch
-(``save_every_s: 0``) so that kills inside an epoch resume inside it. With
-it, two uninterrupted runs are equal in every compared field (measured on 2
-cores, at the same time), and the comparison is exact: no tolerance, none
-is needed. ``--table-only`` compares the table alone, for a recipe whose
-transcripts are not reproducible; with SpecAugment on, expect differences
-even there.
+Determinism: the harness runs ``tests/killresume_recipe.json``, the tiny
+recipe with a checkpoint after every batch (``save_every_s: 0``) so that
+kills inside an epoch resume inside it. SpecAugment stays on: its masks
+come from the trainer's own generator, seeded by the recipe and kept in
+the checkpoints (until 2026-12-05 they came from TensorFlow's global
+generator, which ``keras.utils.set_random_seed`` does not reseed, and two
+uninterrupted runs trained other weights). Two uninterrupted runs are
+equal in every compared field, so the comparison is exact: no tolerance,
+none is needed. ``--table-only`` compares the table alone, for a recipe
+whose transcripts are not reproducible.
 
 After every kill, :func:`torn_files` checks what a resumed run would trust:
 every JSON and JSONL file parses (a ``log.jsonl``'s last line excepted: an

@@ -396,3 +396,48 @@ def test_a_sorted_stamp_of_an_older_version_is_kept_and_rewritten(tmp_path):
     # A stage without a policy (the float model) keeps the old form: its stamps are unchanged.
     float_key = {"train": {"lr": 1e-3, "epochs": 4}, "model": {"kind": "rnnt", "units": [4, 8]}}
     assert experiment._stamp_text(float_key) == json.dumps(float_key, sort_keys=True)
+
+
+def test_a_resumed_fit_trains_exactly_the_weights_of_an_uninterrupted_one(tmp_path):
+    """SpecAugment's generator is seeded by the recipe and kept in checkpoints
+    (with TensorFlow's global generator two runs differed, even without a
+    kill), and each fit call takes exactly its batches' optimizer steps (a
+    dataset that ended with each pass cost one more step per call: the
+    learning-rate schedule of a resumed run drifted from the run's)."""
+    cfg = models.load_config("rnnt_tiny")
+    split = _toy_split(8)  # 4 batches of 2 per epoch
+    tcfg = TrainConfig(epochs=3, batch_size=2, warmup_steps=1, save_every_s=0.0)
+    assert tcfg.freq_masks and tcfg.time_masks
+
+    def weights(run_dir, callbacks=()):
+        keras.utils.set_random_seed(0)
+        net = models.build_training_model(cfg)
+        fit(net, cfg, split, None, tcfg, run_dir, name="t", callbacks=callbacks, log=lambda m: None)
+        steps = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(run_dir / "ckpt")))
+        assert steps.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 3 * 4
+        return net.get_weights()
+
+    class Stop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                raise KeyboardInterrupt
+
+    reference = weights(tmp_path / "a")
+    tf.random.get_global_generator().normal([7])  # moves the global generator: must not matter
+    assert all(np.array_equal(x, y) for x, y in zip(reference, weights(tmp_path / "b")))
+    with pytest.raises(KeyboardInterrupt):
+        weights(tmp_path / "c", callbacks=[Stop()])
+    tf.random.get_global_generator().normal([7])
+    assert all(np.array_equal(x, y) for x, y in zip(reference, weights(tmp_path / "c")))
+
+
+def test_a_checkpoint_without_the_augment_generator_still_resumes(tmp_path):
+    """Checkpoints written before SpecAugment had its own generator resume."""
+    cfg = models.load_config("rnnt_tiny")
+    split = _toy_split(4)
+    plain = TrainConfig(epochs=1, batch_size=2, warmup_steps=1, freq_masks=0, time_masks=0)
+    fit(models.build_training_model(cfg), cfg, split, None, plain, tmp_path, name="t", log=lambda m: None)
+    messages = []
+    summary = fit(models.build_training_model(cfg), cfg, split, None, TrainConfig(epochs=2, batch_size=2, warmup_steps=1),
+                  tmp_path, name="t", log=messages.append)
+    assert summary["resumed_from"] == 1 and any("resuming after epoch 1" in m for m in messages)

@@ -164,6 +164,17 @@ def big_model(bits=1, width=256):
     return gq_tf.quantize_model(keras.Model(inp, out), {"a|b": bits})
 
 
+def test_exported_file_gets_the_mode_open_would_give(tmp_path):
+    """The exporter writes through a temporary file (mkstemp: owner only);
+    the .tflite must still be readable as any file the user makes, e.g. by
+    adb push or a web server, not 0600."""
+    from converters.export import new_file_mode
+
+    report = converters.export_tflite(big_model(4, 16), str(tmp_path / "m.tflite"))
+    assert os.stat(report.path).st_mode & 0o777 == new_file_mode()
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
+
+
 @pytest.mark.parametrize("bits", [1, 3, 8])
 def test_file_holds_no_copy_of_packed_kernels(tmp_path, bits):
     width = 256

@@ -139,15 +139,6 @@ def _io_table(interpreter):
             table(runner.get_output_details(), interpreter.get_output_details()))
 
 
-def _umask() -> int:
-    """The process's umask, read without setting it (``os.umask`` would change it for every thread)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return 0o022
-
-
 def atomic_write(path, data):
     """Writes ``data`` (bytes or str, UTF-8) to ``path`` all at once: a temporary file, then a rename.
 
@@ -156,6 +147,7 @@ def atomic_write(path, data):
     in the same directory, is removed on an exception; one a kill left is
     removed by the next write of the same file.
     """
+    from converters.export import new_file_mode
     from gq_tf.asr.corpus import _remove_stale_tmp  # a light import: corpus loads no TensorFlow
 
     path = os.fspath(path)
@@ -166,7 +158,7 @@ def atomic_write(path, data):
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
         # mkstemp creates the file for its owner only; give it the mode a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

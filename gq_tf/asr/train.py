@@ -117,6 +117,7 @@ def load_split(corpus_dir, subset: str, feature_cfg, tokenizer, cache_dir, log=p
       ValueError: a transcript has characters outside the tokenizer's vocabulary.
     """
     from gq_tf.asr import features as feats
+    from gq_tf.asr.corpus import _remove_stale_tmp
     from gq_tf.asr.librispeech import load_audio, read_librispeech
 
     utts = read_librispeech(corpus_dir, [subset])
@@ -141,10 +142,16 @@ def load_split(corpus_dir, subset: str, feature_cfg, tokenizer, cache_dir, log=p
             if time.time() - t0 > 5 and start // batch % 10 == 0:
                 log(f"  {subset}: features {len(features)}/{len(utts)}")
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, flat=np.concatenate(features) if features else np.zeros((0, feature_cfg.n_mels), np.float16),
-                 lengths=np.array([len(f) for f in features], np.int64))
-        os.replace(tmp, cache)
+        # Models of a recipe train side by side and may build the same cache:
+        # each writes its own temporary (one a killed run left is removed).
+        _remove_stale_tmp(cache, log, "features")
+        tmp = cache.parent / f".{cache.name}.tmp-{os.getpid()}.npz"
+        try:
+            np.savez(tmp, flat=np.concatenate(features) if features else np.zeros((0, feature_cfg.n_mels), np.float16),
+                     lengths=np.array([len(f) for f in features], np.int64))
+            os.replace(tmp, cache)
+        finally:
+            tmp.unlink(missing_ok=True)
         log(f"  {subset}: {len(utts)} utterances, features in {time.time() - t0:.1f} s")
     return Split(subset, [u.id for u in utts], [u.text for u in utts], features, labels)
 
@@ -187,10 +194,15 @@ def count_batches(split: Split, batch_size: int, max_frames: int | None = None) 
 
 
 def tf_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, max_frames=None, frame_multiple=1,
-               first_epoch: int = 0, skip: int = 0, limit: int | None = None):
-    """:func:`batches` as a ``tf.data.Dataset``, one pass per epoch.
+               first_epoch: int = 0, skip: int = 0, limit: int | None = None, repeat: bool = False):
+    """:func:`batches` as a ``tf.data.Dataset``: one pass, or passes without end.
 
-    Epoch ``e`` (counted from ``first_epoch``) is shuffled with seed
+    ``repeat``: the passes follow each other without end, and the caller
+    gives Keras the length of an epoch. (A training dataset that ends with
+    each pass makes Keras learn the length by running one step more, which
+    finds no data but still advances the optimizer's step counter, and so
+    the learning-rate schedule, once per ``fit`` call: a resumed run drifted
+    from an uninterrupted one.) Epoch ``e`` (counted from ``first_epoch``) is shuffled with seed
     ``1000 * seed + e``, so its order does not depend on where a run was
     resumed, and the first pass skips its first ``skip`` batches (those an
     interrupted run already trained on). ``limit`` ends each pass after that
@@ -211,13 +223,15 @@ def tf_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, m
 
     sig = (tf.TensorSpec([None, None, n_mels], tf.float32), tf.TensorSpec([None], tf.int32),
            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32))
-    return tf.data.Dataset.from_generator(gen, output_signature=sig).prefetch(2)
+    data = tf.data.Dataset.from_generator(gen, output_signature=sig)
+    return (data.repeat() if repeat else data).prefetch(2)
 
 
 # ----------------------------------------------------------------- trainer
 
 
-def spec_augment(x, lengths, fill, *, freq_masks=2, freq_width=0.15, time_masks=2, time_width=0.05, seed=None):
+def spec_augment(x, lengths, fill, *, freq_masks=2, freq_width=0.15, time_masks=2, time_width=0.05, seed=None,
+                 rng=None):
     """SpecAugment's frequency and time masks, per utterance.
 
     Each of ``freq_masks`` masks covers ``w ~ U{0..freq_width * F}``
@@ -230,6 +244,9 @@ def spec_augment(x, lengths, fill, *, freq_masks=2, freq_width=0.15, time_masks=
       x: [B, T, F] features.
       lengths: [B] valid frames.
       fill: [F] values for masked cells.
+      seed: draw from a new generator seeded with it (when ``rng`` is None).
+      rng: the ``tf.random.Generator`` to draw from (the trainer's, whose
+        state its checkpoints keep); neither: TensorFlow's global one.
 
     Returns:
       ``x`` with the masks applied.
@@ -238,7 +255,8 @@ def spec_augment(x, lengths, fill, *, freq_masks=2, freq_width=0.15, time_masks=
     shape = tf.shape(x)
     b, t, f = shape[0], shape[1], shape[2]
     lengths = tf.cast(lengths, tf.float32)[:, None]
-    rnd = tf.random.Generator.from_seed(seed) if seed is not None else tf.random.get_global_generator()
+    rnd = rng if rng is not None else (
+        tf.random.Generator.from_seed(seed) if seed is not None else tf.random.get_global_generator())
 
     def band(size, width, total, index):
         w = tf.floor(rnd.uniform([b, 1]) * (tf.floor(width) + 1.0))
@@ -264,12 +282,16 @@ class RNNTTrainer(keras.Model):
     """
 
     def __init__(self, net, model_cfg, blank: int = 0, augment: dict | None = None, ctc_weight: float = 0.0,
-                 **kwargs):
+                 augment_seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.net = net
         self.model_cfg = model_cfg
         self.blank = blank
         self.augment = augment  # spec_augment keyword arguments, or None
+        # SpecAugment's own generator: keras.utils.set_random_seed does not
+        # reseed TensorFlow's global one, and a checkpoint keeps this one's
+        # state, so a run and its resumed twin draw the same masks.
+        self.augment_rng = tf.random.Generator.from_seed(augment_seed) if augment else None
         from gq_tf.asr.models import _output_in, feature_fill
 
         self._fill = tf.constant(feature_fill(model_cfg))
@@ -307,7 +329,7 @@ class RNNTTrainer(keras.Model):
 
         x, x_len, y, y_len = data
         if training and self.augment:
-            x = spec_augment(x, x_len, self._fill, **self.augment)
+            x = spec_augment(x, x_len, self._fill, rng=self.augment_rng, **self.augment)
         start = tf.fill([tf.shape(y)[0], 1], tf.constant(self.blank, y.dtype))
         inputs = [x, tf.concat([start, y], axis=1)]
         if self._both is not None:
@@ -402,6 +424,16 @@ class _EpochCheckpoint(keras.callbacks.Callback):
             self.batch_var.assign(self._offset + batch + 1)
             self._save()
 
+    def finish_epoch(self, epoch, trainer, val):
+        """Ends ``epoch`` whose batches were all trained by an interrupted run:
+        validates (when there is a dev set), saves and logs as an epoch end does."""
+        self._t0 = self._mark = time.time()
+        self._epoch = epoch
+        logs = {}
+        if val is not None:
+            logs["val_loss"] = float(trainer.evaluate(val, verbose=0, return_dict=True)["loss"])
+        self.on_epoch_end(epoch, logs)
+
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_var.assign(epoch + 1)
         self.batch_var.assign(0)
@@ -413,7 +445,8 @@ class _EpochCheckpoint(keras.callbacks.Callback):
             f.write(json.dumps({"stage": self.name, "epoch": epoch + 1, "seconds": round(secs, 2), **logs}) + "\n")
         extra = " ".join(f"{k} {v:.4g}" for k, v in logs.items() if k.startswith("gq_"))
         dev = f" · dev loss {logs['val_loss']:.3f}" if "val_loss" in logs else ""
-        self.log(f"  [{self.name}] epoch {epoch + 1}/{self.total}: loss {logs.get('loss', float('nan')):.3f}{dev}"
+        loss = f"loss {logs['loss']:.3f}" if "loss" in logs else "loss not known (trained before an interruption)"
+        self.log(f"  [{self.name}] epoch {epoch + 1}/{self.total}: {loss}{dev}"
                  f" · {secs:.0f} s {extra}".rstrip())
 
 
@@ -514,7 +547,8 @@ def _number(prefix: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-def restore_newest_readable(ckpt, manager, *, name: str, steps_per_epoch: int | None = None, log=print):
+def restore_newest_readable(ckpt, manager, *, name: str, steps_per_epoch: int | None = None, log=print,
+                            optional=None):
     """Restores the newest checkpoint of ``manager`` that reads back whole into ``ckpt``.
 
     Each candidate is checked (:func:`checkpoint_problem`) before anything is
@@ -530,6 +564,9 @@ def restore_newest_readable(ckpt, manager, *, name: str, steps_per_epoch: int | 
       name: the stage, for the messages.
       steps_per_epoch: batches per epoch, to count the repeated batches.
       log: progress messages.
+      optional: more objects by name, restored from the same checkpoint when
+        it has them (objects newer than some checkpoints) and left as they
+        are when it does not.
 
     Returns:
       The restored checkpoint's path, or None if the run has none yet.
@@ -556,12 +593,14 @@ def restore_newest_readable(ckpt, manager, *, name: str, steps_per_epoch: int | 
             f"Expected a readable checkpoint in {folder} to resume stage '{name}'. Received only damaged ones "
             f"({listed}). To train '{name}' from the start, delete the folder {folder}.")
     try:
-        ckpt.restore(prefix).assert_existing_objects_matched()
+        ckpt.restore(prefix).expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise CheckpointError(
             f"Expected checkpoint {prefix} to fit the network and optimizer of stage '{name}'. Received one "
             f"made for another model ({_reason(e)}). To train '{name}' from the start, delete the folder "
             f"{folder}.") from e
+    if optional:
+        tf.train.Checkpoint(**optional).restore(prefix).expect_partial()
     if damaged:
         good = _position(prefix)
         lost = max((p for p in (_position(d) for d, _ in damaged) if p is not None), default=None)
@@ -602,7 +641,7 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
     schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, steps_per_epoch * cfg.epochs, cfg.min_lr_fraction)
     augment = {k: getattr(cfg, k) for k in ("freq_masks", "freq_width", "time_masks", "time_width")}
     trainer = RNNTTrainer(net, model_cfg, augment=augment if cfg.freq_masks or cfg.time_masks else None,
-                          ctc_weight=cfg.ctc_weight)
+                          ctc_weight=cfg.ctc_weight, augment_seed=cfg.seed)
     trainer.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=cfg.clipnorm))
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     batch_var = tf.Variable(0, dtype=tf.int64, trainable=False)  # batches done in the current epoch
@@ -610,12 +649,19 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
     parts = {"ctc_head": trainer.ctc_head} if trainer.ctc_head is not None else {}
     ckpt = tf.train.Checkpoint(net=net, optimizer=trainer.optimizer, epoch=epoch_var, batch=batch_var,
                                seconds=seconds_var, **parts)
+    # Saved, restored when present: checkpoints written before SpecAugment
+    # had its own generator lack it, and still resume. (Attached after the
+    # restore, which asserts that every object it has found its value.)
+    optional = {"augment_rng": trainer.augment_rng} if trainer.augment_rng is not None else {}
     manager = checkpoint_manager(ckpt, run_dir / "ckpt", name=name, log=log)
     restored = None
     if manager.latest_checkpoint:
         # Optimizer slots are created lazily: build them before restoring.
         trainer.optimizer.build(trainer.train_variables)
-        restored = restore_newest_readable(ckpt, manager, name=name, steps_per_epoch=steps_per_epoch, log=log)
+        restored = restore_newest_readable(ckpt, manager, name=name, steps_per_epoch=steps_per_epoch, log=log,
+                                           optional=optional)
+    for key, value in optional.items():
+        setattr(ckpt, key, value)
     done, skip = int(epoch_var.numpy()), int(batch_var.numpy())
     if restored:
         if done >= cfg.epochs:
@@ -630,21 +676,31 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
         saver = _EpochCheckpoint(manager, epoch_var, batch_var, seconds_var, run_dir / "log.jsonl", log,
                                  cfg.epochs, name, save_every_s=cfg.save_every_s, epoch_steps=steps_per_epoch)
         t0 = time.time()
-        # Keras fixes the length of an epoch of a generator after its first
-        # pass, so a partly trained epoch is finished by its own fit call.
+        if skip >= steps_per_epoch:
+            # Killed after the epoch's last batch was saved but before its end
+            # (validation, the epoch-end checkpoint): nothing is left to train
+            # in it, and Keras cannot run an epoch of no batches. Finish it here.
+            log(f"  [{name}] epoch {done + 1}: all {steps_per_epoch} batches were trained before the interruption;"
+                " finishing the epoch")
+            saver.finish_epoch(done, trainer, val)
+            done, skip = done + 1, 0
+        # A partly trained epoch is finished by its own fit call: Keras's
+        # epochs have one length per call.
         stages = ([(done, done + 1, skip)] if skip else []) + [(done + bool(skip), cfg.epochs, 0)]
         history = {}
         for start, end, skip_now in stages:
             if start >= end:
                 continue
             data = tf_batches(train, cfg.batch_size, shuffle=True, seed=cfg.seed, max_frames=cfg.max_frames,
-                              frame_multiple=multiple, first_epoch=start, skip=skip_now, limit=cfg.epoch_batches)
+                              frame_multiple=multiple, first_epoch=start, skip=skip_now, limit=cfg.epoch_batches,
+                              repeat=True)
             history = trainer.fit(data, validation_data=val, epochs=end, initial_epoch=start, verbose=0,
-                                  callbacks=[saver, *callbacks]).history
-        summary["final_loss"] = float(history["loss"][-1])
+                                  steps_per_epoch=steps_per_epoch - skip_now, callbacks=[saver, *callbacks]).history
+        if "loss" in history:
+            summary["final_loss"] = float(history["loss"][-1])
         if "val_loss" in history:
             summary["dev_loss"] = float(history["val_loss"][-1])
-        log(f"  [{name}] trained {cfg.epochs - done} epoch(s) in {time.time() - t0:.0f} s")
+        log(f"  [{name}] trained {cfg.epochs - summary['resumed_from']} epoch(s) in {time.time() - t0:.0f} s")
     summary["seconds"] = float(seconds_var.numpy())
     return summary
 
