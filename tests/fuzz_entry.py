@@ -895,7 +895,8 @@ def main(argv=None):
     parser.add_argument("--conformer", action="store_true", help="add a tiny Conformer export to the bases")
     parser.add_argument("--real-runs", type=int, default=0,
                         help="recipe target: run this many cheap mutated recipes that passed --check for real")
-    parser.add_argument("--bases", help="a folder build_bases wrote (default: build one)")
+    parser.add_argument("--bases", help="a folder build_bases wrote, reused; built there when it has no "
+                        "bases.json (default: a temporary one)")
     parser.add_argument("--top", type=int, default=10, help="show the N most frequent clean errors")
     parser.add_argument("--worker", choices=TARGETS, help=argparse.SUPPRESS)
     parser.add_argument("--library", help=argparse.SUPPRESS)
@@ -910,9 +911,11 @@ def main(argv=None):
     tmp = Path(tempfile.mkdtemp(prefix="gq_fuzz_entry_"))
     try:
         t0 = time.time()
-        bases = args.bases
-        if bases is None:
-            bases = tmp / "bases"
+        bases = Path(args.bases) if args.bases else tmp / "bases"
+        if not (bases / "bases.json").is_file():
+            if bases.exists() and any(bases.iterdir()):
+                parser.error(f"--bases: expected a folder with bases.json (from an earlier run) or an empty or "
+                             f"new one. Received {bases}, which holds other files.")
             build_bases(bases, kinds=("rnnt", "conformer") if args.conformer else ("rnnt",),
                         recipes=("tiny", "demo", "full"))
         index = json.loads(Path(bases, "bases.json").read_text())

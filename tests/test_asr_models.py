@@ -150,6 +150,11 @@ def test_config_errors_name_the_problem(tmp_path):
         models.ModelConfig.from_dict({**good, "kind": "ctc"})
     with pytest.raises(ValueError, match="stack_after"):
         models.ModelConfig.from_dict({**good, "encoder": {**good["encoder"], "stack_after": [2]}})
+    # Found by tests/fuzz_entry.py (recipe target): these were TypeErrors.
+    with pytest.raises(ValueError, match=r"to have the keys \['chunk_frames'\]"):
+        models.ModelConfig.from_dict({k: v for k, v in good.items() if k != "chunk_frames"})
+    with pytest.raises(ValueError, match="stack_after to be a list"):
+        models.ModelConfig.from_dict({**good, "encoder": {**good["encoder"], "stack_after": 0.1}})
     with pytest.raises(FileNotFoundError, match="rnnt_tiny"):
         models.load_config("no_such_model")
     path = tmp_path / "mine.json"

@@ -110,6 +110,10 @@ def _from_dict(cls, d, where):
     unknown = sorted(set(d) - set(names))
     if unknown:
         raise ValueError(f"Expected keys of {where} in {names}. Received unknown keys {unknown}.")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in d
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"Expected {where} to have the keys {missing}. Received keys {sorted(d)}.")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -154,6 +158,9 @@ class RNNTEncoderConfig:
         _positive_int(self.output_dim, "encoder.output_dim")
         _positive_int(self.input_stack, "encoder.input_stack")
         _dropout(self.dropout, "encoder.dropout")
+        if not isinstance(self.stack_after, (tuple, list)):
+            raise ValueError(f"Expected encoder.stack_after to be a list of ints, one per LSTM layer. "
+                             f"Received: encoder.stack_after={self.stack_after!r}")
         if len(self.stack_after) != self.lstm_layers:
             raise ValueError(
                 f"Expected one encoder.stack_after factor per LSTM layer ({self.lstm_layers}). "
