@@ -69,6 +69,7 @@ def test_variants_can_name_their_models_and_fine_tune_longer(tmp_path):
     longer = experiment.finetune_settings(recipe, rnnt["gq_mixed_long"], "rnnt")
     assert base["epoch_batches"] == 500 and longer == {**base, "epoch_batches": None}  # a whole epoch
     for bad, match in (({"models": ["nope"]}, "expected 'models'"), ({"models": "rnnt"}, "expected 'models'"),
+                       ({"models": [[1, 2]]}, "expected 'models'"),  # was a TypeError (found by fuzzing)
                        ({"finetune": 3}, "expected 'finetune'")):
         broken = {**recipe, "variants": {"v": {"kind": "float", **bad}}}
         path = tmp_path / "broken.json"

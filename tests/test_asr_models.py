@@ -155,6 +155,8 @@ def test_config_errors_name_the_problem(tmp_path):
         models.ModelConfig.from_dict({k: v for k, v in good.items() if k != "chunk_frames"})
     with pytest.raises(ValueError, match="stack_after to be a list"):
         models.ModelConfig.from_dict({**good, "encoder": {**good["encoder"], "stack_after": 0.1}})
+    with pytest.raises(ValueError, match=r"joint_dim to be an int in \[1, 65536\]"):
+        models.ModelConfig.from_dict({**good, "joint_dim": 2**63})
     with pytest.raises(FileNotFoundError, match="rnnt_tiny"):
         models.load_config("no_such_model")
     path = tmp_path / "mine.json"

@@ -90,7 +90,8 @@ def load_recipe(name_or_path) -> dict:
             raise ValueError(f"Recipe {path}, variant {name!r}: expected a JSON object (kind, policy, ...). "
                              f"Received {spec!r}.")
         only = spec.get("models")
-        if only is not None and (not isinstance(only, list) or set(only) - set(recipe["models"])):
+        if only is not None and (not isinstance(only, list) or not all(isinstance(m, str) for m in only)
+                                 or set(only) - set(recipe["models"])):
             raise ValueError(f"Recipe {path}, variant {name!r}: expected 'models' to be a list of the recipe's "
                              f"models {sorted(recipe['models'])}. Received {only!r}.")
         if not isinstance(spec.get("finetune", {}), dict):

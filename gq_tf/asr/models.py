@@ -117,9 +117,15 @@ def _from_dict(cls, d, where):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+# Larger than any layer width, depth or vocabulary a speech model has (the
+# paper's are at most a few thousand): a typo, caught before TensorFlow tries
+# to allocate it.
+MAX_SIZE = 1 << 16
+
+
 def _positive_int(value, where, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"Expected {where} to be an int >= {minimum}. Received: {where}={value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not minimum <= value <= MAX_SIZE:
+        raise ValueError(f"Expected {where} to be an int in [{minimum}, {MAX_SIZE}]. Received: {where}={value!r}")
 
 
 def _dropout(value, where):
