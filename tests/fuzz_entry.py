@@ -121,7 +121,7 @@ def _policy():
 
 def _utterance(n_mels):
     """(log-mel frames [T, n_mels], what they are): espeak-ng speech, or random frames without it."""
-    from gq_tf.asr import corpus, features, transcribe
+    from gq_speech import corpus, features, transcribe
 
     cfg = features.FeatureConfig(n_mels=n_mels)
     try:
@@ -167,7 +167,7 @@ def build_bases(out_dir, kinds=("rnnt",), recipes=("tiny",), log=print):
     """
     import gq_tf
     from gq_tf._keras import keras
-    from gq_tf.asr import deploy, features, models
+    from gq_speech import deploy, features, models
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,12 +216,12 @@ def build_bases(out_dir, kinds=("rnnt",), recipes=("tiny",), log=print):
     index["qat"] = ["small/qat"] * 6 + index["qat"]
     keras.backend.clear_session()
     for name in recipes:
-        recipe, _ = models.load_named_json(name, ROOT / "gq_tf/asr/recipes", "recipe")
+        recipe, _ = models.load_named_json(name, ROOT / "gq_speech/recipes", "recipe")
         folder = out / "recipes" / name
         (folder / "configs").mkdir(parents=True, exist_ok=True)
         rename = {m: f"configs/{m}.json" for m in recipe["models"]}
         for m in recipe["models"]:
-            shutil.copy(ROOT / "gq_tf/asr/configs" / f"{m}.json", folder / rename[m])
+            shutil.copy(ROOT / "gq_speech/configs" / f"{m}.json", folder / rename[m])
         recipe["models"] = [rename[m] for m in recipe["models"]]
         for spec in recipe["variants"].values():
             if "models" in spec:
@@ -550,7 +550,7 @@ def _run_tflite(folder, params, library):
 
 
 def _run_recognizer(folder, params, features):
-    from gq_tf.asr import deploy
+    from gq_speech import deploy
 
     rec = deploy.StreamingRecognizer(folder, kernel=params["kernel"])
     rng = np.random.default_rng(params["seed"])
@@ -581,7 +581,7 @@ class _Stream(io.StringIO):
 
 def _run_recipe(folder, params):
     """``gq-tf asr run recipe.json --check`` in ``folder``: (status, message)."""
-    from gq_tf.asr import cli
+    from gq_speech import cli
 
     out, err = io.StringIO(), _Stream()
     cwd = os.getcwd()
@@ -618,7 +618,7 @@ def worker(target, bases, seed, first, count, library):
     if target in ("recognizer", "qat", "recipe"):
         import gq_tf  # noqa: F401  (the imports before the first case, not inside it)
         from gq_tf._keras import keras
-        from gq_tf.asr import cli, deploy  # noqa: F401
+        from gq_speech import cli, deploy  # noqa: F401
     scratch = Path(tempfile.mkdtemp(prefix=f"gq_fuzz_{target}_"))
     try:
         for number in range(first, first + count):
@@ -852,7 +852,7 @@ def real_runs(bases, seed, numbers, out_dir, log=print, timeout=2400):
         files, params, description = make_case("recipe", bases, seed, number)
         folder = Path(out_dir) / f"recipe_case_{number}"
         write_case(folder, files)
-        cmd = [sys.executable, "-m", "gq_tf.asr.cli", "run", "recipe.json", "--out", "out", *params["argv"]]
+        cmd = [sys.executable, "-m", "gq_speech.cli", "run", "recipe.json", "--out", "out", *params["argv"]]
         log(f"real run of recipe case {number}: {description}")
         # Its own session: a timeout ends the run with every process it started.
         proc = subprocess.Popen(cmd, cwd=folder, env=_worker_env(None), stdout=subprocess.PIPE,

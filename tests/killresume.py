@@ -114,7 +114,7 @@ TABLE_COLUMNS = ("variant", "bits", "WER clean Keras", "WER clean .tflite", "WER
 
 def command(recipe, out) -> list[str]:
     """The command under test: ``gq-tf asr run RECIPE --out OUT``."""
-    return [sys.executable, "-m", "gq_tf.asr.cli", "run", str(recipe), "--out", str(out)]
+    return [sys.executable, "-m", "gq_speech.cli", "run", str(recipe), "--out", str(out)]
 
 
 class Attempt:

@@ -73,7 +73,7 @@ def test_qat_model_cannot_be_quantized_twice():
 
 
 def test_cli_without_command_prints_usage(capsys):
-    from gq_tf.cli import main
+    from gq_speech.__main__ import main
 
     with pytest.raises(SystemExit):
         main(["nonsense"])

@@ -13,8 +13,8 @@ import pytest
 import gq_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from gq_tf import keras
 from gq_tf._keras import tf
-from gq_tf.asr import decoding, features, metrics, rnnt
-from gq_tf.asr.decoding import (
+from gq_speech import decoding, features, metrics, rnnt
+from gq_speech.decoding import (
     BatchGreedyDecoder,
     GreedyDecoder,
     beam_search,
@@ -22,15 +22,15 @@ from gq_tf.asr.decoding import (
     greedy_steps,
     ids_to_lists,
 )
-from gq_tf.asr.features import (
+from gq_speech.features import (
     FeatureConfig,
     FeatureStats,
     StreamingFeatures,
     log_mel,
     num_frames,
 )
-from gq_tf.asr.metrics import cer, error_counts, wer
-from gq_tf.asr.rnnt import rnnt_loss
+from gq_speech.metrics import cer, error_counts, wer
+from gq_speech.rnnt import rnnt_loss
 
 
 def test_public_api():

@@ -2,7 +2,7 @@
 
 The corpus tests generate the ``tiny`` preset (27 utterances from all three
 engines) once per session; the first run may install espeak-ng, flite and
-sox (gq_tf.asr.debian).
+sox (gq_speech.debian).
 """
 
 import json
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gq_tf.asr import corpus as corpus_mod
-from gq_tf.asr import debian, farfield, librispeech, text
-from gq_tf.asr.corpus import Manifest, make_corpus, plan_corpus
-from gq_tf.asr.farfield import make_farfield, reverberate
-from gq_tf.asr.librispeech import load_audio, read_librispeech, write_utterance
-from gq_tf.asr.text import Tokenizer, domain_sentences, domain_vocabulary, normalize
+from gq_speech import corpus as corpus_mod
+from gq_speech import debian, farfield, librispeech, text
+from gq_speech.corpus import Manifest, make_corpus, plan_corpus
+from gq_speech.farfield import make_farfield, reverberate
+from gq_speech.librispeech import load_audio, read_librispeech, write_utterance
+from gq_speech.text import Tokenizer, domain_sentences, domain_vocabulary, normalize
 
 QUIET = lambda *a: None
 
@@ -420,5 +420,5 @@ def test_farfield(tiny, tmp_path):
 
     with pytest.raises(ValueError, match="out_subset different from subset"):
         make_farfield(a, "test", "test", log=QUIET)
-    with pytest.raises(ValueError, match="was not made by gq_tf.asr.farfield"):
+    with pytest.raises(ValueError, match="was not made by gq_speech.farfield"):
         make_farfield(a, "test", "dev", log=QUIET)

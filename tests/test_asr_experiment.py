@@ -7,9 +7,9 @@ import pytest
 
 import gq_tf
 from gq_tf._keras import keras, tf
-from gq_tf.asr import experiment, models
-from gq_tf.asr.text import Tokenizer
-from gq_tf.asr.train import Split, TrainConfig, annealing, batches, fit
+from gq_speech import experiment, models
+from gq_speech.text import Tokenizer
+from gq_speech.train import Split, TrainConfig, annealing, batches, fit
 
 
 def _toy_split(n=6, frames=48, n_mels=16, seed=0):
@@ -129,7 +129,7 @@ def trained_toy(tmp_path_factory):
 
 
 def test_greedy_decoding_of_a_trained_model(trained_toy):
-    from gq_tf.asr import metrics
+    from gq_speech import metrics
 
     cfg, split, net = trained_toy
     hyps = experiment.KerasDecoder(net, cfg).transcribe(split, Tokenizer(), batch_size=4)
@@ -140,7 +140,7 @@ def test_greedy_decoding_of_a_trained_model(trained_toy):
 
 
 def test_deployed_streaming_model_decodes_like_keras(trained_toy, tmp_path):
-    from gq_tf.asr import deploy
+    from gq_speech import deploy
 
     cfg, split, net = trained_toy
     deploy.export_streaming(net, cfg, tmp_path / "stream", kind="float")
@@ -254,7 +254,7 @@ def test_epoch_batches_trains_a_partial_pass_and_resumes_inside_it(tmp_path):
 
 
 def test_epoch_batches_limit_keeps_the_order_and_is_checked():
-    from gq_tf.asr.train import tf_batches
+    from gq_speech.train import tf_batches
 
     split = _toy_split(12)
 
@@ -270,7 +270,7 @@ def test_epoch_batches_limit_keeps_the_order_and_is_checked():
 
 
 def test_ctc_auxiliary_loss_trains_the_encoder_and_resumes_with_its_head(tmp_path):
-    from gq_tf.asr.train import RNNTTrainer
+    from gq_speech.train import RNNTTrainer
 
     cfg = models.load_config("rnnt_tiny")
     split = _toy_split(8)
@@ -306,7 +306,7 @@ def test_ctc_auxiliary_loss_trains_the_encoder_and_resumes_with_its_head(tmp_pat
 
 
 def test_spec_augment_masks_bands_inside_each_utterance():
-    from gq_tf.asr.train import spec_augment
+    from gq_speech.train import spec_augment
 
     x = np.ones((3, 100, 80), np.float32)
     y = spec_augment(x, [100, 50, 10], np.zeros(80, np.float32), freq_masks=2, freq_width=0.2, time_masks=2,
@@ -324,7 +324,7 @@ def test_spec_augment_masks_bands_inside_each_utterance():
 
 
 def test_recipe_on_a_librispeech_tree(tmp_path):
-    from gq_tf.asr.librispeech import write_utterance
+    from gq_speech.librispeech import write_utterance
 
     root = tmp_path / "LibriSpeech"
     rng = np.random.default_rng(0)

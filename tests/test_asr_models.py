@@ -25,7 +25,7 @@ import pytest
 
 import gq_tf
 from gq_tf._keras import keras, tf
-from gq_tf.asr import deploy, models
+from gq_speech import deploy, models
 from gq_tf.codebooks import quantized_weights
 
 KINDS = ["rnnt", "conformer"]
@@ -211,7 +211,7 @@ def test_models_and_helper_layers_round_trip_through_json(float_setup):
 
 
 def test_feature_normalization_uses_the_stats():
-    from gq_tf.asr.features import FeatureStats
+    from gq_speech.features import FeatureStats
 
     base = _cfg("rnnt")
     rng = np.random.default_rng(0)

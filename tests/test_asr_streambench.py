@@ -1,4 +1,4 @@
-"""The streaming benchmark (gq_tf.asr.streambench): the whole recognizer's latency, real-time factor
+"""The streaming benchmark (gq_speech.streambench): the whole recognizer's latency, real-time factor
 and memory per variant, its place in the experiment table, and the paper-scale command's core.
 
 Uses the tiny RNN-T config (16 mel bins), untrained, on random features: latency does not depend on
@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from gq_tf.asr import deploy, experiment, models, streambench
-from gq_tf.asr.text import Tokenizer
-from gq_tf.asr.train import Split
+from gq_speech import deploy, experiment, models, streambench
+from gq_speech.text import Tokenizer
+from gq_speech.train import Split
 
 VARIANTS = ("float", "int8", "gq4")
 

@@ -1,4 +1,4 @@
-"""``gq-tf asr transcribe`` and ``gq_tf.asr.transcribe``: audio files through a streaming export.
+"""``gq-tf asr transcribe`` and ``gq_speech.transcribe``: audio files through a streaming export.
 
 One untrained ``rnnt_tiny`` GQ export per module (16 mel bins; feature stats
 of the test signal and a joint network scaled so that greedy decoding emits
@@ -20,9 +20,9 @@ import soundfile as sf
 
 import gq_tf
 from gq_tf._keras import keras
-from gq_tf.asr import cli, deploy, features, models, transcribe
-from gq_tf.asr.librispeech import load_audio
-from gq_tf.asr.text import Tokenizer
+from gq_speech import cli, deploy, features, models, transcribe
+from gq_speech.librispeech import load_audio
+from gq_speech.text import Tokenizer
 
 RATE = 16000
 
@@ -360,7 +360,7 @@ def test_bad_export_or_options_exit_2_with_the_reason(export, capsys, tmp_path, 
 def test_installed_command_exits_2_without_traceback(export, tmp_path):
     directory, _, wavs = export
     bad = _bad_audio(tmp_path, "text")
-    r = subprocess.run([sys.executable, "-m", "gq_tf.cli", "asr", "transcribe", str(directory), str(bad),
+    r = subprocess.run([sys.executable, "-m", "gq_speech.__main__", "asr", "transcribe", str(directory), str(bad),
                         wavs["mono16k"]], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "Format not recognised" in r.stderr and "transcript: " in r.stdout

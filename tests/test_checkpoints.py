@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from gq_tf._keras import keras, tf
-from gq_tf.asr import experiment, models
-from gq_tf.asr.train import (
+from gq_speech import experiment, models
+from gq_speech.train import (
     KEEP_CHECKPOINTS,
     CheckpointError,
     DamagedCheckpointWarning,

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import gq_tf
-from gq_tf import demo
+from gq_speech import demo
 
 
 def test_demo_quick_end_to_end(tmp_path, capsys):

@@ -72,7 +72,7 @@ def test_harness_sees_crashes_and_hangs(bases, monkeypatch):
 
 
 def test_classify_separates_our_errors_from_accidents():
-    from gq_tf.asr import deploy, models
+    from gq_speech import deploy, models
 
     def caught(fn, *args):
         try:
@@ -84,7 +84,7 @@ def test_classify_separates_our_errors_from_accidents():
     assert fe.classify(caught(models.load_config, "no_such_config"))[0] == "clean"  # a raise of ours
     assert fe.classify(caught(json.loads, "{"))[0] == "clean"  # a JSON syntax error
     kind, text = fe.classify(caught(deploy.manifest_states, {"graphs": {}}, "encoder"))
-    assert kind == "unexpected" and text.startswith("KeyError") and "gq_tf/asr/deploy.py" in text
+    assert kind == "unexpected" and text.startswith("KeyError") and "gq_speech/deploy.py" in text
     assert fe.classify(caught(models.load_config, 123))[0] == "unexpected"  # pathlib's TypeError
     assert fe.classify(caught(int, "x"))[0] == "unexpected"  # a ValueError, not raised by us
 
@@ -99,7 +99,7 @@ def test_mutations_are_reproducible(bases):
 
 
 def test_run_check_prints_the_plan_and_writes_nothing(tmp_path, capsys):
-    from gq_tf.asr import cli
+    from gq_speech import cli
 
     assert cli.main(["run", "tiny", "--check", "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
@@ -125,9 +125,9 @@ def test_run_check_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     (lambda r, c: c["encoder"].update(lstm_layers=0), "encoder.lstm_layers"),
 ])
 def test_run_check_names_what_is_wrong(tmp_path, capsys, edit, message):
-    from gq_tf.asr import cli, models
+    from gq_speech import cli, models
 
-    recipe, _ = models.load_named_json("tiny", fe.ROOT / "gq_tf/asr/recipes", "recipe")
+    recipe, _ = models.load_named_json("tiny", fe.ROOT / "gq_speech/recipes", "recipe")
     config, _ = models.load_named_json("rnnt_tiny", models.CONFIG_DIR, "model config")
     edit(recipe, config)
     (tmp_path / "rnnt_tiny.json").write_text(json.dumps(config))
@@ -142,7 +142,7 @@ def test_run_check_names_what_is_wrong(tmp_path, capsys, edit, message):
 
 
 def test_run_without_out_or_check_is_a_usage_error(capsys):
-    from gq_tf.asr import cli
+    from gq_speech import cli
 
     with pytest.raises(SystemExit) as info:
         cli.main(["run", "tiny"])
@@ -151,7 +151,7 @@ def test_run_without_out_or_check_is_a_usage_error(capsys):
 
 def test_float_export_lists_an_output_shared_with_a_state_under_both_names(bases, tmp_path):
     """A one-layer float LSTM's output is its h state: one tensor, two signature names, two rows."""
-    from gq_tf.asr import deploy
+    from gq_speech import deploy
 
     stream = bases / "rnnt" / "float_stream"
     manifest = deploy.load_manifest(stream)
@@ -177,7 +177,7 @@ def test_float_export_lists_an_output_shared_with_a_state_under_both_names(bases
 
 
 def test_recognizer_refuses_a_graph_that_disagrees_with_the_manifest(bases, tmp_path):
-    from gq_tf.asr import deploy
+    from gq_speech import deploy
 
     bad = tmp_path / "bad"
     shutil.copytree(bases / "rnnt" / "stream", bad)

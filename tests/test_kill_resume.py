@@ -102,7 +102,7 @@ def _dead_pid():
 
 def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
     from converters.export import new_file_mode
-    from gq_tf.asr.deploy import atomic_json, atomic_write
+    from gq_speech.deploy import atomic_json, atomic_write
 
     path = tmp_path / "results.md"
     atomic_write(path, "old\n")
@@ -116,7 +116,7 @@ def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
 
 
 def test_temporaries_of_killed_runs_are_removed_and_those_of_live_ones_kept(tmp_path):
-    from gq_tf.asr.corpus import _remove_stale_tmp
+    from gq_speech.corpus import _remove_stale_tmp
 
     dead, live = _dead_pid(), os.getpid()
     (tmp_path / f".corpus.tmp-{dead}").mkdir()
@@ -159,8 +159,8 @@ class _Kill:
 
 @pytest.fixture(scope="module")
 def far_corpus(tmp_path_factory):
-    from gq_tf.asr.corpus import make_corpus
-    from gq_tf.asr.farfield import make_farfield
+    from gq_speech.corpus import make_corpus
+    from gq_speech.farfield import make_farfield
 
     root = tmp_path_factory.mktemp("far") / "corpus"
     make_corpus(root, "tiny", seed=0, log=QUIET)
@@ -175,7 +175,7 @@ def far_corpus(tmp_path_factory):
 def test_far_field_swap_killed_anywhere_is_repaired_by_the_next_run(far_corpus, tmp_path, monkeypatch, killed_at):
     """The far-field subset is remade over an old one (its info file gone, as after a kill just
     before it was written); a kill at each step of the swap, then the same call again."""
-    from gq_tf.asr import farfield
+    from gq_speech import farfield
 
     corpus = tmp_path / "corpus"
     shutil.copytree(far_corpus, corpus)
@@ -200,7 +200,7 @@ def test_an_export_in_progress_has_no_manifest(tmp_path, monkeypatch):
     """Graphs are replaced one by one: until the new manifest is written, the old one is gone,
     so a half-replaced export is never taken for a whole one."""
     import converters
-    from gq_tf.asr import deploy, models
+    from gq_speech import deploy, models
 
     cfg = models.load_config("rnnt_tiny")
     net = models.build_training_model(cfg)
@@ -222,8 +222,8 @@ def test_a_run_killed_between_its_last_batch_and_the_epoch_end_resumes(tmp_path,
     """Found by tests/killresume.py: such a run used to resume with every batch
     of the epoch to skip, and Keras raised on the empty pass at every resume."""
     from gq_tf._keras import keras, tf
-    from gq_tf.asr import models
-    from gq_tf.asr.train import TrainConfig, fit
+    from gq_speech import models
+    from gq_speech.train import TrainConfig, fit
     from tests.test_asr_experiment import _toy_split
 
     cfg = models.load_config("rnnt_tiny")
@@ -250,8 +250,8 @@ def test_a_run_killed_between_its_last_batch_and_the_epoch_end_resumes(tmp_path,
 def test_feature_cache_temporaries_are_per_process_and_a_killed_ones_removed(far_corpus, tmp_path, monkeypatch):
     """Two models of a recipe may build one feature cache at once: each writes
     its own temporary; one left by a killed run is removed, a live one kept."""
-    from gq_tf.asr import features, models, train
-    from gq_tf.asr.text import Tokenizer
+    from gq_speech import features, models, train
+    from gq_speech.text import Tokenizer
 
     feature_cfg = features.FeatureConfig(n_mels=models.load_config("rnnt_tiny").n_mels)
     cache = tmp_path / "features"

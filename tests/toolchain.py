@@ -3,7 +3,7 @@
 CI starts from a clean machine, and the project installs everything it needs
 from its own files: a test that needs such a tool calls
 ``ensure_debian_packages`` first. It is the shipped installer
-(``gq_tf.asr.debian``: as root, apt-get installs what is missing) with its
+(``gq_speech.debian``: as root, apt-get installs what is missing) with its
 failure turned into a test failure that prints the exact command to run,
 never a skip.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from gq_tf.asr.debian import DebianPackageError
-from gq_tf.asr.debian import ensure_debian_packages as _ensure
+from gq_speech.debian import DebianPackageError
+from gq_speech.debian import ensure_debian_packages as _ensure
 
 
 def ensure_debian_packages(packages: dict[str, str]) -> None:

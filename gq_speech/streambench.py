@@ -18,7 +18,7 @@ default):
   disk), each step graph timed interleaved at several thread counts, plus the
   recognizer's peak memory per variant. Command line::
 
-      python -m gq_tf.asr.streambench paper [--models rnnt_paper conformer_paper] [--threads 1 2] [--out DIR]
+      python -m gq_speech.streambench paper [--models rnnt_paper conformer_paper] [--threads 1 2] [--out DIR]
 
 Example:
   >>> res = bench_streaming({"float": "runs/f", "int8": "runs/i", "gq4": "runs/g"}, features)
@@ -99,7 +99,7 @@ def stream_utterance(rec, features, frame_ms=10):
       ``busy_s``), ``audio_s`` (``T * frame_ms``) and ``calls`` ({step
       graph: how many times this utterance ran it}).
     """
-    from gq_tf.asr import deploy
+    from gq_speech import deploy
 
     feats = np.asarray(features, np.float32).reshape(-1, rec.cfg.n_mels)
     audio = len(feats) * frame_ms / 1000
@@ -156,7 +156,7 @@ def bench_streaming(export_dirs, utterances, *, baseline="int8", num_threads=1, 
     Raises:
       ValueError: no variants, no utterances, or a baseline not among them.
     """
-    from gq_tf.asr.deploy import StreamingRecognizer
+    from gq_speech.deploy import StreamingRecognizer
 
     log = log or (lambda m: None)
     names = list(export_dirs)
@@ -279,9 +279,9 @@ import numpy as np
 from ai_edge_litert import interpreter as _litert  # noqa: F401  (imported before the baseline)
 from ai_edge_litert import schema_py_generated as _schema  # noqa: F401
 from converters import runtime
-from gq_tf.asr import deploy
+from gq_speech import deploy
 from converters.memory import proc_status_bytes as status
-from gq_tf.asr.streambench import stream_utterance
+from gq_speech.streambench import stream_utterance
 
 directory, features, threads, kernel, runtime_name = sys.argv[1:6]
 with np.load(features) as z:
@@ -338,7 +338,7 @@ def mixed_policy(cfg, recipe="full") -> dict:
     Raises:
       ValueError: the recipe has no ``gq_mixed`` variant for that model.
     """
-    from gq_tf.asr.experiment import load_recipe, variants_of
+    from gq_speech.experiment import load_recipe, variants_of
 
     rec = load_recipe(recipe)
     found = dict(variants_of(rec, cfg.kind)).get("gq_mixed")
@@ -379,8 +379,8 @@ def export_variants(model_name, out_dir, *, variants=PAPER_VARIANTS, recipe="ful
     import converters
     import gq_tf
     from gq_tf._keras import keras
-    from gq_tf.asr import deploy, models
-    from gq_tf.asr.experiment import parse_policy
+    from gq_speech import deploy, models
+    from gq_speech.experiment import parse_policy
 
     log = log or (lambda m: None)
     cfg = models.load_config(model_name)
@@ -433,7 +433,7 @@ def export_variants(model_name, out_dir, *, variants=PAPER_VARIANTS, recipe="ful
 def _step_feeds(manifest, part, rng):
     """Inputs of one step graph by name: random features / encoder frame / prediction output, zero
     (initial) states, token 1."""
-    from gq_tf.asr import deploy
+    from gq_speech import deploy
 
     states = deploy.manifest_states(manifest, part)
     feeds = {}
@@ -472,7 +472,7 @@ def bench_steps(export_dirs, *, threads=(1, 2), rounds=100, warmup=10, baseline=
       ratios are against ``baseline``.
     """
     from converters import make_interpreter
-    from gq_tf.asr import deploy, models
+    from gq_speech import deploy, models
 
     log = log or (lambda m: None)
     names = list(export_dirs)
@@ -536,7 +536,7 @@ def paper(model_names=PAPER_MODELS, *, threads=(1, 2), out="runs/paper_latency",
     ``paper.md`` are rewritten after each model.
 
     Args:
-      model_names: model configs (names in ``gq_tf/asr/configs`` or paths).
+      model_names: model configs (names in ``gq_speech/configs`` or paths).
       threads: thread counts to time the step graphs with.
       out: directory of the exports (``out/<model>/<variant>/``) and reports.
       variants: a subset of ``PAPER_VARIANTS`` (``int8``, the baseline, included).
@@ -549,13 +549,13 @@ def paper(model_names=PAPER_MODELS, *, threads=(1, 2), out="runs/paper_latency",
     Returns:
       The ``paper.json`` data: ``{"date", "command", "machine", "settings", "models": {model: {...}}}``.
     """
-    from gq_tf.asr import models as asr_models
-    from gq_tf.asr.deploy import atomic_json, atomic_write
+    from gq_speech import models as asr_models
+    from gq_speech.deploy import atomic_json, atomic_write
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     threads = [int(t) for t in threads]
-    command = ["python -m gq_tf.asr.streambench paper --models", *model_names, "--threads", *map(str, threads),
+    command = ["python -m gq_speech.streambench paper --models", *model_names, "--threads", *map(str, threads),
                "--rounds", str(rounds), "--out", str(out)]
     if tuple(variants) != PAPER_VARIANTS:
         command += ["--variants", *variants]
@@ -644,8 +644,8 @@ def paper_table(result, markdown=True) -> str:
 
 
 def main(argv=None) -> int:
-    """``python -m gq_tf.asr.streambench paper ...``; returns the exit code."""
-    p = argparse.ArgumentParser(prog="python -m gq_tf.asr.streambench", description=__doc__.splitlines()[0])
+    """``python -m gq_speech.streambench paper ...``; returns the exit code."""
+    p = argparse.ArgumentParser(prog="python -m gq_speech.streambench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     pp = sub.add_parser("paper", help="export paper-scale models untrained and time their step graphs")
     pp.add_argument("--models", nargs="+", default=list(PAPER_MODELS), help="model configs (names or paths)")

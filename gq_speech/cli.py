@@ -6,7 +6,7 @@
   latency, the table and the plot. ``--full`` runs the ``full`` recipe
   (the one behind docs/results.md; hours).
 - ``gq-tf asr run RECIPE [--out DIR] [--models ...] [--variants ...] [--jobs N]``:
-  any recipe (a name in gq_tf/asr/recipes/ or a JSON file). A recipe with
+  any recipe (a name in gq_speech/recipes/ or a JSON file). A recipe with
   several models trains them side by side, one process per CPU (``--jobs``).
   ``--check`` only validates the recipe, its model configs, training
   settings and variants (each policy against the built model) and prints
@@ -16,7 +16,7 @@
   [--threads N] [--json OUT]``: transcribes audio files (any rate and channel
   count soundfile reads) with an exported streaming model, chunk by chunk as
   an app would, and reports per-chunk latency, UPL and RTF
-  (``gq_tf.asr.transcribe``).
+  (``gq_speech.transcribe``).
 
 The experiment commands resume: what is on disk in ``--out`` is reused.
 """
@@ -41,7 +41,7 @@ def _parser():
                     "quantizes, built but not trained) and prints the plan (models x variants, stages), in "
                     "seconds; no corpus is built, nothing is trained or written. Exit status 2 on an invalid "
                     "recipe, with the reason.")
-    run.add_argument("recipe", help="recipe name (gq_tf/asr/recipes/) or JSON file")
+    run.add_argument("recipe", help="recipe name (gq_speech/recipes/) or JSON file")
     run.add_argument("--out", help="run directory (required unless --check)")
     run.add_argument("--check", action="store_true",
                      help="only validate the recipe and print the plan (no corpus, no training)")
@@ -93,7 +93,7 @@ def _train_settings(settings, where):
     """A stage's settings as a checked TrainConfig."""
     import typing
 
-    from gq_tf.asr.train import TrainConfig
+    from gq_speech.train import TrainConfig
 
     cfg = TrainConfig.from_dict(settings)
     _check_types(settings, typing.get_type_hints(TrainConfig), where)
@@ -124,7 +124,7 @@ def check_recipe(recipe_name, models=None, variants=None):
     selects an unsupported layer, a misspelt training key) stops here.
 
     Args:
-      recipe_name: a recipe name (``gq_tf/asr/recipes/``) or JSON file.
+      recipe_name: a recipe name (``gq_speech/recipes/``) or JSON file.
       models, variants: only these model configs / variants, as ``run_recipe``.
 
     Returns:
@@ -138,9 +138,9 @@ def check_recipe(recipe_name, models=None, variants=None):
         invalid (the message names the entry).
     """
     from gq_tf._keras import tf
-    from gq_tf.asr import corpus, experiment
-    from gq_tf.asr import models as asr_models
-    from gq_tf.asr.train import annealing
+    from gq_speech import corpus, experiment
+    from gq_speech import models as asr_models
+    from gq_speech.train import annealing
     from gq_tf.configs import resolve_policy
 
     recipe = experiment.load_recipe(recipe_name)
@@ -291,8 +291,8 @@ def _transcribe(args):
     """
     from pathlib import Path
 
-    from gq_tf.asr import transcribe
-    from gq_tf.asr.deploy import atomic_json
+    from gq_speech import transcribe
+    from gq_speech.deploy import atomic_json
 
     if args.json_path and not Path(args.json_path).absolute().parent.is_dir():
         raise FileNotFoundError(f"Expected --json in an existing directory. Received {args.json_path!r}.")
@@ -343,13 +343,13 @@ def main(argv=None):
             _print_plan(check_recipe(args.recipe, models=args.models, variants=args.variants), args.out)
             return 0
         if args.command == "corpus":
-            from gq_tf.asr.corpus import make_corpus
+            from gq_speech.corpus import make_corpus
 
             make_corpus(args.out, args.preset, seed=args.seed, log=log)
             return 0
         if args.command == "transcribe":
             return _transcribe(args)
-        from gq_tf.asr.experiment import run_recipe
+        from gq_speech.experiment import run_recipe
 
         if args.command == "demo":
             recipe = "full" if args.full else "demo"

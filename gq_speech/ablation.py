@@ -7,7 +7,7 @@ supported weight and reports test accuracy (hard weights, as deployed). Grids:
   B. the annealing schedule at 2 bits: tau0, gamma, tau_min one at a time;
   C. soft_window at 5 bits (K = 32 > 16, the windowed softmax), with step time.
 
-Run:  python -m gq_tf.ablation [--out docs/ablation.json]   (about 10 minutes)
+Run:  python -m gq_speech.ablation [--out docs/ablation.json]   (about 10 minutes)
 It writes the JSON and prints the markdown tables that docs/defaults.md shows.
 """
 

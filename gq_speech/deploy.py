@@ -46,8 +46,8 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapp
 )
 
 from gq_tf._keras import check_keras_model
-from gq_tf.asr import models
-from gq_tf.asr.decoding import GreedyDecoder
+from gq_speech import models
+from gq_speech.decoding import GreedyDecoder
 
 __all__ = [
     "EXPORT_KINDS",
@@ -65,7 +65,7 @@ __all__ = [
 EXPORT_KINDS = ("gq", "float", "int8")
 PARTS = ("encoder", "prediction", "joint")
 MANIFEST = "streaming.json"
-FORMAT = "gq_tf.asr.streaming/1"
+FORMAT = "gq_speech.streaming/1"
 PADDING = ("The last partial chunk is completed with frames equal to the feature mean (zeros after "
            "the model's normalization).")
 
@@ -148,7 +148,7 @@ def atomic_write(path, data):
     removed by the next write of the same file.
     """
     from converters.export import new_file_mode
-    from gq_tf.asr.corpus import _remove_stale_tmp  # a light import: corpus loads no TensorFlow
+    from gq_speech.corpus import _remove_stale_tmp  # a light import: corpus loads no TensorFlow
 
     path = os.fspath(path)
     _remove_stale_tmp(Path(path).absolute(), log=lambda m: None)

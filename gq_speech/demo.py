@@ -6,7 +6,7 @@ class. It has the shape of keyword spotting on filterbank frames and needs
 every layer type of an on-device speech model: Conv1D front-end, LSTM,
 self-attention, Dense.
 
-Run:  python -m gq_tf.demo            (or: gq-tf demo; --quick for a smoke run)
+Run:  python -m gq_speech.demo            (or: gq-tf demo; --quick for a smoke run)
 """
 
 import argparse

@@ -178,7 +178,7 @@ def read_audio(path, sample_rate: int) -> tuple[np.ndarray, int, int, float]:
 @functools.lru_cache(maxsize=4)
 def _log_mel_fn(feature_cfg):
     from gq_tf._keras import tf
-    from gq_tf.asr import features
+    from gq_speech import features
 
     # One traced graph for every length, as in train.load_split.
     return tf.function(lambda audio: features.log_mel(audio, feature_cfg),
@@ -209,7 +209,7 @@ def audio_features(audio, feature_cfg) -> np.ndarray:
 
 
 def _feature_config(recognizer):
-    from gq_tf.asr import features
+    from gq_speech import features
 
     # The model's front-end: the defaults with its n_mels (experiment.prepare).
     return features.FeatureConfig(n_mels=recognizer.cfg.n_mels)
@@ -235,7 +235,7 @@ def open_recognizer(export_dir, *, kernel="auto", num_threads=1, warm_up=True):
         ``deploy.FORMAT`` or without a valid model config and graph table; a
         bad kernel or thread count; a file the runtime cannot load.
     """
-    from gq_tf.asr import deploy, models
+    from gq_speech import deploy, models
 
     directory = Path(export_dir)
     if not directory.is_dir():
@@ -291,7 +291,7 @@ def _stream(recognizer, feats, duration_s, tokenizer, stream_callback):
       dict of TranscriptResult's fields tokens, text, chunk_ms, upl_ms,
       processing_ms and partials.
     """
-    from gq_tf.asr.deploy import stream_timed
+    from gq_speech.deploy import stream_timed
 
     fc = _feature_config(recognizer)
     partials = []
@@ -335,7 +335,7 @@ def transcribe_file(recognizer, path, stream_callback=None, *, tokenizer=None) -
       >>> res = transcribe_file(rec, "turn_on_the_lights.flac")
       >>> print(res.text); print(res.summary())
     """
-    from gq_tf.asr.text import Tokenizer
+    from gq_speech.text import Tokenizer
 
     fc = _feature_config(recognizer)
     audio, rate, channels, duration_s = read_audio(path, fc.sample_rate)

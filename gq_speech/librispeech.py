@@ -6,12 +6,12 @@ Layout (as distributed at openslr.org/12, after unpacking)::
   <root>/<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt   # "ID TEXT" lines
 
 Transcripts are upper case in the files; :func:`read_librispeech` returns
-them normalized (lower case, :func:`gq_tf.asr.text.normalize`), the form the
+them normalized (lower case, :func:`gq_speech.text.normalize`), the form the
 tokenizer and WER use. The reader is strict: a transcript line without its
 audio file, an audio file without a transcript line, or a malformed line is
 an error naming the file (and line), never a silently shorter data set.
 
-The built-in corpus (:mod:`gq_tf.asr.corpus`) is written in this layout with
+The built-in corpus (:mod:`gq_speech.corpus`) is written in this layout with
 :func:`write_utterance`, and keeps a ``manifest.jsonl`` at the root; when
 that file exists, each :class:`Utterance` gets its manifest line as ``meta``.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gq_tf.asr.text import normalize
+from gq_speech.text import normalize
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -144,7 +144,7 @@ def read_librispeech(root, subsets=None) -> list[Utterance]:
 
     Args:
       root: the directory holding the subsets (``LibriSpeech/`` when unpacked
-        from openslr.org, or a corpus made by :mod:`gq_tf.asr.corpus`).
+        from openslr.org, or a corpus made by :mod:`gq_speech.corpus`).
       subsets: names of subset directories, or None for every subset found.
 
     Returns:

@@ -116,9 +116,9 @@ def load_split(corpus_dir, subset: str, feature_cfg, tokenizer, cache_dir, log=p
     Raises:
       ValueError: a transcript has characters outside the tokenizer's vocabulary.
     """
-    from gq_tf.asr import features as feats
-    from gq_tf.asr.corpus import _remove_stale_tmp
-    from gq_tf.asr.librispeech import load_audio, read_librispeech
+    from gq_speech import features as feats
+    from gq_speech.corpus import _remove_stale_tmp
+    from gq_speech.librispeech import load_audio, read_librispeech
 
     utts = read_librispeech(corpus_dir, [subset])
     cache = Path(cache_dir) / f"features_{subset}_{_fingerprint(utts, feature_cfg)}.npz"
@@ -292,7 +292,7 @@ class RNNTTrainer(keras.Model):
         # reseed TensorFlow's global one, and a checkpoint keeps this one's
         # state, so a run and its resumed twin draw the same masks.
         self.augment_rng = tf.random.Generator.from_seed(augment_seed) if augment else None
-        from gq_tf.asr.models import _output_in, feature_fill
+        from gq_speech.models import _output_in, feature_fill
 
         self._fill = tf.constant(feature_fill(model_cfg))
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -324,8 +324,8 @@ class RNNTTrainer(keras.Model):
 
     def _loss(self, data, training):
         """(RNN-T loss per label token, CTC loss per label token or None)."""
-        from gq_tf.asr.models import encoder_lengths
-        from gq_tf.asr.rnnt import rnnt_loss
+        from gq_speech.models import encoder_lengths
+        from gq_speech.rnnt import rnnt_loss
 
         x, x_len, y, y_len = data
         if training and self.augment:
@@ -632,7 +632,7 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
     Raises:
       CheckpointError: ``run_dir/ckpt`` holds checkpoints, but none can be restored.
     """
-    from gq_tf.asr.models import reduction
+    from gq_speech.models import reduction
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -707,7 +707,7 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
 
 def annealing(steps: int, **schedule):
     """The GQ annealing callback for a fine-tune of ``steps`` steps (demo.annealing_for)."""
-    from gq_tf.demo import annealing_for
+    from gq_speech.demo import annealing_for
 
     return annealing_for(steps, **schedule)
 

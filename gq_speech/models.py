@@ -369,7 +369,7 @@ def load_named_json(path_or_name, folder, what):
 
 
 def load_config(path_or_name):
-    """Loads a ModelConfig from a JSON file, or by name from ``gq_tf/asr/configs/<name>.json``.
+    """Loads a ModelConfig from a JSON file, or by name from ``gq_speech/configs/<name>.json``.
 
     Raises:
       FileNotFoundError: neither a file nor a known config name.

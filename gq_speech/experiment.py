@@ -1,6 +1,6 @@
 """The ASR experiment: corpus -> float model -> QAT variants -> streaming .tflite -> WER, size, latency.
 
-A *recipe* (``gq_tf/asr/recipes/<name>.json``, data) names the corpus (a
+A *recipe* (``gq_speech/recipes/<name>.json``, data) names the corpus (a
 built-in preset, or ``{"librispeech": ROOT, "train": "train-clean-100",
 "dev": "dev-clean", "test": "test-clean"}``, evaluated clean only;
 ``"farfield": null`` skips the far-field set, which is otherwise written
@@ -59,7 +59,7 @@ import numpy as np
 
 import gq_tf
 from gq_tf._keras import keras, tf
-from gq_tf.asr.deploy import atomic_json, atomic_write, is_qat
+from gq_speech.deploy import atomic_json, atomic_write, is_qat
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -73,7 +73,7 @@ def load_recipe(name_or_path) -> dict:
     Raises:
       FileNotFoundError: neither exists (the message lists the known names).
     """
-    from gq_tf.asr.models import load_named_json
+    from gq_speech.models import load_named_json
 
     recipe, path = load_named_json(name_or_path, RECIPE_DIR, "recipe")
     for key in ("corpus", "models", "float", "finetune", "variants"):
@@ -129,8 +129,8 @@ class KerasDecoder:
     """
 
     def __init__(self, net, cfg, max_symbols_per_frame=5):
-        from gq_tf.asr import models
-        from gq_tf.asr.decoding import BatchGreedyDecoder
+        from gq_speech import models
+        from gq_speech.decoding import BatchGreedyDecoder
 
         self.cfg = cfg
         self.encoder = models.split_training_model(net)["encoder"]
@@ -162,8 +162,8 @@ class KerasDecoder:
         does at ``finish()``, and every encoder frame is decoded: the Keras
         and the deployed transcripts are of the same input.
         """
-        from gq_tf.asr import models
-        from gq_tf.asr.decoding import ids_to_lists
+        from gq_speech import models
+        from gq_speech.decoding import ids_to_lists
 
         chunk = self.cfg.chunk_frames
         mean = models.feature_fill(self.cfg)
@@ -188,7 +188,7 @@ class KerasDecoder:
 
 def tflite_transcribe(stream_dir, split, tokenizer, limit=None, log=print) -> tuple[list[str], dict]:
     """Streams every utterance through the exported step graphs; (hypotheses, timing stats)."""
-    from gq_tf.asr.deploy import StreamingRecognizer
+    from gq_speech.deploy import StreamingRecognizer
 
     rec = StreamingRecognizer(stream_dir)
     n = len(split) if limit is None else min(limit, len(split))
@@ -266,8 +266,8 @@ def _fresh_float(ctx: Context):
         than the float row's: ``train_float`` (run again) falls back to that
         one and trains again what was lost.
     """
-    from gq_tf.asr import models
-    from gq_tf.asr.train import CheckpointError, checkpoint_problem
+    from gq_speech import models
+    from gq_speech.train import CheckpointError, checkpoint_problem
 
     net = models.build_training_model(ctx.cfg)
     ckpt = tf.train.Checkpoint(net=net)
@@ -285,9 +285,9 @@ def _fresh_float(ctx: Context):
 
 def prepare(recipe: dict, out: Path, model_name: str, log=print) -> Context:
     """Corpus (+ far field), features and the float model's config with feature stats."""
-    from gq_tf.asr import corpus, farfield, features, models
-    from gq_tf.asr.text import Tokenizer
-    from gq_tf.asr.train import load_split
+    from gq_speech import corpus, farfield, features, models
+    from gq_speech.text import Tokenizer
+    from gq_speech.train import load_split
 
     c = recipe["corpus"]
     if "librispeech" in c:
@@ -396,8 +396,8 @@ def _forget_if_changed(folder: Path, key: dict, log) -> None:
 
 
 def train_float(ctx: Context) -> dict:
-    from gq_tf.asr import models
-    from gq_tf.asr.train import TrainConfig, fit
+    from gq_speech import models
+    from gq_speech.train import TrainConfig, fit
 
     tcfg = TrainConfig.from_dict(stage_settings(ctx.recipe, "float", ctx.model_name))
     _forget_if_changed(ctx.float_dir, _float_key(ctx), ctx.log)
@@ -416,8 +416,8 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
     import warnings
 
     import converters
-    from gq_tf.asr import deploy, metrics
-    from gq_tf.asr.train import TrainConfig, annealing, fit, has_gq
+    from gq_speech import deploy, metrics
+    from gq_speech.train import TrainConfig, annealing, fit, has_gq
 
     vdir = ctx.out / ctx.model_name / name
     result_path = vdir / "result.json"
@@ -553,7 +553,7 @@ def bench(rows: list[dict], out: Path, runs: int, log=print) -> None:
 def _stream_key(mine: list[dict], n: int, memory: bool) -> dict:
     """What a cached streaming benchmark must match: the variants, their exports (by the time their
     manifest was written), the number of utterances and whether memory was measured."""
-    from gq_tf.asr.deploy import MANIFEST
+    from gq_speech.deploy import MANIFEST
 
     exports = {}
     for row in mine:
@@ -585,8 +585,8 @@ def stream_bench(rows: list[dict], out: Path, utterances: dict, *, memory=True, 
       ``uniform8`` (TFLite's int8 builtins) or ``int8`` where the model
       has one, else its first variant.
     """
-    from gq_tf.asr import streambench
-    from gq_tf.asr.text import Tokenizer
+    from gq_speech import streambench
+    from gq_speech.text import Tokenizer
 
     tokenizer = Tokenizer()
     results = {}
@@ -717,7 +717,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, streaming: dict | None = None) -> None:
     """Writes ``results.json``, ``results.png`` and ``results.md``; ``streaming``: :func:`stream_bench`'s
     results, shown per model with their ratios."""
-    from gq_tf.asr import streambench
+    from gq_speech import streambench
 
     atomic_json(out / "results.json", {"recipe": recipe, "command": command, "rows": rows})
     plot(rows, out / "results.png")
@@ -775,7 +775,7 @@ def _run_models_in_parallel(recipe_name, out: Path, models: list[str], variants,
             model = pending.pop(0)
             free = [c for c in cpus if all(c not in r[3] for r in running)]
             mine = set(free[:per]) or set(cpus)
-            cmd = [sys.executable, "-m", "gq_tf.asr.cli", "run", str(recipe_name), "--out", str(out),
+            cmd = [sys.executable, "-m", "gq_speech.cli", "run", str(recipe_name), "--out", str(out),
                    "--models", model, "--worker"] + (["--variants", *variants] if variants else [])
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     preexec_fn=lambda cpus=mine: os.sched_setaffinity(0, cpus))

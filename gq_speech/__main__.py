@@ -4,9 +4,9 @@ import argparse
 import sys
 
 _COMMANDS = {
-    "asr": ("gq_tf.asr.cli", "speech recognition: corpus, RNN-T/Conformer, GQ, streaming .tflite, WER"),
-    "demo": ("gq_tf.demo", "float vs uniform 8-bit QAT vs GQ on the built-in task"),
-    "ablation": ("gq_tf.ablation", "the ablation behind the default hyper-parameters"),
+    "asr": ("gq_speech.cli", "speech recognition: corpus, RNN-T/Conformer, GQ, streaming .tflite, WER"),
+    "demo": ("gq_speech.demo", "float vs uniform 8-bit QAT vs GQ on the built-in task"),
+    "ablation": ("gq_speech.ablation", "the ablation behind the default hyper-parameters"),
     "export": ("converters.cli", "a saved QAT model to .tflite with packed GQ custom ops"),
 }
 

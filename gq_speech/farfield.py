@@ -28,11 +28,11 @@ seed: nothing to do), and written to a temporary directory renamed at the
 end. ``make_farfield`` with other settings replaces the subset it made.
 
 Example:
-  >>> from gq_tf.asr.corpus import make_corpus
+  >>> from gq_speech.corpus import make_corpus
   >>> make_corpus("runs/asr/corpus_small", "small")           # doctest: +SKIP
   >>> make_farfield("runs/asr/corpus_small", subset="test")   # doctest: +SKIP
 
-CLI: ``python -m gq_tf.asr.farfield --corpus DIR [--subset test] [--out-subset test_far] [--seed N]``
+CLI: ``python -m gq_speech.farfield --corpus DIR [--subset test] [--out-subset test_far] [--seed N]``
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gq_tf.asr.corpus import Manifest, _remove_stale_tmp, colored_noise, mix_at_snr
-from gq_tf.asr.librispeech import MANIFEST, SAMPLE_RATE, load_audio, write_utterance
+from gq_speech.corpus import Manifest, _remove_stale_tmp, colored_noise, mix_at_snr
+from gq_speech.librispeech import MANIFEST, SAMPLE_RATE, load_audio, write_utterance
 
 __all__ = ["FARFIELD_VERSION", "FarfieldConfig", "make_farfield", "reverberate", "rir_bank"]
 
@@ -219,7 +219,7 @@ def make_farfield(corpus_dir, subset: str = "test", out_subset: str = "test_far"
     """Adds the far-field version of ``subset`` to the corpus as ``out_subset``.
 
     Args:
-      corpus_dir: a corpus made by :func:`gq_tf.asr.corpus.make_corpus`.
+      corpus_dir: a corpus made by :func:`gq_speech.corpus.make_corpus`.
       subset: the source subset.
       out_subset: the new subset's name.
       seed: picks rooms, the room of each utterance, noise and SNR order.
@@ -229,7 +229,7 @@ def make_farfield(corpus_dir, subset: str = "test", out_subset: str = "test_far"
       log: receives progress lines.
 
     Returns:
-      The corpus :class:`~gq_tf.asr.corpus.Manifest`, now with ``out_subset``.
+      The corpus :class:`~gq_speech.corpus.Manifest`, now with ``out_subset``.
 
     Raises:
       ValueError: ``subset`` is missing, ``out_subset`` equals it or names a
@@ -256,7 +256,7 @@ def make_farfield(corpus_dir, subset: str = "test", out_subset: str = "test_far"
         log(f"farfield: {out_subset} was made with other settings: remaking it")
     if out_path.exists() and not (out_path / _MARKER).exists():
         raise ValueError(f"Expected {out_subset!r} to be a new subset name. Received: {out_path} exists and "
-                         f"was not made by gq_tf.asr.farfield")
+                         f"was not made by gq_speech.farfield")
 
     # What a killed run left: its subset, manifest and info files in the making.
     for name in (out_subset, MANIFEST, info_path.name):
@@ -301,7 +301,7 @@ def make_farfield(corpus_dir, subset: str = "test", out_subset: str = "test_far"
                 rate = (i + 1) / (last - t0)
                 log(f"farfield: {i + 1}/{len(utts)} utterances, {rate:.1f} utt/s, "
                     f"ETA {(len(utts) - i - 1) / rate:.0f} s")
-        (tmp / out_subset / _MARKER).write_text("made by gq_tf.asr.farfield\n")
+        (tmp / out_subset / _MARKER).write_text("made by gq_speech.farfield\n")
         # Swap the subset in, then the manifest, then the info file that marks completion.
         if out_path.exists():
             # Out of the way at once, removed with ``tmp``: deleted in place, a kill could leave
@@ -330,8 +330,8 @@ def make_farfield(corpus_dir, subset: str = "test", out_subset: str = "test_far"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gq_tf.asr.farfield", description=__doc__.split("\n")[0])
-    p.add_argument("--corpus", required=True, help="a corpus made by gq_tf.asr.corpus")
+    p = argparse.ArgumentParser(prog="python -m gq_speech.farfield", description=__doc__.split("\n")[0])
+    p.add_argument("--corpus", required=True, help="a corpus made by gq_speech.corpus")
     p.add_argument("--subset", default="test")
     p.add_argument("--out-subset", default="test_far")
     p.add_argument("--seed", type=int, default=0)

