@@ -47,11 +47,14 @@ Example:
 import functools
 import math
 import mmap
+import os
+from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["check_model", "GQInput", "GQ_INPUTS", "SUBGRAPH_OPTIONS", "TYPE_BITS"]
+__all__ = ["check_model", "Arity", "BUILTIN_ARITY", "COUNT_OPTIONS", "GQInput", "GQ_INPUTS", "SUBGRAPH_OPTIONS", "TYPE_BITS"]
 
 _BUILTIN_CUSTOM = 32
+_TFLITE_IDENTIFIER = b"TFL3"
 _INT64_MAX = 2**63 - 1
 
 # Bits per element of each TensorType, by its name in the schema; None: no
@@ -96,6 +99,65 @@ GQ_INPUTS = {
     "GQ_LSTM": _gq_lstm_inputs,
 }
 
+class Arity(NamedTuple):
+    """The inputs and outputs a builtin op's kernel reads without checking them itself."""
+
+    inputs: tuple  # (fewest, most); most None: any number
+    outputs: tuple  # (fewest, most)
+    optional: frozenset = frozenset()  # input positions that may be -1 (no tensor)
+
+
+def _arity(inputs, outputs=1, optional=()):
+    as_range = (lambda v: v if isinstance(v, tuple) else (v, v))
+    return Arity(as_range(inputs), as_range(outputs), frozenset(optional))
+
+
+# Builtin ops whose kernels (TFLite's, and XNNPACK's when it takes the node)
+# index their inputs and outputs unchecked: a node with too few of them, or
+# with -1 (no tensor) where one is required, crashed the process in
+# allocate_tensors (tests/fuzz_entry.py found TRANSPOSE with input 0 = -1 and
+# STRIDED_SLICE with 2 inputs). Every builtin op our exports use is here
+# (tests/test_model_checks.py checks the demo's graphs); builtin ops that are
+# not here are left to the runtime. From TFLite's operator reference.
+BUILTIN_ARITY = {
+    **{name: _arity(1) for name in ("ABS", "CAST", "DEQUANTIZE", "ELU", "EXP", "FLOOR", "GELU", "HARD_SWISH",
+                                    "LEAKY_RELU", "LOG", "LOGISTIC", "LOG_SOFTMAX", "NEG", "QUANTIZE", "RELU",
+                                    "RELU6", "RELU_N1_TO_1", "RSQRT", "SHAPE", "SIN", "SOFTMAX", "SQRT", "SQUARE",
+                                    "SQUEEZE", "TANH", "ZEROS_LIKE", "L2_NORMALIZATION", "AVERAGE_POOL_2D",
+                                    "MAX_POOL_2D")},
+    **{name: _arity(2) for name in ("ADD", "BATCH_MATMUL", "DIV", "EXPAND_DIMS", "FLOOR_DIV", "GATHER",
+                                    "GATHER_ND", "MAXIMUM", "MEAN", "MINIMUM", "MUL", "PAD", "POW", "REDUCE_MAX",
+                                    "REDUCE_MIN", "REDUCE_PROD", "SQUARED_DIFFERENCE", "SUB", "SUM", "TILE",
+                                    "TRANSPOSE", "EQUAL", "NOT_EQUAL", "LESS", "LESS_EQUAL", "GREATER",
+                                    "GREATER_EQUAL", "ARG_MAX", "ARG_MIN", "BROADCAST_TO")},
+    **{name: _arity(3) for name in ("SELECT", "SELECT_V2", "SLICE", "PADV2")},
+    "CONCATENATION": _arity((1, None)),
+    "PACK": _arity((1, None)),
+    "ADD_N": _arity((1, None)),
+    "UNPACK": _arity(1, (1, None)),
+    "SPLIT": _arity(2, (1, None)),
+    "SPLIT_V": _arity(3, (1, None)),
+    "RESHAPE": _arity((1, 2), optional=(1,)),  # the shape may come from the options instead
+    "STRIDED_SLICE": _arity(4),
+    "CONV_2D": _arity((2, 3), optional=(2,)),
+    "DEPTHWISE_CONV_2D": _arity((2, 3), optional=(2,)),
+    "TRANSPOSE_CONV": _arity((3, 4), optional=(3,)),
+    "FULLY_CONNECTED": _arity((2, 3), (1, 2), optional=(2,)),
+}
+
+
+# Builtin options that count a node's inputs or outputs: op -> (options class,
+# accessor, "inputs" or "outputs"). A count that disagrees with the node (a
+# SPLIT of 32772 pieces with 4 outputs) crashed the process in
+# allocate_tensors (found by tests/fuzz_entry.py).
+COUNT_OPTIONS = {
+    "SPLIT": ("SplitOptions", "NumSplits", "outputs"),
+    "SPLIT_V": ("SplitVOptions", "NumSplits", "outputs"),
+    "UNPACK": ("UnpackOptions", "Num", "outputs"),
+    "PACK": ("PackOptions", "ValuesCount", "inputs"),
+}
+
+
 # Builtin options that name subgraphs: (options class in the schema, its
 # accessors that return one subgraph index, its accessors that return a
 # vector of them). Keyed by the class name, which is also its name in the
@@ -126,6 +188,38 @@ def _schema():
     return schema
 
 
+def model_source(model):
+    """(keyword arguments for an Interpreter, display name, the model's bytes or a read-only map of its file),
+    for a model given as a path or as bytes; checks the TFLite file identifier."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        data = bytes(model)
+        name = f"<{len(data)} bytes>"
+        if len(data) < 8 or data[4:8] != _TFLITE_IDENTIFIER:
+            raise ValueError(
+                f"Expected the bytes of a TFLite model (file identifier {_TFLITE_IDENTIFIER!r} "
+                f"at offset 4). Received {name} starting with {data[:8]!r}."
+            )
+        return {"model_content": data}, name, data
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"TFLite model not found: {str(path)!r}")
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8 or head[4:8] != _TFLITE_IDENTIFIER:
+                raise ValueError(
+                    f"Expected a TFLite model file (file identifier {_TFLITE_IDENTIFIER!r} at "
+                    f"offset 4). Received {str(path)!r} starting with {head!r}."
+                )
+            # A read-only map: big models are not read into memory twice.
+            view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return {"model_path": str(path)}, repr(str(path)), view
+    raise TypeError(
+        "Expected a model path (str or os.PathLike) or the model's bytes. "
+        f"Received an object of type {type(model).__name__}."
+    )
+
+
 def check_model(model_path_or_bytes):
     """Checks a .tflite model's structure before a runtime loads it.
 
@@ -150,9 +244,7 @@ def check_model(model_path_or_bytes):
       from the model file). Received tensor 2 'Const_1', a constant with 32
       bytes of data.
     """
-    from converters.runtime import _model_source
-
-    _, name, buf = _model_source(model_path_or_bytes)
+    _, name, buf = model_source(model_path_or_bytes)
     try:
         check_bytes(buf, name)
     finally:
@@ -269,6 +361,10 @@ class _Checker:
             custom = code.CustomCode()
             return custom.decode("utf-8", "replace") if custom is not None else "CUSTOM"
         return _names(schema.BuiltinOperator).get(builtin, f"BUILTIN_{builtin}")
+
+    def is_builtin(self, opcode_index):
+        code = self.model.OperatorCodes(opcode_index)
+        return max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) != _BUILTIN_CUSTOM
 
     # ------------------------------------------------------------- checks
 
@@ -390,9 +486,15 @@ class _Checker:
                 name = self.op_names[code] = self.op_name(code)
             node = f"node {k} ({name})"
             inputs = self.ints(op.InputsAsNumpy())
+            outputs = self.ints(op.OutputsAsNumpy())
+            arity = BUILTIN_ARITY.get(name) if self.is_builtin(code) else None
+            if arity is not None:
+                self.check_arity(f"subgraph {s}, {node}", name, arity, inputs, outputs)
+                if name in COUNT_OPTIONS:
+                    self.check_counts(op, f"subgraph {s}, {node}", name, inputs, outputs)
             for i, t in enumerate(inputs):
                 self.check_tensor_index(g, t, f"{node}, input {i}", optional=True)
-            for i, t in enumerate(self.ints(op.OutputsAsNumpy())):
+            for i, t in enumerate(outputs):
                 self.check_tensor_index(g, t, f"{node}, output {i}")
                 writers.setdefault(t, []).append(k)
             for i, t in enumerate(self.ints(op.IntermediatesAsNumpy())):
@@ -436,6 +538,28 @@ class _Checker:
                     # unwritten arena memory.
                     self.refuse(where, expected,
                                 f"{self.tensor_ref(g, t)}, a tensor without data that no node writes")
+
+    def check_arity(self, where, name, arity, inputs, outputs):
+        for kind, have, (low, high) in (("inputs", len(inputs), arity.inputs), ("outputs", len(outputs), arity.outputs)):
+            if have < low or (high is not None and have > high):
+                wanted = str(low) if low == high else (f"{low} or more" if high is None else f"{low} to {high}")
+                self.refuse(where, f"{wanted} {kind} ({name})", f"{have} {kind}")
+        for i, t in enumerate(inputs):
+            if t == -1 and i not in arity.optional:
+                self.refuse(f"{where}, input {i}", f"a tensor ({name} requires input {i})", "-1 (no tensor)")
+
+    def check_counts(self, op, where, name, inputs, outputs):
+        cls_name, field, kind = COUNT_OPTIONS[name]
+        schema = self.schema
+        if _names(schema.BuiltinOptions).get(op.BuiltinOptionsType()) != cls_name or op.BuiltinOptions() is None:
+            return  # no options of that class: the runtime reads its defaults
+        table = op.BuiltinOptions()
+        options = getattr(schema, cls_name)()
+        options.Init(table.Bytes, table.Pos)
+        count = getattr(options, field)()
+        have = len(inputs) if kind == "inputs" else len(outputs)
+        if count != have:
+            self.refuse(where, f"{cls_name}.{field} equal to the node's number of {kind} ({have})", str(count))
 
     def check_subgraph_options(self, op, where):
         schema = self.schema

@@ -30,7 +30,6 @@ __all__ = ["RUNTIMES", "KernelInfo", "kernels", "auto_kernel", "custom_ops", "de
 RUNTIMES = ("litert", "tflite")
 
 _LIBRARY = "libgq_delegate.so"
-_TFLITE_IDENTIFIER = b"TFL3"
 # Op versions this delegate implements, by custom op name. The runtimes give
 # a delegate no way to see the version of an unresolved custom op (their
 # placeholder registration always says 1), so it is checked here.
@@ -120,37 +119,6 @@ def _runtime_module(runtime):
     raise ValueError(f"Expected runtime in {RUNTIMES}. Received: runtime={runtime!r}")
 
 
-def _model_source(model):
-    """Returns (kwargs for the Interpreter, display name, model bytes-like)."""
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        data = bytes(model)
-        name = f"<{len(data)} bytes>"
-        if len(data) < 8 or data[4:8] != _TFLITE_IDENTIFIER:
-            raise ValueError(
-                f"Expected the bytes of a TFLite model (file identifier {_TFLITE_IDENTIFIER!r} "
-                f"at offset 4). Received {name} starting with {data[:8]!r}."
-            )
-        return {"model_content": data}, name, data
-    if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if not path.is_file():
-            raise FileNotFoundError(f"TFLite model not found: {str(path)!r}")
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8 or head[4:8] != _TFLITE_IDENTIFIER:
-                raise ValueError(
-                    f"Expected a TFLite model file (file identifier {_TFLITE_IDENTIFIER!r} at "
-                    f"offset 4). Received {str(path)!r} starting with {head!r}."
-                )
-            # A read-only map: big models are not read into memory twice.
-            view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return {"model_path": str(path)}, repr(str(path)), view
-    raise TypeError(
-        "Expected a model path (str or os.PathLike) or the model's bytes. "
-        f"Received an object of type {type(model).__name__}."
-    )
-
-
 def _custom_op_codes(buf):
     """(name, version) of every custom operator code of a model flatbuffer."""
     from ai_edge_litert import schema_py_generated as schema
@@ -173,7 +141,7 @@ def custom_ops(model_path_or_bytes):
       ValueError: not a TFLite model (or a flatbuffer too damaged to read).
       FileNotFoundError: the file does not exist.
     """
-    _, name, buf = _model_source(model_path_or_bytes)
+    _, name, buf = modelcheck.model_source(model_path_or_bytes)
     try:
         return sorted({op for op, _ in _custom_op_codes(buf)})
     except Exception as e:  # the flatbuffer reader raises anything on damaged data
@@ -236,7 +204,7 @@ def make_interpreter(model_path_or_bytes, *, num_threads=1, runtime="litert", ke
         raise ValueError(f"Expected kernel in {usable} (the variants this CPU runs). Received: kernel={kernel!r}")
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"Expected num_threads >= 1. Received: num_threads={num_threads!r}")
-    source, name, buf = _model_source(model_path_or_bytes)
+    source, name, buf = modelcheck.model_source(model_path_or_bytes)
     try:
         # Before the runtime sees the model: it trusts indices, sizes and
         # tensor roles, and some defects crash it instead of failing.

@@ -553,3 +553,95 @@ def test_names_the_runtime_decodes_must_be_utf8(tmp_path):
     data = bytes(flatbuf.write(model))
     with pytest.raises(ValueError, match=r"subgraph 0, tensor 0: Expected a UTF-8 tensor name"):
         check_model(data)
+
+
+# ----------------------------------------- builtin ops' inputs and outputs
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    """A float graph with the builtin ops the fuzzing crashed TFLite with: TRANSPOSE,
+    STRIDED_SLICE and SPLIT (x [1, 4, 6] -> transpose -> slice -> split in 2 -> add)."""
+    from gq_tf._keras import tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4, 6], tf.float32)])
+    def f(x):
+        y = tf.transpose(x, [0, 2, 1])[:, 1:5, :]
+        a, b = tf.split(y, 2, axis=2)
+        return a + b
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
+    data = converter.convert()
+    model = flatbuf.read(data)
+    schema = flatbuf.schema.BuiltinOperator
+    for op in (schema.TRANSPOSE, schema.STRIDED_SLICE, schema.SPLIT):
+        assert len(_ops(model, op)) == 1, op
+    return data
+
+
+def test_builtin_ops_with_the_inputs_their_kernels_read_pass(shapes):
+    assert check_model(shapes) is None
+    interpreter = make_interpreter(shapes)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.ones([1, 4, 6], np.float32))
+    interpreter.invoke()
+
+
+def test_a_required_input_that_is_absent_is_refused(shapes):
+    """The fuzzing's TRANSPOSE whose input 0 was -1: TFLite crashed in allocate_tensors."""
+    def edit(m):
+        op = _ops(m, flatbuf.schema.BuiltinOperator.TRANSPOSE)[0]
+        op.inputs[0] = -1
+
+    data = edited(shapes, edit)
+    refused(data, "(TRANSPOSE), input 0: Expected a tensor (TRANSPOSE requires input 0). Received -1 (no tensor).")
+    with pytest.raises(ValueError, match="TRANSPOSE requires input 0"):
+        make_interpreter(data)
+
+
+def test_too_few_inputs_are_refused(shapes):
+    """The fuzzing's STRIDED_SLICE with 2 of its 4 inputs."""
+    def edit(m):
+        op = _ops(m, flatbuf.schema.BuiltinOperator.STRIDED_SLICE)[0]
+        op.inputs = op.inputs[:2]
+
+    refused(edited(shapes, edit), "(STRIDED_SLICE): Expected 4 inputs (STRIDED_SLICE). Received 2 inputs.")
+
+
+def test_a_split_count_that_disagrees_with_the_outputs_is_refused(shapes):
+    """The fuzzing's SPLIT of 32772 pieces with 4 outputs (here 2)."""
+    def edit(m):
+        _ops(m, flatbuf.schema.BuiltinOperator.SPLIT)[0].builtinOptions.numSplits = 32772
+
+    refused(edited(shapes, edit), "(SPLIT): Expected SplitOptions.NumSplits equal to the node's number of outputs "
+            "(2). Received 32772.")
+
+
+def test_a_custom_op_named_like_a_builtin_is_not_held_to_its_arity(fc):
+    def edit(m):
+        code = next(c for c in m.operatorCodes if c.customCode == b"GQ_FULLY_CONNECTED")
+        code.customCode = b"TRANSPOSE"  # 3 or 4 inputs; TRANSPOSE would need 2
+
+    message = str(pytest.raises((ValueError, RuntimeError), make_interpreter, edited(fc, edit)).value)
+    assert "Expected 2 inputs" not in message  # the runtime's error: no registration for the custom op
+
+
+@pytest.mark.parametrize("model_name", ["rnnt_tiny", "conformer_tiny"])
+def test_the_arity_table_covers_every_builtin_op_of_our_exports(model_name, tmp_path):
+    """Every builtin op the streaming exports use (float, int8, GQ) is checked."""
+    import gq_tf
+    from gq_speech import deploy, models
+
+    cfg = models.load_config(model_name)
+    net = models.build_training_model(cfg)
+    names = {v: k for k, v in vars(flatbuf.schema.BuiltinOperator).items() if not k.startswith("_")}
+    used = set()
+    for kind, model in (("float", net), ("int8", net), ("gq", gq_tf.quantize_model(net, {".*": 4}))):
+        export = deploy.export_streaming(model, cfg, tmp_path / kind, kind=kind)
+        for path in (p for p in export.paths.values() if str(p).endswith(".tflite")):
+            m = flatbuf.read(Path(path).read_bytes())
+            for op in m.subgraphs[0].operators:
+                code = m.operatorCodes[op.opcodeIndex]
+                builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+                if builtin != 32:
+                    used.add(names[builtin])
+    assert used and not used - set(modelcheck.BUILTIN_ARITY), sorted(used - set(modelcheck.BUILTIN_ARITY))
