@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from android_bench.errors import BenchError
+from android_bench.errors import CLI, BenchError, Wording
 
 _EXIT_MARKER = "__GQ_BENCH_EXIT__="
 # Device states `adb devices` lists and what the user can do about each.
@@ -45,8 +45,10 @@ class Device:
     details: str = ""
 
 
-def find_adb(adb: str | None = None) -> str:
+def find_adb(adb: str | None = None, wording: Wording = CLI) -> str:
     """Absolute path of the adb binary: ``adb`` as given (a path or a name on PATH).
+
+    ``wording`` names the setting in messages (``--adb`` or ``adb=``).
 
     Raises:
       BenchError: not found or not executable, with how to install it.
@@ -60,10 +62,11 @@ def find_adb(adb: str | None = None) -> str:
             f"adb was not found {where}. Install Android's platform-tools: on Debian/Ubuntu "
             "`sudo apt-get install adb`, elsewhere the SDK Platform Tools download "
             "(https://developer.android.com/tools/releases/platform-tools), or Android "
-            "Studio's SDK Manager; then put it on PATH or pass --adb PATH."
+            f"Studio's SDK Manager; then put it on PATH or pass {wording.setting('adb', 'PATH')}."
         )
     if not os.access(path, os.X_OK):
-        raise BenchError(f"adb at {path!r} is not executable (chmod +x it or pass another --adb PATH).")
+        raise BenchError(f"adb at {path!r} is not executable (chmod +x it or pass another "
+                         f"{wording.setting('adb', 'PATH')}).")
     return os.path.abspath(path)
 
 
@@ -88,10 +91,16 @@ def parse_devices(text: str) -> list[Device]:
 
 
 class Adb:
-    """The adb binary bound to one device (after :meth:`select`)."""
+    """The adb binary bound to one device (after :meth:`select`).
 
-    def __init__(self, adb: str | None = None, serial: str | None = None, *, timeout: float = 60.0):
-        self.path = find_adb(adb)
+    ``wording`` names the settings in messages: the command line's flags
+    (``--serial``, the default) or ``android_bench.benchmark``'s arguments.
+    """
+
+    def __init__(self, adb: str | None = None, serial: str | None = None, *, timeout: float = 60.0,
+                 wording: Wording = CLI):
+        self.wording = wording
+        self.path = find_adb(adb, wording)
         self.serial = serial
         self.timeout = timeout
 
@@ -143,22 +152,25 @@ class Adb:
           BenchError: no device, several devices without a serial, the serial
             not connected, or a device that is unauthorized/offline/...
         """
+        w = self.wording
         devices = self.devices()
         if self.serial:
             chosen = [d for d in devices if d.serial == self.serial]
             if not chosen:
                 listed = ", ".join(f"{d.serial} ({d.state})" for d in devices) or "none"
-                raise BenchError(f"Device {self.serial!r} (--serial) is not connected. Connected: {listed}.")
+                raise BenchError(f"Device {self.serial!r} ({w.name('serial')}) is not connected. "
+                                 f"Connected: {listed}.")
             device = chosen[0]
         elif not devices:
             raise BenchError(
                 "No Android device found (`adb devices` lists none). Connect the phone by USB, "
                 "enable Developer options > USB debugging, accept the prompt on the phone, and "
-                "check with `adb devices`. To measure on this machine instead, use --host."
+                f"check with `adb devices`. To measure on this machine instead, use {w.host}."
             )
         elif len(devices) > 1:
             listed = "\n".join(f"  {d.serial}  {d.state}  {d.details}".rstrip() for d in devices)
-            raise BenchError(f"{len(devices)} devices are connected; choose one with --serial SERIAL:\n{listed}")
+            raise BenchError(f"{len(devices)} devices are connected; choose one with "
+                             f"{w.setting('serial', 'SERIAL')}:\n{listed}")
         else:
             device = devices[0]
         if device.state != "device":

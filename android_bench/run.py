@@ -1,7 +1,13 @@
-"""``python -m android_bench run MODEL...``: latency and memory of .tflite models.
+"""``android_bench.benchmark(models, ...)`` and ``python -m android_bench run MODEL...``.
 
-On an Android device over adb with TFLite's stock ``benchmark_model`` (and
-our delegate for GQ models), or on this machine with ``--host``.
+Latency and memory of .tflite models, on an Android device over adb with
+TFLite's stock ``benchmark_model`` (and our delegate for GQ models), or on
+this machine (``target="host"``, ``--host``). :func:`benchmark` runs the
+protocol below and returns a :class:`Results`, writing the report files only
+when given ``out_dir``; the ``run`` command is a thin layer over the same
+run: its flags become the function's settings, it always writes the reports
+(``--out``, default ``android_bench_out/<target>_<time>``), prints the tables
+and exits with :attr:`Results.exit_status`.
 
 Protocol (the same on both targets):
 
@@ -33,8 +39,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
+import os
+import shutil
 import sys
+import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,7 +53,7 @@ import numpy as np
 
 from android_bench import benchmark_output, opprofile, report
 from android_bench.adb import Adb, DeviceLost
-from android_bench.errors import BenchError
+from android_bench.errors import API, CLI, BenchArgumentError, BenchError, Wording
 from android_bench.targets import DeviceTarget, HostTarget, check_abi, cpu_list, parse_mask
 
 RUNS_PER_SESSION = 2
@@ -190,7 +201,7 @@ def compare(summary: dict, base: dict, size: int, base_size: int) -> dict:
     return ratios
 
 
-def pick_baseline(results: list[ModelResult], choice: str | None) -> int:
+def pick_baseline(results: list[ModelResult], choice: str | None, wording: Wording = CLI) -> int:
     """Index of the baseline model: ``--baseline`` (index, file name or stem),
     else the first model without GQ ops, else the first model."""
     if choice is not None:
@@ -198,7 +209,8 @@ def pick_baseline(results: list[ModelResult], choice: str | None) -> int:
             if choice in (str(i), r.name, Path(r.path).name, r.path):
                 return i
         names = ", ".join(r.name for r in results)
-        raise BenchError(f"--baseline {choice!r} is not one of the models ({names}) or their indices.")
+        raise BenchArgumentError(f"{wording.name('baseline')} {choice!r} is not one of the models ({names}) "
+                                 "or their indices.")
     for i, r in enumerate(results):
         if not r.uses_delegate:
             return i
@@ -219,24 +231,24 @@ def load_models(paths: list[str]) -> list[ModelResult]:
     with that message before any device is contacted or anything is pushed.
 
     Raises:
-      BenchError: no model, a missing file, or a model that is not a TFLite
-        flatbuffer or fails the model checks.
+      BenchArgumentError: no model, a missing file, or a model that is not a
+        TFLite flatbuffer or fails the model checks.
     """
     from converters.modelcheck import check_model
     from converters.runtime import custom_ops
 
     if not paths:
-        raise BenchError("Expected at least one .tflite MODEL to benchmark.")
+        raise BenchArgumentError("Expected at least one .tflite MODEL to benchmark.")
     files = [Path(p) for p in paths]
     results = []
     for p, name in zip(files, _unique_names(files)):
         if not p.is_file():
-            raise BenchError(f"Model file not found: {str(p)!r}.")
+            raise BenchArgumentError(f"Model file not found: {str(p)!r}.")
         try:
             check_model(p)
             ops = custom_ops(p)
         except ValueError as e:
-            raise BenchError(str(e)) from None
+            raise BenchArgumentError(str(e)) from None
         info = file_info(p)
         results.append(ModelResult(name, info["path"], info["sha256"], info["size_bytes"], ops,
                                    uses_delegate=any(op.startswith("GQ_") for op in ops)))
@@ -263,12 +275,13 @@ def _fmt_ms(us) -> str:
     return "-" if us is None else f"{us / 1000:.3f} ms"
 
 
-def measure(target, models: list[ModelResult], protocol: Protocol, results: dict, out_dir: Path, log=print):
+def measure(target, models: list[ModelResult], protocol: Protocol, results: dict, out_dir: Path, log=print,
+            save: bool = True):
     """Runs the interleaved sessions, filling ``results`` as it goes.
 
-    ``results.json`` is rewritten after every round, so an interruption or a
-    lost device keeps what was measured. Raises DeviceLost/KeyboardInterrupt
-    after saving.
+    Session logs go to ``out_dir/logs``. With ``save``, ``results.json`` is
+    rewritten after every round, so an interruption or a lost device keeps
+    what was measured. Raises DeviceLost/KeyboardInterrupt after saving.
     """
     logs = out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -294,7 +307,7 @@ def measure(target, models: list[ModelResult], protocol: Protocol, results: dict
                 session = _session_from(rnd, benchmark_output.parse(text), num_runs, log_name)
             except benchmark_output.BenchmarkOutputError as e:
                 m.error = f"session {rnd} failed ({log_name}): {e}"
-                log(f"  {m.name}: FAILED, see {out_dir / log_name}\n    {e}")
+                log(f"  {m.name}: FAILED" + (f", see {out_dir / log_name}" if save else "") + f"\n    {e}")
                 continue
             session.files = target.collect_files(out_dir / "files", f"{m.name.replace('#', '_')}.s{rnd:03d}.")
             m.sessions.append(session)
@@ -303,7 +316,8 @@ def measure(target, models: list[ModelResult], protocol: Protocol, results: dict
             log(f"[{rnd + 1}/{protocol.sessions}] {m.name}: {times} · init {_fmt_ms(session.init_us)} · "
                 f"peak {mem}")
         finalize(results, models)
-        report.write_json(results, out_dir)
+        if save:
+            report.write_json(results, out_dir)
         if all(m.error for m in models):
             break
 
@@ -353,12 +367,13 @@ def _profile_one(target, i: int, m: ModelResult, protocol: Protocol, out_dir: Pa
     return {**profile.to_dict(), "log": log_name}
 
 
-def profile_ops(target, models: list[ModelResult], protocol: Protocol, results: dict, out_dir: Path, log=print):
+def profile_ops(target, models: list[ModelResult], protocol: Protocol, results: dict, out_dir: Path, log=print,
+                save: bool = True):
     """One op-profile session per measured model, after all timed sessions.
 
     A model whose profile fails gets ``{"error": ...}`` as its
-    ``op_profile``; the others are still profiled. ``results.json`` is
-    rewritten after each model.
+    ``op_profile``; the others are still profiled. With ``save``,
+    ``results.json`` is rewritten after each model.
     """
     for i, m in enumerate(models):
         if m.error:
@@ -373,7 +388,8 @@ def profile_ops(target, models: list[ModelResult], protocol: Protocol, results: 
                 + (f", whole graph {p['whole_graph_us'] / 1000:.3f} ms" if p["whole_graph_us"] is not None else "")
                 + (f"; {top}" if top else ""))
         finalize(results, models)
-        report.write_json(results, out_dir)
+        if save:
+            report.write_json(results, out_dir)
 
 
 def finalize(results: dict, models: list[ModelResult]):
@@ -399,48 +415,286 @@ def _tool_versions() -> dict:
     return versions
 
 
-def _prepare_out(out: str | None, kind: str) -> Path:
+def _prepare_out(out: str | None, kind: str, wording: Wording = CLI) -> Path:
     path = Path(out) if out else Path("android_bench_out") / f"{kind}_{time.strftime('%Y%m%d_%H%M%S')}"
     if (path / "results.json").exists():
-        raise BenchError(f"--out {str(path)!r} already holds a results.json; choose another --out "
-                         "(nothing was overwritten).")
+        name = wording.name("out_dir")
+        raise BenchArgumentError(f"{name} {str(path)!r} already holds a results.json; choose another {name} "
+                                 "(nothing was overwritten).")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def main(args) -> int:
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    try:
-        return _main(args, log)
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+# ------------------------------------------------------------------ library API
 
 
-def _check_protocol_args(args):
-    for name, value, low in (("--runs", args.runs, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 1)):
+@dataclass
+class Results:
+    """What :func:`benchmark` measured, and how the run ended.
+
+    Attributes:
+      data: the content of ``results.json`` (format ``android_bench.results/1``),
+        a JSON-ready dict:
+
+        - ``target``: ``"host"`` or ``"device"``; ``device``: the machine's or
+          phone's facts (model, ABI, cores, governors, ``big_core_mask``...);
+          ``tools``: versions, and path/size/sha256 of the benchmark binary
+          and delegate; ``protocol``: runs, warmup, threads, CPU ``mask``
+          (hex) and ``cpus``, sessions per model, ...;
+        - ``started``/``finished`` (local time, ISO 8601), ``complete``
+          (every session ran), ``error`` (why not, else None),
+          ``cleanup_warning`` (only when something was left on the device);
+        - ``baseline_index``/``baseline``: the model the ratios are against;
+        - ``models``: one dict per model, in the order given: ``name`` (the
+          file's stem, ``#i`` added when stems repeat), ``path``, ``sha256``,
+          ``size_bytes``, ``custom_ops``, ``uses_delegate``, ``sessions``
+          (each session's ``samples_us``, ``init_us``, memory, ``log``),
+          ``error`` (None, or why the model failed), ``summary`` (None when
+          nothing was measured, else ``runs``, ``sessions``, ``p50_us``,
+          ``p90_us``, ``mean_us``, ``std_us``, ``min_us``, ``max_us``,
+          ``init_us``, ``first_inference_us``, ``peak_memory_mb``,
+          ``footprint_mb``), ``vs_baseline`` (ratios model / baseline of
+          ``size_bytes`` and the summary's keys; None for the baseline) and
+          ``op_profile`` (with ``op_profile=True``).
+      out_dir: the folder holding results.json, report.md, report.png and the
+        session logs (``logs/``), or None when nothing was written.
+      exit_status: what ``android_bench run`` exits with for this run: 0 all
+        measured, 1 a model failed (the others were measured), 3 the device
+        was lost mid-run, 130 interrupted (Ctrl-C); the results measured
+        before are kept in the last two cases.
+    """
+
+    data: dict
+    out_dir: Path | None = None
+    exit_status: int = EXIT_OK
+
+    @property
+    def complete(self) -> bool:
+        """Whether every session ran (not interrupted, device not lost)."""
+        return bool(self.data["complete"])
+
+    @property
+    def error(self) -> str | None:
+        """Why the run ended early, or None."""
+        return self.data["error"]
+
+    @property
+    def models(self) -> list[dict]:
+        """One dict per model, in the order given (see ``data``'s ``models``)."""
+        return self.data["models"]
+
+    @property
+    def baseline(self) -> str:
+        """The name of the model the ratios are against."""
+        return self.data["baseline"]
+
+    @property
+    def summaries(self) -> dict[str, dict | None]:
+        """``{model name: summary}`` (P50/P90/... in microseconds; None when nothing was measured)."""
+        return {m["name"]: m["summary"] for m in self.models}
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """``{model name: error}`` of the models that failed."""
+        return {m["name"]: m["error"] for m in self.models if m["error"]}
+
+    def table(self) -> str:
+        """The Markdown tables ``android_bench run`` prints (per model; against the baseline)."""
+        return report.markdown_table(self.data)
+
+    def __repr__(self) -> str:
+        names = [m["name"] for m in self.models]
+        return (f"Results(target={self.data.get('target')!r}, models={names}, complete={self.complete}, "
+                f"exit_status={self.exit_status}, out_dir={self.out_dir!r})")
+
+
+@dataclass
+class _Settings:
+    """One run's settings: :func:`benchmark`'s arguments, which ``run``'s flags map onto."""
+
+    models: list[str]
+    host: bool
+    serial: str | None = None
+    adb: str | None = None
+    benchmark_binary: str | None = None
+    delegate: str | None = None
+    baseline: str | None = None
+    threads: int = 1
+    cpu_mask: str | None = None
+    warmup: int = 5
+    warmup_secs: float = 0.5
+    runs: int = 40
+    timeout: float = 600.0
+    benchmark_args: list[str] = field(default_factory=list)
+    op_profile: bool = False
+    op_profile_runs: int = 100
+    out_dir: str | None = None
+    write: bool = True  # the report files, in out_dir (None: a new android_bench_out/<target>_<time>)
+
+
+def _kind(value) -> str:
+    return type(value).__name__
+
+
+def _expect(ok: bool, what: str, value):
+    if not ok:
+        raise BenchArgumentError(f"Expected {what}. Received {value!r} ({_kind(value)}).")
+
+
+def _path_or_none(name: str, value) -> str | None:
+    _expect(value is None or isinstance(value, (str, os.PathLike)), f"{name} as a path (str or os.PathLike) "
+            "or None", value)
+    return None if value is None else os.fspath(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def benchmark(models, *, target: str = "host", runs: int = 40, threads: int = 1, warmup: int = 5,
+              warmup_secs: float = 0.5, cpu_mask: int | str | None = None, timeout: float = 600.0,
+              baseline: int | str | None = None, benchmark_binary=None, delegate=None, adb=None,
+              benchmark_args=(), op_profile: bool = False, op_profile_runs: int = 100, out_dir=None,
+              log=None) -> Results:
+    """Latency and memory of .tflite models on a phone (over adb) or on this machine.
+
+    What ``python -m android_bench run`` does (the command is a thin layer
+    over this function), without printing: the timed inferences of each
+    model run in fresh ``benchmark_model`` processes of 2 runs each
+    (*sessions*), pinned to a CPU mask, the sessions of the models
+    interleaved (A B A B ...); GQ models run with the delegate. See the
+    module's docstring for the protocol.
+
+    Args:
+      models: .tflite files (str or os.PathLike), a list or tuple of at
+        least one. Each goes through ``converters.check_model`` first.
+      target: ``"host"``: this machine (``python -m android_bench.hostbench``,
+        LiteRT + the built delegate, or ``benchmark_binary``);
+        ``"device"``: the one Android device adb lists; any other string: the
+        serial of the device to use.
+      runs: timed inferences per model (``ceil(runs / 2)`` sessions).
+      threads: interpreter threads.
+      warmup: warmup runs per session; warmup_secs: their minimum seconds.
+      cpu_mask: the taskset mask (an int such as ``0xf0``, or hex text
+        ``"f0"``); None: the big cores (from cpufreq), all cores of one cluster.
+      timeout: seconds per session.
+      baseline: the model the ratios are against (index, file name or stem);
+        None: the first model without GQ ops, else the first model.
+      benchmark_binary: TFLite's ``benchmark_model`` for the device's ABI
+        (needed for a device; on the host optional).
+      delegate: our delegate .so (needed on a device for GQ models, built by
+        ``python -m android_bench build-delegate``; host default: the built
+        one, ``converters.delegate_path()``).
+      adb: the adb binary (default: ``adb`` on PATH).
+      benchmark_args: extra ``benchmark_model`` flags, e.g.
+        ``["--use_xnnpack=false"]``.
+      op_profile: also an op-level profile of each model (time per node and
+        op type), one extra session after the timed ones;
+        op_profile_runs: its profiled runs.
+      out_dir: a folder to write results.json, report.md, report.png and the
+        session logs to (it must not hold a results.json already;
+        results.json is rewritten after every round, so an interrupted run
+        keeps what it measured). None: nothing is written (session logs go
+        to a temporary folder, removed at the end).
+      log: called with each progress line (e.g. ``print``); None: silent.
+
+    Returns:
+      A :class:`Results`: ``results.json``'s content as ``data``, with
+      ``summaries`` (P50/P90/... per model), ``failures`` and
+      ``exit_status``. A model whose sessions fail does not stop the others
+      (``exit_status`` 1, its ``error`` says why); a device lost mid-run (3)
+      or Ctrl-C (130) returns what was measured so far with ``complete``
+      False. A cleanup that leaves files on the device is a
+      ``RuntimeWarning`` (and ``data["cleanup_warning"]``).
+
+    Raises:
+      BenchArgumentError: (a ``ValueError``) a bad argument: a value of the
+        wrong type or range, no model, a missing or invalid model file, an
+        unknown baseline, a missing binary/delegate file, a device run
+        without ``benchmark_binary`` (or without ``delegate`` for GQ models),
+        a CPU mask the target does not have, an ``out_dir`` that already
+        holds results. The message says what was expected and what was
+        received.
+      BenchError: a setup failure: no adb, no device or several without a
+        serial, an unauthorized/offline device, a binary built for another
+        ABI, a push that fails.
+
+    Example:
+      >>> import android_bench
+      >>> res = android_bench.benchmark(["gq.tflite", "int8.tflite"], runs=20)
+      >>> res.summaries["gq"]["p50_us"], res.models[0]["vs_baseline"]["p50_us"]
+    """
+    is_list = isinstance(models, (list, tuple))
+    _expect(is_list and all(isinstance(m, (str, os.PathLike)) for m in models),
+            "models as a list of .tflite paths (str or os.PathLike)"
+            + (f"; for one model pass [{models!r}]" if isinstance(models, (str, os.PathLike)) else ""), models)
+    _expect(len(models) > 0, "models as a list of at least one .tflite path", models)
+    _expect(isinstance(target, str) and target.strip() != "",
+            "target 'host', 'device' (the one connected device) or a device serial", target)
+    for name, value in (("runs", runs), ("threads", threads), ("warmup", warmup),
+                        ("op_profile_runs", op_profile_runs)):
+        _expect(_is_int(value), f"{name} as an integer", value)
+    for name, value in (("warmup_secs", warmup_secs), ("timeout", timeout)):
+        _expect(_is_real(value), f"{name} as a number of seconds", value)
+    _expect(cpu_mask is None or _is_int(cpu_mask) or isinstance(cpu_mask, str),
+            "cpu_mask as an int (e.g. 0xf0), hex text (e.g. 'f0') or None", cpu_mask)
+    _expect(baseline is None or _is_int(baseline) or isinstance(baseline, str),
+            "baseline as a model's index, file name or stem, or None", baseline)
+    _expect(isinstance(benchmark_args, (list, tuple)) and all(isinstance(a, str) for a in benchmark_args),
+            "benchmark_args as a list of benchmark_model flags such as ['--use_xnnpack=false']", benchmark_args)
+    _expect(isinstance(op_profile, bool), "op_profile as True or False", op_profile)
+    _expect(log is None or callable(log), "log as a function of one str (e.g. print) or None", log)
+    target = target.strip()
+    settings = _Settings(
+        models=[os.fspath(m) for m in models], host=target == "host",
+        serial=None if target in ("host", "device") else target,
+        adb=_path_or_none("adb", adb), benchmark_binary=_path_or_none("benchmark_binary", benchmark_binary),
+        delegate=_path_or_none("delegate", delegate),
+        baseline=None if baseline is None else str(baseline), threads=int(threads),
+        cpu_mask=None if cpu_mask is None else (cpu_mask if isinstance(cpu_mask, str) else format(int(cpu_mask), "x")),
+        warmup=int(warmup), warmup_secs=float(warmup_secs), runs=int(runs), timeout=float(timeout),
+        benchmark_args=list(benchmark_args), op_profile=op_profile, op_profile_runs=int(op_profile_runs),
+        out_dir=_path_or_none("out_dir", out_dir), write=out_dir is not None)
+
+    def warn(msg):
+        warnings.warn(f"android_bench: {msg}", RuntimeWarning, stacklevel=4)
+
+    return _run(settings, API, log or (lambda msg: None), warn)
+
+
+def _check_protocol_args(s: _Settings, w: Wording):
+    for key, value, low in (("runs", s.runs, 1), ("warmup", s.warmup, 0), ("threads", s.threads, 1)):
         if value < low:
-            raise BenchError(f"Expected {name} >= {low}. Received {value}.")
-    if not args.warmup_secs >= 0:
-        raise BenchError(f"Expected --warmup-secs >= 0. Received {args.warmup_secs}.")
-    if not args.timeout > 0:
-        raise BenchError(f"Expected --timeout > 0. Received {args.timeout}.")
-    if args.op_profile_runs < 1:
-        raise BenchError(f"Expected --op-profile-runs >= 1. Received {args.op_profile_runs}.")
+            raise BenchArgumentError(f"Expected {w.name(key)} >= {low}. Received {value}.")
+    if not s.warmup_secs >= 0:
+        raise BenchArgumentError(f"Expected {w.name('warmup_secs')} >= 0. Received {s.warmup_secs}.")
+    if not s.timeout > 0:
+        raise BenchArgumentError(f"Expected {w.name('timeout')} > 0. Received {s.timeout}.")
+    if s.op_profile_runs < 1:
+        raise BenchArgumentError(f"Expected {w.name('op_profile_runs')} >= 1. Received {s.op_profile_runs}.")
 
 
-def _main(args, log) -> int:
-    _check_protocol_args(args)
-    models = load_models(args.models)
-    baseline_index = pick_baseline(models, args.baseline)
+def _run(s: _Settings, w: Wording, log, warn) -> Results:
+    """The run behind :func:`benchmark` and ``android_bench run``.
+
+    ``w`` names the settings in messages (the flags, or the arguments);
+    ``warn`` gets the warning of a cleanup that left files on the device.
+    """
+    _check_protocol_args(s, w)
+    models = load_models(s.models)
+    baseline_index = pick_baseline(models, s.baseline, w)
     needs_delegate = any(m.uses_delegate for m in models)
-    delegate = args.delegate
-    for label, path in (("--benchmark-binary", args.benchmark_binary), ("--delegate", args.delegate)):
+    delegate = s.delegate
+    for key, path in (("benchmark_binary", s.benchmark_binary), ("delegate", s.delegate)):
         if path and not Path(path).is_file():
-            raise BenchError(f"{label} {path!r} does not exist.")
+            raise BenchArgumentError(f"{w.name(key)} {path!r} does not exist.")
 
-    if args.host:
-        target = HostTarget(args.benchmark_binary, log=log)
+    if s.host:
+        target = HostTarget(s.benchmark_binary, log=log)
         if needs_delegate and not delegate:
             from converters.runtime import delegate_path
 
@@ -449,44 +703,47 @@ def _main(args, log) -> int:
             except FileNotFoundError as e:
                 raise BenchError(str(e)) from None
     else:
-        if not args.benchmark_binary:
-            raise BenchError("A device run needs TFLite's benchmark_model built for the device: pass "
-                             "--benchmark-binary PATH. " + PREBUILT_HINT + " (Or use --host.)")
-        adb = Adb(args.adb, args.serial)
+        if not s.benchmark_binary:
+            raise BenchArgumentError(
+                "A device run needs TFLite's benchmark_model built for the device: pass "
+                f"{w.setting('benchmark_binary', 'PATH')}. " + PREBUILT_HINT + f" (Or use {w.host}.)")
+        adb = Adb(s.adb, s.serial, wording=w)
         device = adb.select()
         log(f"device {device.serial} {device.details}".rstrip())
         target = DeviceTarget(adb, log=log)
         if needs_delegate and not delegate:
             gq = ", ".join(m.name for m in models if m.uses_delegate)
-            raise BenchError(f"Model(s) {gq} use GQ custom ops and need our delegate built for the device: "
-                             "pass --delegate PATH (build it with `python -m android_bench build-delegate "
-                             "--ndk PATH --abi arm64-v8a`).")
+            raise BenchArgumentError(
+                f"Model(s) {gq} use GQ custom ops and need our delegate built for the device: "
+                f"pass {w.setting('delegate', 'PATH')} (build it with `python -m android_bench build-delegate "
+                "--ndk PATH --abi arm64-v8a`).")
 
     facts = target.facts()
     abis = target.abis(facts)
-    if args.benchmark_binary:
-        check_abi(args.benchmark_binary, "The benchmark binary", abis)
+    if s.benchmark_binary:
+        check_abi(s.benchmark_binary, "The benchmark binary", abis)
     if delegate and needs_delegate:
         check_abi(delegate, "The delegate", abis)
-    if args.cpu_mask:
-        mask, reason = parse_mask(args.cpu_mask, facts.get("cores") or None), "--cpu-mask"
+    if s.cpu_mask:
+        mask, reason = parse_mask(s.cpu_mask, facts.get("cores") or None, w), w.name("cpu_mask")
     else:
         mask, reason = int(facts["big_core_mask"], 16), facts["big_core_mask_reason"]
-    if args.host:
-        import os
-
+    if s.host:
         outside = {i for i in range(mask.bit_length()) if mask >> i & 1} - set(os.sched_getaffinity(0))
         if outside:
-            raise BenchError(f"CPU mask {mask:x} includes CPUs {sorted(outside)} this process may not use.")
-    protocol = Protocol(runs=args.runs, warmup_runs=args.warmup, warmup_secs=args.warmup_secs,
-                        threads=args.threads, mask=mask, mask_reason=reason, timeout=args.timeout,
-                        extra_args=list(args.benchmark_arg or []), op_profile=args.op_profile,
-                        op_profile_runs=args.op_profile_runs)
+            raise BenchArgumentError(f"CPU mask {mask:x} includes CPUs {sorted(outside)} this process may not use.")
+    protocol = Protocol(runs=s.runs, warmup_runs=s.warmup, warmup_secs=s.warmup_secs,
+                        threads=s.threads, mask=mask, mask_reason=reason, timeout=s.timeout,
+                        extra_args=list(s.benchmark_args), op_profile=s.op_profile,
+                        op_profile_runs=s.op_profile_runs)
     if protocol.threads > bin(mask).count("1"):
-        log(f"warning: --threads {protocol.threads} > {bin(mask).count('1')} CPUs in mask {mask:x}")
-    out_dir = _prepare_out(args.out, target.kind)
+        log(f"warning: {w.name('threads')} {protocol.threads} > {bin(mask).count('1')} CPUs in mask {mask:x}")
+    if s.write:
+        out_dir = _prepare_out(s.out_dir, target.kind, w)
+    else:
+        out_dir = Path(tempfile.mkdtemp(prefix="android_bench_"))  # the session logs, removed at the end
     tools = _tool_versions()
-    tools["benchmark_binary"] = (file_info(args.benchmark_binary) if args.benchmark_binary
+    tools["benchmark_binary"] = (file_info(s.benchmark_binary) if s.benchmark_binary
                                  else {"path": "python -m android_bench.hostbench"})
     tools["delegate"] = file_info(delegate) if delegate and needs_delegate else None
     results = {
@@ -511,40 +768,78 @@ def _main(args, log) -> int:
         f"per model, warmup {protocol.warmup_runs} runs / {protocol.warmup_secs:g} s")
     code = EXIT_OK
     try:
-        target.setup(args.benchmark_binary, delegate if needs_delegate else None,
-                     [Path(m.path) for m in models])
-        measure(target, models, protocol, results, out_dir, log=log)
-        if protocol.op_profile:
-            profile_ops(target, models, protocol, results, out_dir, log=log)
-        results["complete"] = True
-    except DeviceLost as e:
-        results["error"] = f"{e} The results measured before are kept."
-        code = EXIT_DEVICE_LOST
-    except KeyboardInterrupt:
-        results["error"] = "Interrupted (Ctrl-C); the results measured before are kept."
-        code = EXIT_INTERRUPTED
+        try:
+            target.setup(s.benchmark_binary, delegate if needs_delegate else None,
+                         [Path(m.path) for m in models])
+            measure(target, models, protocol, results, out_dir, log=log, save=s.write)
+            if protocol.op_profile:
+                profile_ops(target, models, protocol, results, out_dir, log=log, save=s.write)
+            results["complete"] = True
+        except DeviceLost as e:
+            results["error"] = f"{e} The results measured before are kept."
+            code = EXIT_DEVICE_LOST
+        except KeyboardInterrupt:
+            results["error"] = "Interrupted (Ctrl-C); the results measured before are kept."
+            code = EXIT_INTERRUPTED
+        finally:
+            warning = target.cleanup()
+            if warning:
+                warn(warning)
+                results["cleanup_warning"] = warning
+            results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            finalize(results, models)
+            if s.write:
+                report.write_all(results, out_dir)
     finally:
-        warning = target.cleanup()
-        if warning:
-            # Printed even with --quiet: something is left on the device.
-            print(f"warning: {warning}", file=sys.stderr)
-            results["cleanup_warning"] = warning
-        results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        finalize(results, models)
-        report.write_all(results, out_dir)
-    print(report.markdown_table(results))
-    for m in models:
-        if m.op_profile and "error" not in m.op_profile:
-            print(f"\n{m.name}: " + opprofile.format_profile(m.op_profile, max_nodes=10))
-    if results["error"]:
-        print(f"error: {results['error']}", file=sys.stderr)
-    failed = [m for m in models if m.error]
-    for m in failed:
-        print(f"error: {m.name}: {m.error}", file=sys.stderr)
-    print(f"wrote {out_dir / 'results.json'}, {out_dir / 'report.md'}, {out_dir / 'report.png'}", file=sys.stderr)
-    if code == EXIT_OK and failed:
+        if not s.write:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    if code == EXIT_OK and any(m.error for m in models):
         code = EXIT_MODEL_FAILED
-    return code
+    return Results(results, out_dir if s.write else None, code)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _settings_of(args) -> _Settings:
+    """``run``'s flags as :func:`benchmark`'s settings."""
+    return _Settings(
+        models=args.models, host=args.host, serial=args.serial, adb=args.adb,
+        benchmark_binary=args.benchmark_binary, delegate=args.delegate, baseline=args.baseline,
+        threads=args.threads, cpu_mask=args.cpu_mask, warmup=args.warmup, warmup_secs=args.warmup_secs,
+        runs=args.runs, timeout=args.timeout, benchmark_args=list(args.benchmark_arg or []),
+        op_profile=args.op_profile, op_profile_runs=args.op_profile_runs, out_dir=args.out, write=True)
+
+
+def _print_warning(msg: str):
+    # Printed even with --quiet: something is left on the device.
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def main(args) -> int:
+    """``android_bench run``: the run of :func:`benchmark`, then its tables and where the reports are.
+
+    The tables (and op profiles) go to stdout; progress (unless ``--quiet``),
+    errors and the report paths to stderr. Returns the exit status
+    (:attr:`Results.exit_status`, or 2 for a ``BenchError``).
+    """
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        res = _run(_settings_of(args), CLI, log, _print_warning)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(res.table())
+    for m in res.models:
+        if m["op_profile"] and "error" not in m["op_profile"]:
+            print(f"\n{m['name']}: " + opprofile.format_profile(m["op_profile"], max_nodes=10))
+    if res.error:
+        print(f"error: {res.error}", file=sys.stderr)
+    for name, error in res.failures.items():
+        print(f"error: {name}: {error}", file=sys.stderr)
+    out_dir = res.out_dir
+    print(f"wrote {out_dir / 'results.json'}, {out_dir / 'report.md'}, {out_dir / 'report.png'}", file=sys.stderr)
+    return res.exit_status
 
 
 def add_parser(sub):

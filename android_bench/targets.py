@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from android_bench.adb import Adb, DeviceLost
-from android_bench.errors import BenchError
+from android_bench.errors import CLI, BenchArgumentError, BenchError, Wording
 
 REMOTE_ROOT = "/data/local/tmp"
 BINARY_NAME = "benchmark_model"
@@ -143,23 +143,27 @@ def cpu_list(mask: int) -> str:
     return ",".join(runs)
 
 
-def parse_mask(text: str, ncpus: int | None = None) -> int:
+def parse_mask(text: str, ncpus: int | None = None, wording: Wording = CLI) -> int:
     """A taskset mask given as hex (``f0``, ``0xF0``).
 
+    ``wording`` names the setting in messages (``--cpu-mask`` or ``cpu_mask``).
+
     Raises:
-      BenchError: not hex, zero, or naming CPUs the target does not have.
+      BenchArgumentError: not hex, zero, or naming CPUs the target does not have.
     """
+    name = wording.name("cpu_mask")
     t = text.strip().lower()
     t = t[2:] if t.startswith("0x") else t
     try:
         mask = int(t, 16)
     except ValueError:
-        raise BenchError(f"Expected --cpu-mask as a hex taskset mask such as f0 or 0x0f. Received {text!r}.") from None
+        raise BenchArgumentError(f"Expected {name} as a hex taskset mask such as f0 or 0x0f. "
+                                 f"Received {text!r}.") from None
     if mask <= 0:
-        raise BenchError(f"Expected --cpu-mask to select at least one CPU. Received {text!r}.")
+        raise BenchArgumentError(f"Expected {name} to select at least one CPU. Received {text!r}.")
     if ncpus is not None and mask >> ncpus:
-        raise BenchError(f"--cpu-mask {text} selects CPUs {cpu_list(mask)}, but the target has "
-                         f"{ncpus} CPUs (0-{ncpus - 1}).")
+        raise BenchArgumentError(f"{name} {text} selects CPUs {cpu_list(mask)}, but the target has "
+                                 f"{ncpus} CPUs (0-{ncpus - 1}).")
     return mask
 
 

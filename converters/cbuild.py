@@ -18,7 +18,10 @@ import subprocess
 KERNEL_DIR = "converters/kernels"
 DELEGATE_DIR = "converters/delegate"
 
+# gq_fc_layout.c is the packed layout (the C twin of converters/layout.py),
+# shared by every kernel variant; gq_fc_ref.c is the reference kernel alone.
 KERNEL_SOURCES = (
+    f"{KERNEL_DIR}/gq_fc_layout.c",
     f"{KERNEL_DIR}/gq_fc_ref.c",
     f"{KERNEL_DIR}/gq_fc_qd8.c",
     f"{KERNEL_DIR}/gq_fc_dispatch.c",

@@ -28,18 +28,16 @@ a warning and a report row.
 import dataclasses
 import itertools
 import os
-import tempfile
 import warnings
 
 import numpy as np
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import (
-    QuantizeWrapper,
-)
 
 from converters import flatbuf, layout, tfops
 from gq_tf._keras import check_keras_model, keras, tf
 from gq_tf.codebooks import extract_codebooks, quantized_weights, strip_quantization
-from gq_tf.configs import quantize_scope
+from gq_tf.configs import is_qat, quantize_scope
+from gq_tf._tfmot import is_wrapper
+from gq_tf.fileio import atomic_write
 
 __all__ = ["export_tflite", "export_baseline", "ExportReport", "KernelRow", "WEIGHTS_MODES", "NotPackedWarning",
            "PACKED", "PACKED_LSTM", "PACKED_KINDS", "INT8", "FLOAT_DECODED", "FLOAT"]
@@ -322,7 +320,7 @@ def _packable(layer, weight_name):
 def _plan(qat_model):
     """Codebooks, {layer name: {weight name: (key, codebook)}} to pack, and the warnings."""
     books = extract_codebooks(qat_model)
-    wrappers = {l.layer.name: l for l in qat_model.layers if isinstance(l, QuantizeWrapper)}
+    wrappers = {l.layer.name: l for l in qat_model.layers if is_wrapper(l)}
     packs, notes = {}, []
     for qw in quantized_weights(qat_model):
         book = books[qw.key]
@@ -609,31 +607,6 @@ def _set_asymmetric_inputs(op):
         opts.asymmetricQuantizeInputs = True
 
 
-def new_file_mode() -> int:
-    """The mode ``open()`` gives a new file: 0o666 less the process's umask,
-    read without setting it (``os.umask`` would change it for every thread)."""
-    try:
-        with open("/proc/self/status") as f:
-            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        umask = 0o022
-    return 0o666 & ~umask
-
-
-def _atomic_write(path, data):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".gq_export_", suffix=".tflite.part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, new_file_mode())  # mkstemp makes it the owner's only
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _check_destination(path):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path)) or "."
@@ -721,7 +694,7 @@ def export_tflite(qat_model, path, *, input_signature=None, batch_size=1, weight
     for m in messages:
         warnings.warn(m, NotPackedWarning, stacklevel=2)
 
-    _atomic_write(path, data)
+    atomic_write(path, data)
     return ExportReport(path=path, size_bytes=len(data), op_counts=flatbuf.op_counts(model),
                         kernels=rows, weights=weights, warnings=messages)
 
@@ -748,10 +721,10 @@ def export_baseline(model, path, *, kind="int8", input_signature=None, batch_siz
         raise ValueError(f"Expected kind in {BASELINES}. Received: kind={kind!r}")
     path = _check_destination(path)
     specs = _signature(model, input_signature, batch_size)
-    if any(isinstance(l, QuantizeWrapper) for l in model.layers):
+    if is_qat(model):
         model = strip_quantization(model)
     data = _convert(model, specs, optimize=kind == "int8")
-    _atomic_write(path, data)
+    atomic_write(path, data)
     return ExportReport(path=path, size_bytes=len(data), op_counts=flatbuf.op_counts(flatbuf.read(data)),
                         kernels=[], weights=kind)
 

@@ -39,6 +39,8 @@ separate inputs of the op, and the shape and b are op options.
 
 import numpy as np
 
+from gq_tf.reference import check_bits
+
 __all__ = [
     "LAYOUT_VERSION",
     "BLOCK",
@@ -54,8 +56,7 @@ BLOCK = 64  # weights per block
 
 
 def _check(bits, in_features, out_features):
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
-        raise ValueError(f"Expected bits in 1..8. Received: bits={bits!r}")
+    check_bits(bits)
     for name, v in (("in_features", in_features), ("out_features", out_features)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"Expected {name} >= 1. Received: {name}={v!r}")

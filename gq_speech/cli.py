@@ -114,11 +114,11 @@ def _plural(n, word):
 def check_recipe(recipe_name, models=None, variants=None):
     """Validates a recipe as ``run_recipe`` will use it, without a corpus or training.
 
-    Loads the recipe (``experiment.load_recipe``), every model config it
+    Loads the recipe (``recipe.load_recipe``), every model config it
     runs (``models.load_config``), the training settings of each stage and
     variant (``train.TrainConfig``, value types included), the annealing
     schedule, the corpus preset and the ``eval`` section, and resolves each
-    QAT variant's policy (``experiment.parse_policy``) against its model,
+    QAT variant's policy (``recipe.parse_policy``) against its model,
     built but not trained (``gq_tf.configs.resolve_policy``: the checks of
     ``gq_tf.quantize_model``). What would stop a run hours in (a policy that
     selects an unsupported layer, a misspelt training key) stops here.
@@ -140,10 +140,11 @@ def check_recipe(recipe_name, models=None, variants=None):
     from gq_tf._keras import tf
     from gq_speech import corpus, experiment
     from gq_speech import models as asr_models
+    from gq_speech import recipe as recipe_mod
     from gq_speech.train import annealing
     from gq_tf.configs import resolve_policy
 
-    recipe = experiment.load_recipe(recipe_name)
+    recipe = recipe_mod.load_recipe(recipe_name)
     where = f"Recipe {recipe.get('name')!r}"
     names = recipe["models"]
     if not isinstance(names, list) or not names or not all(isinstance(m, str) for m in names):
@@ -212,12 +213,12 @@ def check_recipe(recipe_name, models=None, variants=None):
     todo = {}  # model -> (config, {variant: parsed policy})
     for model_name in selected:
         cfg = asr_models.load_config(model_name)
-        tcfg = _train_settings(experiment.stage_settings(recipe, "float", model_name),
+        tcfg = _train_settings(recipe_mod.stage_settings(recipe, "float", model_name),
                                f"{where}, model {model_name!r}, float")
         entry = {"kind": cfg.kind, "variants": [],
                  "float": f"float training {_plural(tcfg.epochs, 'epoch')}, batch {tcfg.batch_size}"}
         policies = {}
-        for name, spec in experiment.variants_of(recipe, model_name, variants):
+        for name, spec in recipe_mod.variants_of(recipe, model_name, variants):
             vwhere = f"{where}, variant {name!r}"
             kind = spec.get("kind", "qat")
             if kind == "float":
@@ -225,7 +226,7 @@ def check_recipe(recipe_name, models=None, variants=None):
                 continue
             if kind not in ("qat", "cluster"):
                 raise ValueError(f"Variant {name!r}: expected kind float, qat or cluster. Received {kind!r}.")
-            ft = _train_settings(experiment.finetune_settings(recipe, spec, model_name),
+            ft = _train_settings(recipe_mod.finetune_settings(recipe, spec, model_name),
                                  f"{vwhere}, model {model_name!r}, finetune")
             batches = "" if ft.epoch_batches is None else f" of {ft.epoch_batches} batches"
             line = f"fine-tune {_plural(ft.epochs, 'epoch')}{batches}"
@@ -240,7 +241,7 @@ def check_recipe(recipe_name, models=None, variants=None):
             policy = spec["policy"]
             if not isinstance(policy, dict):
                 raise ValueError(f"{vwhere}: expected 'policy' to be an object of pattern: bits. Received {policy!r}.")
-            policies[name] = experiment.parse_policy(policy)
+            policies[name] = recipe_mod.parse_policy(policy)
             entry["variants"].append((name, kind, f"{line}, policy {json.dumps(policy)}"))
         plan["models"][model_name] = entry
         todo[model_name] = (cfg, policies)
@@ -292,7 +293,7 @@ def _transcribe(args):
     from pathlib import Path
 
     from gq_speech import transcribe
-    from gq_speech.deploy import atomic_json
+    from gq_tf.fileio import atomic_json
 
     if args.json_path and not Path(args.json_path).absolute().parent.is_dir():
         raise FileNotFoundError(f"Expected --json in an existing directory. Received {args.json_path!r}.")

@@ -88,24 +88,22 @@ from pathlib import Path
 
 import numpy as np
 
-from gq_speech.librispeech import MANIFEST, SAMPLE_RATE, Utterance, write_utterance
+from gq_tf.fileio import remove_stale_tmp
+from gq_speech.audio import colored_noise, mix_at_snr, to_int16, trim_silence
+from gq_speech.librispeech import MANIFEST, SAMPLE_RATE, Manifest, write_utterance
 from gq_speech.text import domain_sentences
 
 __all__ = [
     "CORPUS_VERSION",
     "PRESETS",
     "CorpusConfig",
-    "Manifest",
     "Voice",
     "all_voices",
-    "colored_noise",
     "make_corpus",
-    "mix_at_snr",
     "plan_corpus",
     "preset_voices",
     "synthesize",
     "tool_versions",
-    "trim_silence",
 ]
 
 CORPUS_VERSION = 1
@@ -385,95 +383,6 @@ def plan_corpus(config="small", seed: int = 0, log=print) -> list[dict]:
     return jobs
 
 
-# ----------------------------------------------------------------- signal helpers
-
-
-def trim_silence(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, threshold_db: float = -40.0,
-                 margin_s: float = 0.15) -> np.ndarray:
-    """``audio`` without leading/trailing frames quieter than ``threshold_db`` below the loudest.
-
-    Args:
-      audio: 1-D samples.
-      sample_rate: their rate (frames are 10 ms).
-      threshold_db: frames whose RMS is this far below the loudest frame's are silence.
-      margin_s: seconds of the silence kept on each side.
-
-    Returns:
-      A slice of ``audio`` (all of it when nothing is loud).
-
-    Example:
-      >>> len(trim_silence(np.r_[np.zeros(16000), np.ones(1600), np.zeros(16000)]))
-      6400
-    """
-    frame = sample_rate // 100
-    n = len(audio) // frame
-    if n == 0:
-        return audio
-    rms = np.sqrt(np.mean(audio[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1))
-    loud = np.flatnonzero(rms > rms.max() * 10 ** (threshold_db / 20))
-    if len(loud) == 0:
-        return audio
-    margin = int(margin_s * sample_rate)
-    return audio[max(0, loud[0] * frame - margin): min(len(audio), (loud[-1] + 1) * frame + margin)]
-
-
-def colored_noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Unit-RMS noise: ``white`` (flat), ``pink`` (power ~ 1/f) or ``brown`` (~ 1/f^2).
-
-    Pink and brown are white noise shaped in the frequency domain (no DC).
-
-    Args:
-      kind: ``white``, ``pink`` or ``brown``.
-      n: number of samples.
-      rng: the generator (the result is a function of its state).
-
-    Returns:
-      float32 samples with RMS 1.
-
-    Raises:
-      ValueError: an unknown ``kind``.
-    """
-    white = rng.standard_normal(n)
-    if kind == "white":
-        x = white
-    elif kind in ("pink", "brown"):
-        spectrum = np.fft.rfft(white)
-        f = np.arange(len(spectrum), dtype=np.float64)
-        f[0] = np.inf  # no DC
-        spectrum /= f ** (0.5 if kind == "pink" else 1.0)
-        x = np.fft.irfft(spectrum, n)
-    else:
-        raise ValueError(f"Expected noise kind white, pink or brown. Received: {kind!r}")
-    return (x / max(np.sqrt(np.mean(x**2)), 1e-12)).astype(np.float32)
-
-
-def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """``speech + g * noise`` with g such that 10 log10(P_speech / P_noise) = ``snr_db``.
-
-    Powers are means over the whole signals (pauses included); ``noise`` is
-    tiled or cut to the speech length.
-
-    Args:
-      speech, noise: 1-D samples.
-      snr_db: the signal-to-noise ratio of the result.
-
-    Returns:
-      float32 samples, as long as ``speech``.
-
-    Raises:
-      ValueError: ``noise`` is all zeros.
-    """
-    noise = np.resize(noise, len(speech)).astype(np.float64)
-    p_s, p_n = np.mean(speech.astype(np.float64) ** 2), np.mean(noise**2)
-    if p_n == 0:
-        raise ValueError("Expected noise with some power. Received silence")
-    return (speech + noise * np.sqrt(p_s / (p_n * 10 ** (snr_db / 10)))).astype(np.float32)
-
-
-def _to_int16(audio: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
-
-
 # ----------------------------------------------------------------- engines (run in workers)
 
 
@@ -617,71 +526,8 @@ def _run_block(block: dict) -> list[np.ndarray]:
         peak = float(np.max(np.abs(audio)))
         if peak > 0.99:  # noise on top of a +3 dB gain can clip: scale down instead
             audio = audio * (0.99 / peak)
-        out.append(_to_int16(audio))
+        out.append(to_int16(audio))
     return out
-
-
-# ----------------------------------------------------------------- the manifest
-
-
-class Manifest:
-    """A generated corpus: ``corpus.json`` plus the lines of ``manifest.jsonl``.
-
-    Attributes:
-      root: the corpus directory.
-      info: the content of ``corpus.json``.
-      entries: the manifest lines (dicts), sorted by (subset, id).
-
-    Example:
-      >>> m = Manifest.load("runs/asr/corpus_small")  # doctest: +SKIP
-      >>> m.counts()                                  # doctest: +SKIP
-      {'dev': 200, 'test': 200, 'train': 1500}
-    """
-
-    def __init__(self, root, info: dict, entries: list[dict]):
-        self.root = Path(root).resolve()
-        self.info = info
-        self.entries = sorted(entries, key=lambda e: (e["subset"], e["id"]))
-
-    @classmethod
-    def load(cls, root) -> Manifest:
-        """Reads a corpus directory.
-
-        Raises:
-          FileNotFoundError: ``root`` has no ``corpus.json`` or ``manifest.jsonl``.
-        """
-        root = Path(root)
-        for name in ("corpus.json", MANIFEST):
-            if not (root / name).exists():
-                raise FileNotFoundError(f"Expected a corpus made by gq_speech.corpus in {root}. "
-                                        f"Received: no {name}")
-        info = json.loads((root / "corpus.json").read_text(encoding="utf-8"))
-        with open(root / MANIFEST, encoding="utf-8") as f:
-            entries = [json.loads(line) for line in f if line.strip()]
-        return cls(root, info, entries)
-
-    def subsets(self) -> list[str]:
-        """Subset names, sorted."""
-        return sorted({e["subset"] for e in self.entries})
-
-    def counts(self) -> dict[str, int]:
-        """Utterances per subset."""
-        return dict(sorted(Counter(e["subset"] for e in self.entries).items()))
-
-    def utterances(self, subset: str | None = None) -> list[Utterance]:
-        """The utterances of ``subset`` (all when None), with their manifest line as ``meta``.
-
-        Raises:
-          ValueError: ``subset`` is not in the corpus (the message lists those that are).
-        """
-        if subset is not None and subset not in self.subsets():
-            raise ValueError(f"Expected a subset in {self.subsets()}. Received: {subset!r}")
-        return [Utterance(e["id"], str(self.root / e["path"]), e["text"], str(e["speaker"]), str(e["chapter"]),
-                          e["subset"], e["duration_s"], dict(e))
-                for e in self.entries if subset is None or e["subset"] == subset]
-
-    def __repr__(self):
-        return f"Manifest({str(self.root)!r}, {self.counts()})"
 
 
 # ----------------------------------------------------------------- generation
@@ -783,25 +629,6 @@ def _babble_bank(config: CorpusConfig, seed: int, train_voices: list[Voice], sen
     return tracks
 
 
-def _remove_stale_tmp(out_dir: Path, log, what: str = "corpus") -> None:
-    """Removes the temporary files and directories of ``out_dir`` (``.<name>.tmp-<pid>...``, next to
-    it) whose process is gone: left by a killed run. Those of a live process are its own."""
-    for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        try:
-            pid = int(tmp.name[len(out_dir.name) + 6:].split("-")[0].split(".")[0])
-            os.kill(pid, 0)
-            continue  # a live run owns it
-        except ProcessLookupError:
-            pass
-        except (ValueError, PermissionError):
-            continue
-        log(f"{what}: removing {tmp} left by an interrupted run")
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-
-
 def _write_all(stream, tmp: Path, entries: list, total: int, log) -> None:
     """Writes the utterances ``stream`` yields, appending their manifest lines to ``entries``."""
     done, t1 = 0, time.time()
@@ -858,7 +685,7 @@ def make_corpus(out_dir, config="small", *, seed: int = 0, workers: int = 2, log
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"Expected {out_dir} to be a new or empty directory. Received one with other files")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(out_dir, log)
+    remove_stale_tmp(out_dir, log, "corpus")
 
     t0 = time.time()
     engines = [e for e in ENGINES if config.engine_mix.get(e, 0) > 0]
@@ -929,14 +756,8 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="small", choices=sorted(PRESETS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--farfield", action="store_true", help="also make test_far (gq_speech.farfield)")
     a = p.parse_args(argv)
-    m = make_corpus(a.out, a.preset, seed=a.seed, workers=a.workers)
-    if a.farfield:
-        from gq_speech.farfield import make_farfield
-
-        m = make_farfield(a.out, seed=a.seed, workers=a.workers)
-    print(m)
+    print(make_corpus(a.out, a.preset, seed=a.seed, workers=a.workers))
     return 0
 
 

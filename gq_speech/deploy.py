@@ -41,11 +41,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import (
-    QuantizeWrapper,
-)
 
 from gq_tf._keras import check_keras_model
+from gq_tf.configs import is_qat
+from gq_tf.fileio import atomic_json
 from gq_speech import models
 from gq_speech.decoding import GreedyDecoder
 
@@ -65,7 +64,8 @@ __all__ = [
 EXPORT_KINDS = ("gq", "float", "int8")
 PARTS = ("encoder", "prediction", "joint")
 MANIFEST = "streaming.json"
-FORMAT = "gq_speech.streaming/1"
+# A serialized name: it keeps the package path of when it was introduced.
+FORMAT = "gq_tf.asr.streaming/1"
 PADDING = ("The last partial chunk is completed with frames equal to the feature mean (zeros after "
            "the model's normalization).")
 
@@ -104,11 +104,6 @@ class StreamingExport:
         return "\n".join(lines)
 
 
-def is_qat(model):
-    """True for a model made by ``gq_tf.quantize_model`` (it has tfmot QuantizeWrappers)."""
-    return any(isinstance(layer, QuantizeWrapper) for layer in model.layers)
-
-
 def _config_of_model(cfg, model):
     """``cfg`` with the feature normalization constants the trained model really uses."""
     try:
@@ -137,38 +132,6 @@ def _io_table(interpreter):
 
     return (table(runner.get_input_details(), interpreter.get_input_details()),
             table(runner.get_output_details(), interpreter.get_output_details()))
-
-
-def atomic_write(path, data):
-    """Writes ``data`` (bytes or str, UTF-8) to ``path`` all at once: a temporary file, then a rename.
-
-    A reader (or a run resumed after a kill) sees the old file or the new
-    one, never part of one. The temporary file, ``.<name>.tmp-<pid>-<random>``
-    in the same directory, is removed on an exception; one a kill left is
-    removed by the next write of the same file.
-    """
-    from converters.export import new_file_mode
-    from gq_speech.corpus import _remove_stale_tmp  # a light import: corpus loads no TensorFlow
-
-    path = os.fspath(path)
-    _remove_stale_tmp(Path(path).absolute(), log=lambda m: None)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                               prefix=f".{os.path.basename(path)}.tmp-{os.getpid()}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        # mkstemp creates the file for its owner only; give it the mode a plain open() would.
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_json(path, data):
-    """Writes ``data`` as JSON to ``path`` all at once (:func:`atomic_write`)."""
-    atomic_write(path, json.dumps(data, indent=1, default=float))
 
 
 def export_streaming(model, cfg, out_dir, *, kind="gq", policy=None, weights="float"):

@@ -50,8 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gq_speech.corpus import Manifest, _remove_stale_tmp, colored_noise, mix_at_snr
-from gq_speech.librispeech import MANIFEST, SAMPLE_RATE, load_audio, write_utterance
+from gq_tf.fileio import remove_stale_tmp
+from gq_speech.audio import colored_noise, mix_at_snr
+from gq_speech.librispeech import MANIFEST, SAMPLE_RATE, Manifest, load_audio, write_utterance
 
 __all__ = ["FARFIELD_VERSION", "FarfieldConfig", "make_farfield", "reverberate", "rir_bank"]
 
@@ -178,7 +179,7 @@ def rir_bank(cfg: FarfieldConfig, seed: int, cache_dir=None, workers: int = 2, l
     log(f"farfield: {len(rirs)} responses in {time.time() - t0:.1f} s")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmp(path, log, "farfield")
+        remove_stale_tmp(path, log, "farfield")
         tmp = path.parent / f".{path.name}.tmp-{os.getpid()}.npz"
         np.savez(tmp, flat=np.concatenate(rirs), lengths=np.array([len(r) for r in rirs], np.int64),
                  rooms=np.array(json.dumps(rooms)))
@@ -229,7 +230,7 @@ def make_farfield(corpus_dir, subset: str = "test", out_subset: str = "test_far"
       log: receives progress lines.
 
     Returns:
-      The corpus :class:`~gq_speech.corpus.Manifest`, now with ``out_subset``.
+      The corpus :class:`~gq_speech.librispeech.Manifest`, now with ``out_subset``.
 
     Raises:
       ValueError: ``subset`` is missing, ``out_subset`` equals it or names a
@@ -260,7 +261,7 @@ def make_farfield(corpus_dir, subset: str = "test", out_subset: str = "test_far"
 
     # What a killed run left: its subset, manifest and info files in the making.
     for name in (out_subset, MANIFEST, info_path.name):
-        _remove_stale_tmp(corpus_dir / name, log, "farfield")
+        remove_stale_tmp(corpus_dir / name, log, "farfield")
     t0 = time.time()
     bank = rir_bank(cfg, seed, corpus_dir / "farfield", workers, log)
     rng = np.random.default_rng([seed, 29])

@@ -14,6 +14,7 @@ an error naming the file (and line), never a silently shorter data set.
 The built-in corpus (:mod:`gq_speech.corpus`) is written in this layout with
 :func:`write_utterance`, and keeps a ``manifest.jsonl`` at the root; when
 that file exists, each :class:`Utterance` gets its manifest line as ``meta``.
+:class:`Manifest` reads a generated corpus (``corpus.json`` and the manifest).
 
 Example:
   >>> utts = read_librispeech("/data/LibriSpeech", ["dev-clean"])  # doctest: +SKIP
@@ -25,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,9 @@ from gq_speech.text import normalize
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "MANIFEST",
     "SAMPLE_RATE",
+    "Manifest",
     "Utterance",
     "list_subsets",
     "load_audio",
@@ -259,3 +263,63 @@ def write_utterance(root, subset: str, speaker, chapter, idx: int, audio: np.nda
     with open(chapter_dir / f"{speaker}-{chapter}.trans.txt", "a", encoding="utf-8") as f:
         f.write(f"{uid} {text.upper()}\n")
     return uid, path
+
+
+class Manifest:
+    """A generated corpus: ``corpus.json`` plus the lines of ``manifest.jsonl``.
+
+    Attributes:
+      root: the corpus directory.
+      info: the content of ``corpus.json``.
+      entries: the manifest lines (dicts), sorted by (subset, id).
+
+    Example:
+      >>> m = Manifest.load("runs/asr/corpus_small")  # doctest: +SKIP
+      >>> m.counts()                                  # doctest: +SKIP
+      {'dev': 200, 'test': 200, 'train': 1500}
+    """
+
+    def __init__(self, root, info: dict, entries: list[dict]):
+        self.root = Path(root).resolve()
+        self.info = info
+        self.entries = sorted(entries, key=lambda e: (e["subset"], e["id"]))
+
+    @classmethod
+    def load(cls, root) -> Manifest:
+        """Reads a corpus directory.
+
+        Raises:
+          FileNotFoundError: ``root`` has no ``corpus.json`` or ``manifest.jsonl``.
+        """
+        root = Path(root)
+        for name in ("corpus.json", MANIFEST):
+            if not (root / name).exists():
+                raise FileNotFoundError(f"Expected a corpus made by gq_speech.corpus in {root}. "
+                                        f"Received: no {name}")
+        info = json.loads((root / "corpus.json").read_text(encoding="utf-8"))
+        with open(root / MANIFEST, encoding="utf-8") as f:
+            entries = [json.loads(line) for line in f if line.strip()]
+        return cls(root, info, entries)
+
+    def subsets(self) -> list[str]:
+        """Subset names, sorted."""
+        return sorted({e["subset"] for e in self.entries})
+
+    def counts(self) -> dict[str, int]:
+        """Utterances per subset."""
+        return dict(sorted(Counter(e["subset"] for e in self.entries).items()))
+
+    def utterances(self, subset: str | None = None) -> list[Utterance]:
+        """The utterances of ``subset`` (all when None), with their manifest line as ``meta``.
+
+        Raises:
+          ValueError: ``subset`` is not in the corpus (the message lists those that are).
+        """
+        if subset is not None and subset not in self.subsets():
+            raise ValueError(f"Expected a subset in {self.subsets()}. Received: {subset!r}")
+        return [Utterance(e["id"], str(self.root / e["path"]), e["text"], str(e["speaker"]), str(e["chapter"]),
+                          e["subset"], e["duration_s"], dict(e))
+                for e in self.entries if subset is None or e["subset"] == subset]
+
+    def __repr__(self):
+        return f"Manifest({str(self.root)!r}, {self.counts()})"

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from gq_tf._keras import keras, tf
-from gq_tf.configs import register_layer
+from gq_tf.configs import register_layer, unwrap_layer
 
 __all__ = [
     "CONFIG_DIR",
@@ -981,12 +981,6 @@ def build_step_models(cfg, batch_size=1):
 # ----------------------------------------------------------------- weights
 
 
-def _inner(layer):
-    return getattr(layer, "layer", layer)  # tfmot QuantizeWrapper -> the wrapped layer
-
-
-def _is_wrapper(layer):
-    return _inner(layer) is not layer
 
 
 def _short_name(var, layer):
@@ -996,7 +990,7 @@ def _short_name(var, layer):
     scope, which differ from model to model.
     """
     parts = var.name.split(":")[0].split("/")
-    drop = {layer.name, _inner(layer).name}
+    drop = {layer.name, unwrap_layer(layer).name}
     while len(parts) > 1 and (parts[0] in drop or re.fullmatch(r"quantize_annotate(_\d+)?", parts[0])):
         parts = parts[1:]
     return "/".join(parts)
@@ -1024,10 +1018,10 @@ def copy_weights(src, dst_models):
         dst_models = list(dst_models.values())
     elif isinstance(dst_models, keras.Model):
         dst_models = [dst_models]
-    sources = {_inner(layer).name: layer for layer in src.layers}
+    sources = {unwrap_layer(layer).name: layer for layer in src.layers}
     for model in dst_models:
         for layer in model.layers:
-            name = _inner(layer).name
+            name = unwrap_layer(layer).name
             if isinstance(layer, FeatureNormalization) and isinstance(sources.get(name), FeatureNormalization):
                 s = sources[name]
                 if (s.mean, s.std) != (layer.mean, layer.std):
@@ -1039,10 +1033,10 @@ def copy_weights(src, dst_models):
                 continue
             if name not in sources:
                 raise ValueError(f"Expected a layer named '{name}' in '{src.name}' (for '{model.name}'). "
-                                 f"Received layers {[_inner(l).name for l in src.layers]}.")
+                                 f"Received layers {[unwrap_layer(l).name for l in src.layers]}.")
             s = sources[name]
-            if _is_wrapper(s) != _is_wrapper(layer):
-                which = "source" if _is_wrapper(s) else "destination"
+            if (unwrap_layer(s) is not s) != (unwrap_layer(layer) is not layer):
+                which = "source" if (unwrap_layer(s) is not s) else "destination"
                 raise ValueError(
                     f"Expected layer '{name}' quantized in both models or in neither. Only the {which} "
                     "is: quantize the step models with the training model's policy, or "
@@ -1118,8 +1112,8 @@ def policy_from_qat(qat_model):
     policy = {}
     for layer in qat_model.layers:
         config = getattr(layer, "quantize_config", None)
-        if _is_wrapper(layer) and isinstance(config, GQQuantizeConfig):
-            policy[re.escape(_inner(layer).name)] = dict(config.quantizers)
+        if (unwrap_layer(layer) is not layer) and isinstance(config, GQQuantizeConfig):
+            policy[re.escape(unwrap_layer(layer).name)] = dict(config.quantizers)
     if not policy:
         raise ValueError(f"Expected a QAT model made by gq_tf.quantize_model. Received model "
                          f"'{qat_model.name}' without gq_tf-quantized layers.")

@@ -338,7 +338,7 @@ def mixed_policy(cfg, recipe="full") -> dict:
     Raises:
       ValueError: the recipe has no ``gq_mixed`` variant for that model.
     """
-    from gq_speech.experiment import load_recipe, variants_of
+    from gq_speech.recipe import load_recipe, variants_of
 
     rec = load_recipe(recipe)
     found = dict(variants_of(rec, cfg.kind)).get("gq_mixed")
@@ -379,8 +379,9 @@ def export_variants(model_name, out_dir, *, variants=PAPER_VARIANTS, recipe="ful
     import converters
     import gq_tf
     from gq_tf._keras import keras
+    from gq_tf.fileio import atomic_json
     from gq_speech import deploy, models
-    from gq_speech.experiment import parse_policy
+    from gq_speech.recipe import parse_policy
 
     log = log or (lambda m: None)
     cfg = models.load_config(model_name)
@@ -418,7 +419,7 @@ def export_variants(model_name, out_dir, *, variants=PAPER_VARIANTS, recipe="ful
                 export = deploy.export_streaming(net, cfg, vdir, kind=spec["kind"])
         seconds = time.time() - t0
         info = {"parameters": int(net.count_params()), "file_bytes": int(export.total_bytes), "seconds": seconds}
-        deploy.atomic_json(stamp, {"key": key, **info})
+        atomic_json(stamp, {"key": key, **info})
         done[variant] = {"dir": str(vdir), **info}
         log(f"[{model_name}/{variant}] {export.total_bytes / MB:.1f} MB in {seconds:.0f} s "
             f"(peak RSS {_peak_rss_mb():.0f} MB)")
@@ -550,7 +551,7 @@ def paper(model_names=PAPER_MODELS, *, threads=(1, 2), out="runs/paper_latency",
       The ``paper.json`` data: ``{"date", "command", "machine", "settings", "models": {model: {...}}}``.
     """
     from gq_speech import models as asr_models
-    from gq_speech.deploy import atomic_json, atomic_write
+    from gq_tf.fileio import atomic_json, atomic_write
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

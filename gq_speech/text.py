@@ -368,7 +368,8 @@ def domain_sentences(n: int, seed: int = 0) -> list[str]:
     """
     if n < 0:
         raise ValueError(f"Expected n >= 0. Received: n={n}")
-    rng = random.Random(f"gq_speech.text:{seed}")  # str seeds hash the same on every run
+    # str seeds hash the same on every run; the string is part of the corpus (keep it).
+    rng = random.Random(f"gq_tf.asr.text:{seed}")
     names = list(_INTENTS)
     weights = [_INTENTS[k][0] for k in names]
     template_weights = {k: _template_weights(_INTENTS[k][1]) for k in names}

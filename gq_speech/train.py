@@ -35,6 +35,7 @@ import numpy as np
 
 import gq_tf
 from gq_tf._keras import keras, tf
+from gq_tf.fileio import atomic_path
 
 
 @dataclasses.dataclass
@@ -117,7 +118,6 @@ def load_split(corpus_dir, subset: str, feature_cfg, tokenizer, cache_dir, log=p
       ValueError: a transcript has characters outside the tokenizer's vocabulary.
     """
     from gq_speech import features as feats
-    from gq_speech.corpus import _remove_stale_tmp
     from gq_speech.librispeech import load_audio, read_librispeech
 
     utts = read_librispeech(corpus_dir, [subset])
@@ -144,14 +144,9 @@ def load_split(corpus_dir, subset: str, feature_cfg, tokenizer, cache_dir, log=p
         cache.parent.mkdir(parents=True, exist_ok=True)
         # Models of a recipe train side by side and may build the same cache:
         # each writes its own temporary (one a killed run left is removed).
-        _remove_stale_tmp(cache, log, "features")
-        tmp = cache.parent / f".{cache.name}.tmp-{os.getpid()}.npz"
-        try:
+        with atomic_path(cache, ".npz", log=log) as tmp:
             np.savez(tmp, flat=np.concatenate(features) if features else np.zeros((0, feature_cfg.n_mels), np.float16),
                      lengths=np.array([len(f) for f in features], np.int64))
-            os.replace(tmp, cache)
-        finally:
-            tmp.unlink(missing_ok=True)
         log(f"  {subset}: {len(utts)} utterances, features in {time.time() - t0:.1f} s")
     return Split(subset, [u.id for u in utts], [u.text for u in utts], features, labels)
 

@@ -3,11 +3,9 @@
 import dataclasses
 
 import numpy as np
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import (
-    QuantizeWrapper,
-)
 
 from gq_tf._keras import keras, tf
+from gq_tf._tfmot import QuantizeWrapper
 from gq_tf.configs import GQQuantizeConfig, _get_path, quantize_scope, table_row
 from gq_tf.quantizers import GeneralQuantizer
 from gq_tf.reference import packed_nbytes

@@ -11,11 +11,9 @@ import re
 import weakref
 
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import (
-    QuantizeWrapper,
-)
 
 from gq_tf._keras import check_keras_model, keras
+from gq_tf._tfmot import is_wrapper, unwrap
 from gq_tf.quantizers import GeneralQuantizer, Uniform, _KernelQuantizer, check_bits
 
 __all__ = [
@@ -23,10 +21,12 @@ __all__ = [
     "FLOAT_LAYERS",
     "WEIGHT_NAMES",
     "GQQuantizeConfig",
+    "is_qat",
     "quantize_model",
     "quantize_scope",
     "register_layer",
     "resolve_policy",
+    "unwrap_layer",
 ]
 
 _log = logging.getLogger("gq_tf")
@@ -356,6 +356,17 @@ def resolve_policy(model, policy, strict=False):
 _ORIGINS = weakref.WeakKeyDictionary()
 
 
+def is_qat(model) -> bool:
+    """True for a QAT model: one that ``quantize_model`` (or tfmot's
+    ``quantize_apply``) made, whose layers are tfmot quantize wrappers."""
+    return any(is_wrapper(layer) for layer in model.layers)
+
+
+def unwrap_layer(layer):
+    """The layer a QAT wrapper holds (``layer`` itself when it is not one)."""
+    return unwrap(layer)
+
+
 def quantize_model(model, policy, *, strict=False):
     """Float tf_keras model -> GQ QAT model, through tfmot's ``quantize_apply``.
 
@@ -381,7 +392,7 @@ def quantize_model(model, policy, *, strict=False):
       ...                                    "head": gq_tf.Uniform(8), ".*": 5})
     """
     check_keras_model(model)
-    if any(isinstance(layer, QuantizeWrapper) for layer in model.layers):
+    if is_qat(model):
         raise ValueError(
             f"Expected a float model. Received model '{model.name}', which is already "
             "quantized; quantize the float model, or use strip_quantization() first."

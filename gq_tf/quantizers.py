@@ -13,6 +13,7 @@ import tensorflow_model_optimization as tfmot
 
 from gq_tf import defaults, ops
 from gq_tf._keras import keras, tf
+from gq_tf.reference import check_bits
 
 __all__ = ["GeneralQuantizer", "GQ", "Uniform", "check_bits"]
 
@@ -20,18 +21,6 @@ _Quantizer = tfmot.quantization.keras.quantizers.Quantizer
 
 # Index of each field in the per-quantizer annealing state variable.
 STATE_STEP, STATE_TAU, STATE_HARD = 0, 1, 2
-
-
-def check_bits(bits, where="bits"):
-    """Validates a bit depth; returns it as a Python int."""
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
-        raise TypeError(
-            f"Expected `{where}` to be an int in 1..8. Received: {bits!r} "
-            f"of type {type(bits).__name__}."
-        )
-    if not 1 <= bits <= 8:
-        raise ValueError(f"Expected `{where}` in 1..8. Received: {where}={bits}")
-    return int(bits)
 
 
 @keras.utils.register_keras_serializable(package="gq_tf")

@@ -11,6 +11,8 @@ least significant bit first; stream bit ``k`` is bit ``k % 8`` of byte
 ``ceil(n*b/8)`` bytes (see ``packed_nbytes``).
 """
 
+import numbers
+
 import numpy as np
 
 __all__ = [
@@ -143,14 +145,26 @@ def packed_nbytes(n, bits):
     return (int(n) * int(bits) + 7) // 8
 
 
-def _check_bits(bits):
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
-        raise ValueError(f"Expected bits in 1..8. Received: bits={bits!r}")
+def check_bits(bits, where="bits"):
+    """Validates a bit depth (the one check of the project); returns it as a Python int.
+
+    Raises:
+      TypeError: ``bits`` is not an int (bools are not).
+      ValueError: ``bits`` is outside 1..8.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
+        raise TypeError(
+            f"Expected `{where}` to be an int in 1..8. Received: {bits!r} "
+            f"of type {type(bits).__name__}."
+        )
+    if not 1 <= bits <= 8:
+        raise ValueError(f"Expected `{where}` in 1..8. Received: {where}={bits}")
+    return int(bits)
 
 
 def pack_indices(indices, bits):
     """Packs b-bit indices into a little-endian bit stream (layout: module doc)."""
-    _check_bits(bits)
+    check_bits(bits)
     idx = np.asarray(indices).reshape(-1)
     if idx.size and (idx.min() < 0 or idx.max() >= 2**bits):
         raise ValueError(
@@ -164,7 +178,7 @@ def pack_indices(indices, bits):
 
 def unpack_indices(packed, bits, n):
     """Inverse of ``pack_indices``: the first ``n`` indices as uint8."""
-    _check_bits(bits)
+    check_bits(bits)
     packed = np.asarray(packed, np.uint8).reshape(-1)
     need = packed_nbytes(n, bits)
     if packed.size < need:

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from gq_speech import audio, debian, farfield, librispeech, text
 from gq_speech import corpus as corpus_mod
-from gq_speech import debian, farfield, librispeech, text
-from gq_speech.corpus import Manifest, make_corpus, plan_corpus
+from gq_speech.corpus import make_corpus, plan_corpus
 from gq_speech.farfield import make_farfield, reverberate
-from gq_speech.librispeech import load_audio, read_librispeech, write_utterance
+from gq_speech.librispeech import Manifest, load_audio, read_librispeech, write_utterance
 from gq_speech.text import Tokenizer, domain_sentences, domain_vocabulary, normalize
 
 QUIET = lambda *a: None
@@ -29,10 +29,10 @@ def test_public_names_are_pinned():
     expected = {
         text: {"Tokenizer", "normalize", "domain_sentences", "domain_vocabulary", "MIN_WORDS", "MAX_WORDS"},
         librispeech: {"Utterance", "read_librispeech", "load_audio", "write_utterance", "list_subsets",
-                      "AUDIO_EXTENSIONS", "SAMPLE_RATE"},
+                      "AUDIO_EXTENSIONS", "SAMPLE_RATE", "Manifest", "MANIFEST"},
         corpus_mod: {"Voice", "CorpusConfig", "PRESETS", "all_voices", "preset_voices", "plan_corpus",
-                     "make_corpus", "Manifest", "synthesize", "colored_noise", "mix_at_snr", "trim_silence",
-                     "tool_versions", "CORPUS_VERSION"},
+                     "make_corpus", "synthesize", "tool_versions", "CORPUS_VERSION"},
+        audio: {"colored_noise", "mix_at_snr", "to_int16", "trim_silence"},
         farfield: {"FarfieldConfig", "make_farfield", "rir_bank", "reverberate", "FARFIELD_VERSION"},
         debian: {"ensure_debian_packages", "DebianPackageError", "install_command"},
     }
@@ -237,19 +237,19 @@ def test_signal_helpers():
     rng = np.random.default_rng(0)
     speech = rng.standard_normal(16000).astype(np.float32) * 0.1
     for kind in ("white", "pink", "brown"):
-        n = corpus_mod.colored_noise(kind, 16000, np.random.default_rng(1))
+        n = audio.colored_noise(kind, 16000, np.random.default_rng(1))
         assert np.sqrt(np.mean(n.astype(np.float64) ** 2)) == pytest.approx(1.0, rel=1e-3)
-        mixed = corpus_mod.mix_at_snr(speech, n, 10.0)
+        mixed = audio.mix_at_snr(speech, n, 10.0)
         added = mixed.astype(np.float64) - speech
         snr = 10 * np.log10(np.sum(speech.astype(np.float64) ** 2) / np.sum(added**2))
         assert snr == pytest.approx(10.0, abs=1e-3)  # float32 rounding only
     spec = lambda x: np.abs(np.fft.rfft(x)) ** 2
     low, high = slice(10, 200), slice(4000, 8000)
-    pink = spec(corpus_mod.colored_noise("pink", 16000, np.random.default_rng(2)))
+    pink = spec(audio.colored_noise("pink", 16000, np.random.default_rng(2)))
     assert pink[low].mean() > 10 * pink[high].mean()  # ~1/f: 20-400 Hz far above 4-8 kHz
     quiet = np.zeros(8000, np.float32)
     x = np.concatenate([quiet, speech, quiet])
-    trimmed = corpus_mod.trim_silence(x)
+    trimmed = audio.trim_silence(x)
     assert len(speech) <= len(trimmed) <= len(speech) + 2 * 0.15 * 16000 + 160
 
 
@@ -422,3 +422,16 @@ def test_farfield(tiny, tmp_path):
         make_farfield(a, "test", "test", log=QUIET)
     with pytest.raises(ValueError, match="was not made by gq_speech.farfield"):
         make_farfield(a, "test", "dev", log=QUIET)
+
+
+def test_serialized_names_survive_the_package_move():
+    """Names written into files and seeds keep the package path they were made
+    with (gq_tf.asr, before the application became gq_speech): the built-in
+    corpus's sentences for a seed and the streaming export's format."""
+    import hashlib
+
+    from gq_speech import deploy
+
+    sentences = domain_sentences(50, seed=0)
+    assert hashlib.sha256("\n".join(sentences).encode()).hexdigest()[:16] == "6a47134fb870f1e3"
+    assert deploy.FORMAT == "gq_tf.asr.streaming/1"

@@ -8,6 +8,7 @@ import pytest
 import gq_tf
 from gq_tf._keras import keras, tf
 from gq_speech import experiment, models
+from gq_speech import recipe as recipe_mod
 from gq_speech.text import Tokenizer
 from gq_speech.train import Split, TrainConfig, annealing, batches, fit
 
@@ -35,38 +36,38 @@ def _toy_split(n=6, frames=48, n_mels=16, seed=0):
 
 
 def test_parse_policy():
-    p = experiment.parse_policy({"encoder_lstm_.*": {"kernel": 4, "recurrent_kernel": "u2"}, ".*": 5})
+    p = recipe_mod.parse_policy({"encoder_lstm_.*": {"kernel": 4, "recurrent_kernel": "u2"}, ".*": 5})
     assert p["encoder_lstm_.*"]["kernel"] == 4
     assert isinstance(p["encoder_lstm_.*"]["recurrent_kernel"], gq_tf.Uniform)
     assert p["encoder_lstm_.*"]["recurrent_kernel"].bits == 2 and p[".*"] == 5
     for bad in (True, None, "x8", 4.5):
         with pytest.raises(ValueError, match="expected bits"):
-            experiment.parse_policy({".*": bad})
+            recipe_mod.parse_policy({".*": bad})
 
 
 def test_recipes_load_and_name_real_configs():
     for name in ("demo", "full", "tiny"):
-        recipe = experiment.load_recipe(name)
+        recipe = recipe_mod.load_recipe(name)
         for model in recipe["models"]:
             models.load_config(model)
             for stage in ("float", "finetune"):
-                TrainConfig.from_dict(experiment.stage_settings(recipe, stage, model))
+                TrainConfig.from_dict(recipe_mod.stage_settings(recipe, stage, model))
         for spec in recipe["variants"].values():
             if spec.get("kind", "qat") == "qat":
-                experiment.parse_policy(spec["policy"])
+                recipe_mod.parse_policy(spec["policy"])
     with pytest.raises(FileNotFoundError, match="one of"):
-        experiment.load_recipe("nope")
+        recipe_mod.load_recipe("nope")
 
 
 def test_variants_can_name_their_models_and_fine_tune_longer(tmp_path):
-    recipe = experiment.load_recipe("full")
-    assert [n for n, _ in experiment.variants_of(recipe, "conformer")] == [
+    recipe = recipe_mod.load_recipe("full")
+    assert [n for n, _ in recipe_mod.variants_of(recipe, "conformer")] == [
         "float", "uniform8", "uniform4", "cluster16", "gq8", "gq5", "gq4", "gq_mixed"]
-    rnnt = dict(experiment.variants_of(recipe, "rnnt"))
+    rnnt = dict(recipe_mod.variants_of(recipe, "rnnt"))
     assert {"gq_mixed_long", "uniform4_long", "gq_mixed_top1", "gq_mixed_in1"} <= set(rnnt)
-    assert [n for n, _ in experiment.variants_of(recipe, "rnnt", ["gq4", "gq_mixed_long"])] == ["gq4", "gq_mixed_long"]
-    base = experiment.finetune_settings(recipe, rnnt["gq_mixed"], "rnnt")
-    longer = experiment.finetune_settings(recipe, rnnt["gq_mixed_long"], "rnnt")
+    assert [n for n, _ in recipe_mod.variants_of(recipe, "rnnt", ["gq4", "gq_mixed_long"])] == ["gq4", "gq_mixed_long"]
+    base = recipe_mod.finetune_settings(recipe, rnnt["gq_mixed"], "rnnt")
+    longer = recipe_mod.finetune_settings(recipe, rnnt["gq_mixed_long"], "rnnt")
     assert base["epoch_batches"] == 500 and longer == {**base, "epoch_batches": None}  # a whole epoch
     for bad, match in (({"models": ["nope"]}, "expected 'models'"), ({"models": "rnnt"}, "expected 'models'"),
                        ({"models": [[1, 2]]}, "expected 'models'"),  # was a TypeError (found by fuzzing)
@@ -75,7 +76,7 @@ def test_variants_can_name_their_models_and_fine_tune_longer(tmp_path):
         path = tmp_path / "broken.json"
         path.write_text(json.dumps(broken))
         with pytest.raises(ValueError, match=match):
-            experiment.load_recipe(path)
+            recipe_mod.load_recipe(path)
 
 
 def test_batches_pad_to_the_reduction_and_keep_everything():
@@ -177,7 +178,7 @@ def test_tiny_recipe_end_to_end(tmp_path):
 def test_two_models_train_side_by_side_in_workers(tmp_path):
     """A recipe with two models runs each in its own process (one CPU each when there
     are 2), then benchmarks and reports all rows once."""
-    recipe = experiment.load_recipe("tiny")
+    recipe = recipe_mod.load_recipe("tiny")
     recipe.update(name="tiny2", models=["rnnt_tiny", "conformer_tiny"], variants={"float": {"kind": "float"}},
                   float={**recipe["float"], "epochs": 1})
     path = tmp_path / "tiny2.json"
@@ -361,7 +362,7 @@ def test_reordering_policy_patterns_is_a_change(tmp_path):
     experiment._forget_if_changed(folder, key, log=lambda m: None)
     stamp = json.loads((folder / "settings.json").read_text())
     # Rebuilt from its stamp, the variant gets the same policy, in the same order.
-    assert list(experiment.parse_policy(stamp["spec"]["policy"])) == ["encoder_.*", ".*"]
+    assert list(recipe_mod.parse_policy(stamp["spec"]["policy"])) == ["encoder_.*", ".*"]
     (folder / "ckpt").mkdir()
     said = []
     # Other settings in another key order, or a weight dict reordered: the same settings.

@@ -168,7 +168,7 @@ def test_exported_file_gets_the_mode_open_would_give(tmp_path):
     """The exporter writes through a temporary file (mkstemp: owner only);
     the .tflite must still be readable as any file the user makes, e.g. by
     adb push or a web server, not 0600."""
-    from converters.export import new_file_mode
+    from gq_tf.fileio import new_file_mode
 
     report = converters.export_tflite(big_model(4, 16), str(tmp_path / "m.tflite"))
     assert os.stat(report.path).st_mode & 0o777 == new_file_mode()
@@ -344,7 +344,7 @@ def test_static_shapes_are_required(tmp_path):
 
 
 def test_export_command_prints_the_report_and_baselines(tmp_path, capsys):
-    from gq_tf import cli
+    from gq_speech import __main__ as cli  # the gq-tf command, whose export is converters.cli
 
     qat = big_model(2)
     gq_tf.save_qat(qat, str(tmp_path / "qat"))

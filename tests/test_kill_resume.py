@@ -101,8 +101,7 @@ def _dead_pid():
 
 
 def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
-    from converters.export import new_file_mode
-    from gq_speech.deploy import atomic_json, atomic_write
+    from gq_tf.fileio import atomic_json, atomic_write, new_file_mode
 
     path = tmp_path / "results.md"
     atomic_write(path, "old\n")
@@ -116,7 +115,7 @@ def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
 
 
 def test_temporaries_of_killed_runs_are_removed_and_those_of_live_ones_kept(tmp_path):
-    from gq_speech.corpus import _remove_stale_tmp
+    from gq_tf.fileio import remove_stale_tmp
 
     dead, live = _dead_pid(), os.getpid()
     (tmp_path / f".corpus.tmp-{dead}").mkdir()
@@ -125,7 +124,7 @@ def test_temporaries_of_killed_runs_are_removed_and_those_of_live_ones_kept(tmp_
     (tmp_path / f".rirs-0a.npz.tmp-{dead}.npz").write_bytes(b"PK")
     said = []
     for name in ("corpus", "manifest.jsonl", "rirs-0a.npz"):
-        _remove_stale_tmp(tmp_path / name, said.append)
+        remove_stale_tmp(tmp_path / name, said.append)
     assert sorted(os.listdir(tmp_path)) == [f".corpus.tmp-{live}"]
     assert len(said) == 3 and all("left by an interrupted run" in m for m in said)
 
@@ -274,7 +273,7 @@ def test_feature_cache_temporaries_are_per_process_and_a_killed_ones_removed(far
 
     monkeypatch.setattr(train.np, "savez", savez)
     split = train.load_split(far_corpus, "dev", feature_cfg, Tokenizer(), cache, log=QUIET)
-    assert written == [f".{name}.tmp-{os.getpid()}.npz"]
+    assert len(written) == 1 and re.fullmatch(rf"\.{re.escape(name)}\.tmp-{os.getpid()}-[0-9a-f]+\.npz", written[0])
     assert sorted(p.name for p in cache.iterdir()) == sorted([live.name, name])
     again = train.load_split(far_corpus, "dev", feature_cfg, Tokenizer(), cache, log=QUIET)
     assert len(written) == 1 and all(np.array_equal(a, b) for a, b in zip(split.features, again.features))

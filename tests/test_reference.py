@@ -135,11 +135,13 @@ def test_pack_bytes_by_hand_5_bits():
     np.testing.assert_array_equal(ref.unpack_indices(packed, 5, len(idx)), idx)
 
 
-@pytest.mark.parametrize("bits", [0, 9, -1, True, 2.0, "4"])
-def test_pack_and_unpack_reject_bad_bits(bits):
-    with pytest.raises(ValueError, match=r"1\.\.8.*bits="):
+@pytest.mark.parametrize("bits, error", [(0, ValueError), (9, ValueError), (-1, ValueError), (True, TypeError),
+                                         (2.0, TypeError), ("4", TypeError)])
+def test_pack_and_unpack_reject_bad_bits(bits, error):
+    """One bits check for the project (reference.check_bits): a wrong type is a TypeError, a wrong value a ValueError."""
+    with pytest.raises(error, match=r"1\.\.8.*Received"):
         ref.pack_indices([0, 1], bits)
-    with pytest.raises(ValueError, match=r"1\.\.8.*bits="):
+    with pytest.raises(error, match=r"1\.\.8.*Received"):
         ref.unpack_indices(np.zeros(4, np.uint8), bits, 2)
 
 

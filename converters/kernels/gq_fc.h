@@ -1,7 +1,8 @@
 /* GQ fully connected kernels: y = act(x @ W^T + bias), W given as packed
  * b-bit codebook indices in the planes64 layout (version 1).
  *
- * Layout (converters/layout.py is the writer and the full description):
+ * Layout (converters/layout.py is the writer and the full description;
+ * gq_fc_layout.c is its C twin, defining the sizes below):
  *  - W is [out, in]; each row is cut into blocks of 64 weights, the last block
  *    padded with index 0; a block takes 8*b bytes, a row ceil(in/64)*8*b bytes,
  *    rows follow each other.

@@ -114,7 +114,9 @@ static inline int gq_fc_qd8_begin(const gq_fc_args* a, gq_fc_ws* ws,
   return a->batch != 0 && a->out_features != 0 && a->bits >= 1 && a->bits <= 8;
 }
 
-/* Indices of one packed block in weight order (gq_fc_ref.c). */
+/* Indices of one packed block in weight order (gq_fc_layout.c, the C twin
+ * of converters/layout.py; gq_fc_row_bytes and gq_fc_packed_size of gq_fc.h
+ * are defined there too). */
 GQ_FC_INTERNAL void gq_fc_decode_block(const uint8_t* block, int bits, uint8_t idx[GQ_FC_BLOCK]);
 
 /* Portable qd8 pieces (gq_fc_qd8.c): the rounding of one x row exactly as
