@@ -15,8 +15,9 @@ Example:
 
 import importlib
 
-# Names resolve on first use, so that ``converters.layout`` (pure NumPy, used
-# by tools and tests) does not pull in TensorFlow.
+# Names resolve on first use: ``import converters`` stays light, and each
+# module (``export`` and ``runtime`` pull in TensorFlow or LiteRT) loads when
+# a name from it is first used.
 _WHERE = {
     "export_tflite": "converters.export",
     "export_baseline": "converters.export",

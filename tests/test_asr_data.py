@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gq_speech import audio, debian, farfield, librispeech, text
+from gq_speech import audio, debian, farfield, librispeech, text, tts, voices
 from gq_speech import corpus as corpus_mod
 from gq_speech.corpus import make_corpus, plan_corpus
 from gq_speech.farfield import make_farfield, reverberate
@@ -30,8 +30,11 @@ def test_public_names_are_pinned():
         text: {"Tokenizer", "normalize", "domain_sentences", "domain_vocabulary", "MIN_WORDS", "MAX_WORDS"},
         librispeech: {"Utterance", "read_librispeech", "load_audio", "write_utterance", "list_subsets",
                       "AUDIO_EXTENSIONS", "SAMPLE_RATE", "Manifest", "MANIFEST"},
+        # corpus defines plan_corpus, make_corpus and CORPUS_VERSION and re-exports the rest.
         corpus_mod: {"Voice", "CorpusConfig", "PRESETS", "all_voices", "preset_voices", "plan_corpus",
                      "make_corpus", "synthesize", "tool_versions", "CORPUS_VERSION"},
+        voices: {"Voice", "CorpusConfig", "PRESETS", "all_voices", "preset_voices"},
+        tts: {"synthesize", "tool_versions"},
         audio: {"colored_noise", "mix_at_snr", "to_int16", "trim_silence"},
         farfield: {"FarfieldConfig", "make_farfield", "rir_bank", "reverberate", "FARFIELD_VERSION"},
         debian: {"ensure_debian_packages", "DebianPackageError", "install_command"},
