@@ -514,8 +514,8 @@ def _benchmark(argv):
     if not params["graph"]:
         raise _Failure("Please specify the name of your TF Lite input file with --graph")
 
-    import numpy.random  # noqa: F401  (loaded before the start of the memory accounting)
     import ai_edge_litert.interpreter  # noqa: F401
+    import numpy.random  # noqa: F401  (loaded before the start of the memory accounting)
 
     start_kb = _max_rss_kb()
     monitor = None

@@ -451,6 +451,7 @@ def _single_op_model(data: bytes, model, op_index: int) -> bytes:
     subgraphs (control flow) keep the full model around them.
     """
     import numpy as np
+
     from converters import flatbuf
 
     sub, op = model.subgraphs[0], model.subgraphs[0].operators[op_index]
@@ -490,7 +491,8 @@ def _single_op_model(data: bytes, model, op_index: int) -> bytes:
 
     new_op = copy.copy(op)
     new_op.opcodeIndex = 0
-    new_op.inputs, new_op.outputs, new_op.intermediates = mapped(op.inputs), mapped(op.outputs), mapped(op.intermediates)
+    new_op.inputs, new_op.outputs, new_op.intermediates = (mapped(op.inputs), mapped(op.outputs),
+                                                           mapped(op.intermediates))
     s = schema.SubGraphT()
     s.tensors, s.operators, s.name = tensors, [new_op], sub.name
     s.inputs = mapped(inputs)
@@ -506,6 +508,7 @@ def _capture_model(data: bytes, wanted: list[int]) -> bytes:
     included) keep its value, so one run yields each node's real inputs.
     """
     import numpy as np
+
     from converters import flatbuf
 
     model = flatbuf.read(data)
@@ -520,6 +523,7 @@ def _empty_model() -> bytes:
     """A model without operators: one float tensor that is input and output."""
     import numpy as np
     from ai_edge_litert import schema_py_generated as schema
+
     from converters import flatbuf
 
     model = schema.ModelT()
@@ -595,6 +599,7 @@ def profile_host(model_path, runs: int = 200, num_threads: int = 1, delegate_opt
         (41.2, 44.0)
     """
     import numpy as np
+
     from converters import flatbuf
 
     for name, value, low in (("runs", runs, 1), ("num_threads", num_threads, 1), ("warmup", warmup, 0)):

@@ -126,7 +126,8 @@ def _describe(results: dict) -> list[str]:
         f"Protocol: {p['sessions_per_model']} sessions x {p['runs_per_session']} timed runs per model, "
         f"warmup {p['warmup_runs']} runs and at least {p['warmup_secs']:g} s per session"
         + (f", extra flags {' '.join(p['extra_args'])}" if p.get("extra_args") else "") + ".",
-        f"Benchmark binary: {binary.get('path')}" + (f" (sha256 {binary['sha256'][:16]}...)" if binary.get("sha256") else "")
+        f"Benchmark binary: {binary.get('path')}"
+        + (f" (sha256 {binary['sha256'][:16]}...)" if binary.get("sha256") else "")
         + (f"; delegate {delegate['path']} (sha256 {delegate['sha256'][:16]}...)" if delegate else "; no delegate")
         + f"; gq-tf {t.get('gq-tf')}, LiteRT {t.get('ai-edge-litert')}.",
         f"Started {results['started']}, finished {results['finished']}; "

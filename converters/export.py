@@ -34,9 +34,9 @@ import numpy as np
 
 from converters import flatbuf, layout, tfops
 from gq_tf._keras import check_keras_model, keras, tf
+from gq_tf._tfmot import is_wrapper
 from gq_tf.codebooks import extract_codebooks, quantized_weights, strip_quantization
 from gq_tf.configs import is_qat, quantize_scope
-from gq_tf._tfmot import is_wrapper
 from gq_tf.fileio import atomic_write
 
 __all__ = ["export_tflite", "export_baseline", "ExportReport", "KernelRow", "WEIGHTS_MODES", "NotPackedWarning",
@@ -320,7 +320,7 @@ def _packable(layer, weight_name):
 def _plan(qat_model):
     """Codebooks, {layer name: {weight name: (key, codebook)}} to pack, and the warnings."""
     books = extract_codebooks(qat_model)
-    wrappers = {l.layer.name: l for l in qat_model.layers if is_wrapper(l)}
+    wrappers = {wrapper.layer.name: wrapper for wrapper in qat_model.layers if is_wrapper(wrapper)}
     packs, notes = {}, []
     for qw in quantized_weights(qat_model):
         book = books[qw.key]

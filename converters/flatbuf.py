@@ -10,8 +10,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from flatbuffers import flexbuffers
 
-__all__ = ["read", "write", "buffer_offsets", "BUFFER_ALIGNMENT", "builtin_name", "builtin_code", "op_name", "op_counts", "tensor_data", "custom_options",
-           "quantize_tensor_int8", "WEIGHT_INPUTS", "PER_CHANNEL_ONLY"]
+__all__ = ["read", "write", "buffer_offsets", "BUFFER_ALIGNMENT", "builtin_name", "builtin_code", "op_name",
+           "op_counts", "tensor_data", "custom_options", "quantize_tensor_int8", "WEIGHT_INPUTS", "PER_CHANNEL_ONLY"]
 
 _BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _NP_TYPES = {

@@ -117,7 +117,8 @@ def main(argv=None):
                          "fixed_growth": fixed["growth"], "net_growth": large["growth"] - fixed["growth"]})
             print(f"  measured {name}", flush=True)
     print()
-    print("| model | file MiB | peak RSS growth MiB | fixed cost MiB (64-wide model) | growth for the weights MiB | / file size |")
+    print("| model | file MiB | peak RSS growth MiB | fixed cost MiB (64-wide model) | growth for the weights MiB "
+          "| / file size |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['file_bytes'] / 2**20:.2f} | {r['growth'] / 2**20:.2f} | "

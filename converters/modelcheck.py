@@ -51,7 +51,8 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["check_model", "Arity", "BUILTIN_ARITY", "COUNT_OPTIONS", "GQInput", "GQ_INPUTS", "SUBGRAPH_OPTIONS", "TYPE_BITS"]
+__all__ = ["check_model", "Arity", "BUILTIN_ARITY", "COUNT_OPTIONS", "GQInput", "GQ_INPUTS", "SUBGRAPH_OPTIONS",
+           "TYPE_BITS"]
 
 _BUILTIN_CUSTOM = 32
 _TFLITE_IDENTIFIER = b"TFL3"
@@ -59,7 +60,7 @@ _INT64_MAX = 2**63 - 1
 
 # Bits per element of each TensorType, by its name in the schema; None: no
 # fixed size (strings, resources, variants), not checked against a buffer.
-# tests/test_model_checks.py checks that every type of the schema is here.
+# tests/converters/test_model_checks.py checks that every type of the schema is here.
 TYPE_BITS = {
     "FLOAT32": 32, "FLOAT16": 16, "BFLOAT16": 16, "FLOAT64": 64, "FLOAT8_E4M3FN": 8, "FLOAT8_E5M2": 8,
     "INT64": 64, "INT32": 32, "INT16": 16, "INT8": 8, "INT4": 4, "INT2": 2,
@@ -108,16 +109,18 @@ class Arity(NamedTuple):
 
 
 def _arity(inputs, outputs=1, optional=()):
-    as_range = (lambda v: v if isinstance(v, tuple) else (v, v))
+    def as_range(v):
+        return v if isinstance(v, tuple) else (v, v)
+
     return Arity(as_range(inputs), as_range(outputs), frozenset(optional))
 
 
 # Builtin ops whose kernels (TFLite's, and XNNPACK's when it takes the node)
 # index their inputs and outputs unchecked: a node with too few of them, or
 # with -1 (no tensor) where one is required, crashed the process in
-# allocate_tensors (tests/fuzz_entry.py found TRANSPOSE with input 0 = -1 and
+# allocate_tensors (tests/support/fuzz_entry.py found TRANSPOSE with input 0 = -1 and
 # STRIDED_SLICE with 2 inputs). Every builtin op our exports use is here
-# (tests/test_model_checks.py checks the demo's graphs); builtin ops that are
+# (tests/converters/test_model_checks.py checks the demo's graphs); builtin ops that are
 # not here are left to the runtime. From TFLite's operator reference.
 BUILTIN_ARITY = {
     **{name: _arity(1) for name in ("ABS", "CAST", "DEQUANTIZE", "ELU", "EXP", "FLOOR", "GELU", "HARD_SWISH",
@@ -149,7 +152,7 @@ BUILTIN_ARITY = {
 # Builtin options that count a node's inputs or outputs: op -> (options class,
 # accessor, "inputs" or "outputs"). A count that disagrees with the node (a
 # SPLIT of 32772 pieces with 4 outputs) crashed the process in
-# allocate_tensors (found by tests/fuzz_entry.py).
+# allocate_tensors (found by tests/support/fuzz_entry.py).
 COUNT_OPTIONS = {
     "SPLIT": ("SplitOptions", "NumSplits", "outputs"),
     "SPLIT_V": ("SplitVOptions", "NumSplits", "outputs"),
@@ -161,7 +164,7 @@ COUNT_OPTIONS = {
 # Builtin options that name subgraphs: (options class in the schema, its
 # accessors that return one subgraph index, its accessors that return a
 # vector of them). Keyed by the class name, which is also its name in the
-# BuiltinOptions / BuiltinOptions2 unions. tests/test_model_checks.py checks
+# BuiltinOptions / BuiltinOptions2 unions. tests/converters/test_model_checks.py checks
 # that every schema class with a subgraph accessor is listed here.
 SUBGRAPH_OPTIONS = {
     "WhileOptions": (("CondSubgraphIndex", "BodySubgraphIndex"), ()),
@@ -540,7 +543,8 @@ class _Checker:
                                 f"{self.tensor_ref(g, t)}, a tensor without data that no node writes")
 
     def check_arity(self, where, name, arity, inputs, outputs):
-        for kind, have, (low, high) in (("inputs", len(inputs), arity.inputs), ("outputs", len(outputs), arity.outputs)):
+        for kind, have, (low, high) in (("inputs", len(inputs), arity.inputs),
+                                        ("outputs", len(outputs), arity.outputs)):
             if have < low or (high is not None and have > high):
                 wanted = str(low) if low == high else (f"{low} or more" if high is None else f"{low} to {high}")
                 self.refuse(where, f"{wanted} {kind} ({name})", f"{have} {kind}")

@@ -10,8 +10,8 @@ the deployment graph also runs in TensorFlow and can be checked there.
 
 import functools
 
-from gq_tf._keras import tf
 from converters import layout
+from gq_tf._keras import tf
 
 __all__ = ["GQ_FC_NAME", "GQ_FC_VERSION", "GQ_LSTM_NAME", "GQ_LSTM_VERSION", "ACTIVATIONS",
            "gq_fully_connected", "gq_lstm", "decode_indices"]

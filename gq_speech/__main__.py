@@ -15,7 +15,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in _COMMANDS:
         p = argparse.ArgumentParser(prog="gq-tf")
-        p.add_argument("command", choices=sorted(_COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in _COMMANDS.items()))
+        p.add_argument("command", choices=sorted(_COMMANDS),
+                       help="; ".join(f"{k}: {v[1]}" for k, v in _COMMANDS.items()))
         p.parse_args(argv[:1])
         return 2
     import importlib

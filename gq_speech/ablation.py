@@ -86,7 +86,8 @@ def markdown(res):
         for bits in sorted({r["bits"] for r in res["mu"]}):
             lines.append(f"| {bits} | " + " | ".join(cell(r) for r in res["mu"] if r["bits"] == bits) + " |")
     if res["schedule"]:
-        lines += ["", "B. annealing schedule (2 bits)", "", "| tau0 | gamma | tau_min | accuracy % |", "|---|---|---|---|"]
+        lines += ["", "B. annealing schedule (2 bits)", "", "| tau0 | gamma | tau_min | accuracy % |",
+                  "|---|---|---|---|"]
         for r in res["schedule"]:
             lines.append(f"| {r['tau0']:g} | {r['gamma']:g} | {r['tau_min']:g} | {cell(r)} |")
     if res["soft_window"]:

@@ -137,11 +137,11 @@ def check_recipe(recipe_name, models=None, variants=None):
       ValueError, TypeError: the recipe, a model config or a selection is
         invalid (the message names the entry).
     """
-    from gq_tf._keras import tf
-    from gq_speech import corpus, experiment
+    from gq_speech import corpus
     from gq_speech import models as asr_models
     from gq_speech import recipe as recipe_mod
     from gq_speech.train import annealing
+    from gq_tf._keras import tf
     from gq_tf.configs import resolve_policy
 
     recipe = recipe_mod.load_recipe(recipe_name)

@@ -34,19 +34,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from gq_speech import models
+from gq_speech.decoding import GreedyDecoder
 from gq_tf._keras import check_keras_model
 from gq_tf.configs import is_qat
 from gq_tf.fileio import atomic_json
-from gq_speech import models
-from gq_speech.decoding import GreedyDecoder
 
 __all__ = [
     "EXPORT_KINDS",

@@ -58,10 +58,10 @@ from pathlib import Path
 import numpy as np
 
 import gq_tf
+from gq_speech.recipe import finetune_settings, load_recipe, parse_policy, stage_settings, variants_of
 from gq_tf._keras import keras, tf
 from gq_tf.configs import is_qat
 from gq_tf.fileio import atomic_json, atomic_write
-from gq_speech.recipe import finetune_settings, load_recipe, parse_policy, stage_settings, variants_of
 
 # ----------------------------------------------------------------- evaluation
 
@@ -432,6 +432,12 @@ def average_bits(qat) -> float:
     return bits / total if total else float("nan")
 
 
+def _bench_name(row: dict) -> str:
+    """A row's model name in the benchmark: ``<model>.<variant>``, one file name
+    (a recipe may name its model by a config file's path)."""
+    return f"{row['model']}.{row['variant']}".replace(os.sep, "_")
+
+
 def bench(rows: list[dict], out: Path, runs: int, log=print) -> None:
     """Host latency of every variant's encoder chunk step and prediction step with
     ``android_bench.benchmark(target="host")`` (interleaved, one call per graph); fills the rows."""
@@ -440,7 +446,7 @@ def bench(rows: list[dict], out: Path, runs: int, log=print) -> None:
     for part in ("encoder", "prediction"):
         folder = out / "bench" / part
         results = folder / "results.json"
-        names = {f"{row['model']}.{row['variant']}" for row in rows}
+        names = {_bench_name(row) for row in rows}
         if results.exists() and names - {m["name"] for m in json.loads(results.read_text())["models"]}:
             results.unlink()  # variants were added since: measure all again, interleaved
         if not results.exists():
@@ -448,7 +454,7 @@ def bench(rows: list[dict], out: Path, runs: int, log=print) -> None:
             links.mkdir(parents=True, exist_ok=True)
             paths = []
             for row in rows:
-                link = links / f"{row['model']}.{row['variant']}.tflite"
+                link = links / f"{_bench_name(row)}.tflite"
                 if not link.exists():
                     os.symlink(Path(row["stream_dir"], f"{part}.tflite").resolve(), link)
                 paths.append(str(link))
@@ -469,7 +475,7 @@ def bench(rows: list[dict], out: Path, runs: int, log=print) -> None:
             os.replace(folder / "run" / "results.json", results)
         measured = {m["name"]: m["summary"] for m in json.loads(results.read_text())["models"]}
         for row in rows:
-            summary = measured.get(f"{row['model']}.{row['variant']}")
+            summary = measured.get(_bench_name(row))
             if summary:
                 row[f"{part}_p50_ms"] = summary["p50_us"] / 1000
                 row[f"{part}_p90_ms"] = summary["p90_us"] / 1000

@@ -50,9 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gq_tf.fileio import remove_stale_tmp
 from gq_speech.audio import colored_noise, mix_at_snr
 from gq_speech.librispeech import MANIFEST, SAMPLE_RATE, Manifest, load_audio, write_utterance
+from gq_tf.fileio import remove_stale_tmp
 
 __all__ = ["FARFIELD_VERSION", "FarfieldConfig", "make_farfield", "reverberate", "rir_bank"]
 

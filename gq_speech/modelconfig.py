@@ -205,6 +205,9 @@ class ModelConfig:
     notes: str = ""
 
     def __post_init__(self):
+        for name in ("name", "notes"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"Expected {name} to be a string. Received: {name}={getattr(self, name)!r}")
         if self.kind not in KINDS:
             raise ValueError(f"Expected kind in {KINDS}. Received: kind={self.kind!r}")
         for name in ("n_mels", "chunk_frames", "joint_dim"):

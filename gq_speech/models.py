@@ -20,8 +20,9 @@ share these layers and names with the training graph (``build_training_model``),
 and the training graph only uses context a streaming step has:
 
 * RNN-T: forward LSTMs; time reduction concatenates ``f`` consecutive frames
-  before the first layer (``input_stack``) and after a layer (``stack_after``), so a chunk of ``chunk_frames`` (a multiple
-  of the total reduction) reduces on its own.
+  before the first layer (``input_stack``) and after a layer (``stack_after``),
+  so a chunk of ``chunk_frames`` (a multiple of the total reduction) reduces on
+  its own.
 * Conformer: two stride-2 convolutions over a left zero-padded input ("causal"
   padding; a step keeps the last ``kernel - 1`` input frames as its cache);
   attention over chunks: an encoder frame in chunk ``k`` sees chunks

@@ -256,7 +256,7 @@ def copy_weights(src, dst_models):
                 continue
             if name not in sources:
                 raise ValueError(f"Expected a layer named '{name}' in '{src.name}' (for '{model.name}'). "
-                                 f"Received layers {[unwrap_layer(l).name for l in src.layers]}.")
+                                 f"Received layers {[unwrap_layer(src_layer).name for src_layer in src.layers]}.")
             s = sources[name]
             if (unwrap_layer(s) is not s) != (unwrap_layer(layer) is not layer):
                 which = "source" if (unwrap_layer(s) is not s) else "destination"

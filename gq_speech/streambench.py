@@ -378,10 +378,10 @@ def export_variants(model_name, out_dir, *, variants=PAPER_VARIANTS, recipe="ful
 
     import converters
     import gq_tf
-    from gq_tf._keras import keras
-    from gq_tf.fileio import atomic_json
     from gq_speech import deploy, models
     from gq_speech.recipe import parse_policy
+    from gq_tf._keras import keras
+    from gq_tf.fileio import atomic_json
 
     log = log or (lambda m: None)
     cfg = models.load_config(model_name)
@@ -473,7 +473,7 @@ def bench_steps(export_dirs, *, threads=(1, 2), rounds=100, warmup=10, baseline=
       ratios are against ``baseline``.
     """
     from converters import make_interpreter
-    from gq_speech import deploy, models
+    from gq_speech import deploy
 
     log = log or (lambda m: None)
     names = list(export_dirs)

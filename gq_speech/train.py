@@ -70,7 +70,8 @@ class TrainConfig:
                              f"Received unknown {sorted(unknown)}.")
         cfg = cls(**d)
         if cfg.epoch_batches is not None and (not isinstance(cfg.epoch_batches, int) or cfg.epoch_batches < 1):
-            raise ValueError(f"Expected epoch_batches to be a positive integer or null. Received {cfg.epoch_batches!r}.")
+            raise ValueError("Expected epoch_batches to be a positive integer or null. "
+                             f"Received {cfg.epoch_batches!r}.")
         return cfg
 
     def steps_per_epoch(self, split: "Split") -> int:

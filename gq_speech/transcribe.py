@@ -177,8 +177,8 @@ def read_audio(path, sample_rate: int) -> tuple[np.ndarray, int, int, float]:
 
 @functools.lru_cache(maxsize=4)
 def _log_mel_fn(feature_cfg):
-    from gq_tf._keras import tf
     from gq_speech import features
+    from gq_tf._keras import tf
 
     # One traced graph for every length, as in train.load_split.
     return tf.function(lambda audio: features.log_mel(audio, feature_cfg),

@@ -1,14 +1,14 @@
 """The packages stack one way: gq_tf <- converters <- android_bench <- gq_speech.
 
 Each imports only those below it (function-level imports and importlib
-strings included), and no two modules import each other (tests/layering.py
+strings included), and no two modules import each other (tests/support/layering.py
 reads the graph from the source).
 """
 
 import textwrap
 from pathlib import Path
 
-import layering  # tests/ is on sys.path under pytest
+from tests.support import layering
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ("gq_tf", "converters", "android_bench", "gq_speech")

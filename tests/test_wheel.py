@@ -127,7 +127,8 @@ def test_wheel_holds_packages_data_and_delegate(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         missing = sorted(_source_files() - names)
-        assert not missing, f"Expected every module and data file of the source tree in {wheel.name}. Missing: {missing}"
+        assert not missing, (f"Expected every module and data file of the source tree in {wheel.name}. "
+                             f"Missing: {missing}")
         for pkg in PACKAGES:
             assert f"{pkg}/__init__.py" in names, f"Expected package {pkg} in {wheel.name}."
         assert LIBRARY in names, f"Expected the C delegate {LIBRARY} in {wheel.name}. Received {sorted(names)}."
@@ -136,7 +137,8 @@ def test_wheel_holds_packages_data_and_delegate(wheel):
         metadata = z.read(f"{info}/METADATA").decode()
         entry_points = z.read(f"{info}/entry_points.txt").decode()
     tops = {n.split("/")[0] for n in names}
-    assert tops == {*PACKAGES, info}, f"Expected only the four packages and {info} in the wheel. Received {sorted(tops)}."
+    assert tops == {*PACKAGES, info}, (f"Expected only the four packages and {info} in the wheel. "
+                                       f"Received {sorted(tops)}.")
     for folder in DATA_DIRS:
         assert any(n.startswith(folder + "/") and n.endswith(".json") for n in names)
     version = next(line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Version:"))
@@ -188,8 +190,10 @@ print(json.dumps({
         assert Path(file).resolve().is_relative_to(site_dir), (
             f"Expected {name} imported from the new environment ({site_dir}). Received {file}.")
     for key in ("delegate", "config_dir", "recipe_dir"):
-        assert Path(got[key]).resolve().is_relative_to(site_dir), f"Expected {key} under {site_dir}. Received {got[key]}."
-    assert not any("editable" in m for m in got["meta_path"]), f"Expected no editable finder. Received {got['meta_path']}."
+        assert Path(got[key]).resolve().is_relative_to(site_dir), (
+            f"Expected {key} under {site_dir}. Received {got[key]}.")
+    assert not any("editable" in m for m in got["meta_path"]), (
+        f"Expected no editable finder. Received {got['meta_path']}.")
     checkout = [p for p in got["path"] if p and Path(p).resolve() in (ROOT, ROOT / "tests")]
     assert not checkout, f"Expected the checkout off sys.path. Received {checkout}."
     assert got["version"] == got["dist_version"] == gq_tf.__version__

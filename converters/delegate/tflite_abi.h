@@ -19,7 +19,7 @@
  *  - TfLiteTensor must have the runtime's exact size because
  *    TfLiteContext.tensors is an array of them; the delegate checks this at
  *    run time against TfLiteContext.GetTensor where the runtime provides it
- *    (TF 2.21 and LiteRT 2.3 do not: tests/test_delegate.py is the check).
+ *    (TF 2.21 and LiteRT 2.3 do not: tests/converters/test_delegate.py is the check).
  *
  * Layout facts were taken from TFLite's public common.h / c_api_types.h
  * (TensorFlow 2.21 era, LiteRT 2.3); older runtimes are prefixes of it.

@@ -8,7 +8,7 @@
  * there (block size, row padding, plane widths or order, field positions)
  * is a change here too, in the SIMD decoders of the kernel variants, and in
  * LAYOUT_VERSION. The C tests check these functions against
- * converters.layout (tests/test_c_kernel.py packs with layout.pack).
+ * converters.layout (tests/converters/test_c_kernel.py packs with layout.pack).
  *
  * What mirrors what:
  *   gq_fc_row_bytes     layout.row_bytes
