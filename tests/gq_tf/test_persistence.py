@@ -162,3 +162,30 @@ def test_load_of_weights_from_another_model_is_an_error(saved, tmp_path):
         (folder / f.name).write_bytes(f.read_bytes())
     with pytest.raises(ValueError, match="whole checkpoint of the model .*cannot be restored"):
         gq_tf.load_qat(folder)
+
+
+def _edit_layer(folder, name, edit):
+    meta = _meta(folder)
+    edit(next(layer for layer in meta["float_model"]["config"]["layers"] if layer["name"] == name))
+    (folder / "gq_model.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("edit, match", [
+    # Keras looped forever on these (found by tests/support/fuzz_entry.py's qat target).
+    (lambda layer: layer["inbound_nodes"].clear(), r"layer 'dense' reads node 0 of layer 'drop', which has 0"),
+    (lambda layer: layer["inbound_nodes"][0][0].__setitem__(1, 1), r"layer 'drop' reads node 1 of layer 'norm'"),
+    (lambda layer: layer["inbound_nodes"][0][0].__setitem__(0, "ghost"), r"reads layer 'ghost', which the model"),
+], ids=["inbound nodes deleted", "node index past the last", "unknown layer"])
+def test_load_of_a_graph_keras_could_never_connect_is_an_error_not_a_hang(saved, tmp_path, edit, match):
+    folder = _copy(saved, tmp_path)
+    _edit_layer(folder, "drop", edit)  # the Dropout between the norm and the head
+    with pytest.raises(ValueError, match=r"Expected every inbound node of 'float_model' in .*gq_model.json.*" + match):
+        gq_tf.load_qat(folder)
+
+
+def test_load_of_a_config_keras_fails_on_is_a_clear_error(saved, tmp_path):
+    """Keras raised UnboundLocalError on an empty inbound node (found by the qat fuzz target)."""
+    folder = _copy(saved, tmp_path)
+    _edit_layer(folder, "drop", lambda layer: layer["inbound_nodes"][0].__setitem__(0, []))
+    with pytest.raises(ValueError, match=r"Keras model config under 'float_model' .*Received one Keras cannot build"):
+        gq_tf.load_qat(folder)
