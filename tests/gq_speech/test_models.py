@@ -27,6 +27,7 @@ import gq_tf
 from gq_speech import deploy, models
 from gq_tf._keras import keras, tf
 from gq_tf.codebooks import quantized_weights
+from tests.support.asrmodels import emitting_net
 
 KINDS = ["rnnt", "conformer"]
 POLICY = {"encoder_lstm_.*": {"kernel": 4, "recurrent_kernel": 2}, "joint.*": 8, ".*": 5}
@@ -35,21 +36,6 @@ FLOAT32_TOL = 1e-5
 
 def _cfg(kind):
     return models.load_config(f"{kind}_tiny")
-
-
-def _emitting_net(cfg, seed=0):
-    """A random tiny transducer whose joint bias makes greedy decoding emit some (not only) non-blank tokens."""
-    keras.utils.set_random_seed(seed)
-    net = models.build_training_model(cfg)
-    # Larger joint weights: logits that depend on the frame and on the last
-    # token, not only on the bias (which alone would emit on every frame or never).
-    for name, gain in (("joint_enc", 10.0), ("joint_pred", 10.0), ("joint_out", 3.0)):
-        layer = net.get_layer(name)
-        layer.kernel.assign(layer.kernel * gain)
-    bias = np.random.default_rng(seed).normal(0.0, 0.5, cfg.vocab_size).astype(np.float32)
-    bias[0] = 2.5  # blank
-    net.get_layer("joint_out").bias.assign(bias)
-    return net
 
 
 def _harden(qat, seed=0):
@@ -109,7 +95,7 @@ def _features(cfg, frames, seed):
 @pytest.fixture(scope="module", params=KINDS)
 def float_setup(request):
     cfg = _cfg(request.param)
-    net = _emitting_net(cfg)
+    net = emitting_net(cfg)
     steps = models.build_step_models(cfg)
     models.copy_weights(net, steps)
     return cfg, net, steps
@@ -118,7 +104,7 @@ def float_setup(request):
 @pytest.fixture(scope="module", params=KINDS)
 def qat_setup(request, tmp_path_factory):
     cfg = _cfg(request.param)
-    qat = gq_tf.quantize_model(_emitting_net(cfg), POLICY)
+    qat = gq_tf.quantize_model(emitting_net(cfg), POLICY)
     _harden(qat)
     steps = models.quantize_step_models(models.build_step_models(cfg), POLICY)
     models.copy_weights(qat, steps)
@@ -308,7 +294,7 @@ def test_copy_weights_refuses_mixed_float_and_qat(qat_setup):
     with pytest.raises(ValueError, match="quantized in both models or in neither"):
         models.copy_weights(qat, models.build_step_models(cfg))
     with pytest.raises(ValueError, match="Expected a layer named"):
-        models.copy_weights(models.split_training_model(_emitting_net(cfg))["encoder"],
+        models.copy_weights(models.split_training_model(emitting_net(cfg))["encoder"],
                             models.build_step_models(cfg)["joint"])
 
 
@@ -372,7 +358,7 @@ def test_uniform_8bit_streaming_export_equals_keras_steps(kind, tmp_path):
     """Uniform QAT exports int8 hybrid builtins (the Conformer's depthwise convolution too)."""
     cfg = _cfg(kind)
     policy = {".*": gq_tf.Uniform(8)}
-    qat = gq_tf.quantize_model(_emitting_net(cfg), policy)
+    qat = gq_tf.quantize_model(emitting_net(cfg), policy)
     steps = models.quantize_step_models(models.build_step_models(cfg), policy)
     models.copy_weights(qat, steps)
     out = deploy.export_streaming(qat, cfg, tmp_path)
@@ -413,7 +399,7 @@ def test_export_float_and_int8_baselines(tmp_path):
     from converters.runtime import custom_ops
 
     cfg = _cfg("rnnt")
-    net = _emitting_net(cfg, seed=1)
+    net = emitting_net(cfg, seed=1)
     steps = models.build_step_models(cfg)
     models.copy_weights(net, steps)
     sizes = {}
@@ -455,7 +441,7 @@ def test_conformer_step_projects_each_frame_once(qat_setup):
     assert rows.count(chunk) >= 4 * cfg.encoder.blocks and max(rows) < cached + chunk, rows
 
     # One block's CachedAttention against keras' MultiHeadAttention with the same weights.
-    full = _emitting_net(cfg).get_layer("conformer_0_mhsa")
+    full = emitting_net(cfg).get_layer("conformer_0_mhsa")
     e = cfg.encoder
     cached_layer = models.CachedAttention(e.heads, e.d_model // e.heads)
     rng = np.random.default_rng(3)

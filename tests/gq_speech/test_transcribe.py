@@ -22,7 +22,7 @@ import gq_tf
 from gq_speech import cli, deploy, features, models, transcribe
 from gq_speech.librispeech import load_audio
 from gq_speech.text import Tokenizer
-from gq_tf._keras import keras
+from tests.support.asrmodels import emitting_net
 
 RATE = 16000
 
@@ -49,14 +49,7 @@ def export(tmp_path_factory):
     fc = features.FeatureConfig(n_mels=cfg.n_mels)
     stats = features.FeatureStats.compute(transcribe.audio_features(_signal(RATE, 2.0, s), fc) for s in range(3))
     cfg = cfg.with_feature_stats(stats)
-    keras.utils.set_random_seed(0)
-    net = models.build_training_model(cfg)
-    for name, gain in (("joint_enc", 10.0), ("joint_pred", 10.0), ("joint_out", 3.0)):
-        layer = net.get_layer(name)
-        layer.kernel.assign(layer.kernel * gain)
-    bias = np.random.default_rng(0).normal(0.0, 0.5, cfg.vocab_size).astype(np.float32)
-    bias[0] = 2.5  # blank
-    net.get_layer("joint_out").bias.assign(bias)
+    net = emitting_net(cfg)
     directory = root / "export"
     deploy.export_streaming(gq_tf.quantize_model(net, {".*": 4}), cfg, directory)
 

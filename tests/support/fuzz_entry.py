@@ -80,6 +80,7 @@ import numpy as np
 
 from converters import flatbuf
 from tests.support import fuzz_delegate as fz
+from tests.support.asrmodels import emitting_net
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("tflite", "recognizer", "qat", "recipe")
@@ -156,7 +157,7 @@ def build_bases(out_dir, kinds=("rnnt",), recipes=("tiny",), log=print):
     RNN-T also ``float_stream``, kind "float") and ``<kind>/qat`` (save_qat)
     of an untrained ``<kind>_tiny`` whose feature
     statistics are the utterance's and whose joint network is scaled so
-    greedy decoding emits tokens (as in tests/gq_speech/test_models.py); the
+    greedy decoding emits tokens (tests/support/asrmodels.py); the
     utterance's log-mel frames (``features.npy``); a small Conv1D/Dense QAT
     model (``small/qat``, most of the qat cases); and per recipe a folder
     with ``recipe.json`` (model names turned into ``configs/<name>.json``)
@@ -177,14 +178,7 @@ def build_bases(out_dir, kinds=("rnnt",), recipes=("tiny",), log=print):
             np.save(out / "features.npy", feats)
             index["features"] = what
         cfg = cfg.with_feature_stats(features.FeatureStats.compute([feats]))
-        keras.utils.set_random_seed(0)
-        net = models.build_training_model(cfg)
-        for name, gain in (("joint_enc", 10.0), ("joint_pred", 10.0), ("joint_out", 3.0)):
-            layer = net.get_layer(name)
-            layer.kernel.assign(layer.kernel * gain)
-        bias = np.random.default_rng(0).normal(0.0, 0.5, cfg.vocab_size).astype(np.float32)
-        bias[0] = 2.5  # blank
-        net.get_layer("joint_out").bias.assign(bias)
+        net = emitting_net(cfg)
         qat = gq_tf.quantize_model(net, _policy())
         gq_tf.save_qat(qat, out / kind / "qat")
         export = deploy.export_streaming(qat, cfg, out / kind / "stream")
