@@ -140,17 +140,29 @@ def _check_graph(model_config, where):
         made[name] = 1 if layer.get("class_name") == "InputLayer" else 0
         pending.append((name, list(nodes)))
 
+    def is_ref(item):
+        return (isinstance(item, list) and len(item) in (3, 4) and isinstance(item[0], str)
+                and isinstance(item[1], int) and not isinstance(item[1], bool))
+
     def reads(node):
-        """(layer, node index) pairs a node reads, or None when its format is not the one checked."""
-        if not isinstance(node, list):
-            return None
+        """(layer, node index) pairs a node reads (its inputs and the tensors in their
+        keyword arguments, as Keras waits for both), or None when its format is not one checked."""
         refs = []
-        for ref in node:
-            if not (isinstance(ref, list) and len(ref) >= 2 and isinstance(ref[0], str)
-                    and isinstance(ref[1], int) and not isinstance(ref[1], bool)):
-                return None
-            refs.append((ref[0], ref[1]))
-        return refs
+
+        def walk(item, in_kwargs):
+            if is_ref(item):
+                if item[0] != "_CONSTANT_VALUE":
+                    refs.append((item[0], item[1]))
+                if len(item) == 4 and not in_kwargs:
+                    return walk(item[3], True)
+                return True
+            if isinstance(item, (list, tuple)):
+                return all(walk(x, in_kwargs) for x in item)
+            if isinstance(item, dict):
+                return all(walk(x, in_kwargs) for x in item.values())
+            return in_kwargs  # plain values are fine as keyword arguments, not as inputs
+
+        return refs if isinstance(node, list) and walk(node, False) else None
 
     progress = True
     while progress and any(nodes for _, nodes in pending):

@@ -175,10 +175,17 @@ def _edit_layer(folder, name, edit):
     (lambda layer: layer["inbound_nodes"].clear(), r"layer 'dense' reads node 0 of layer 'drop', which has 0"),
     (lambda layer: layer["inbound_nodes"][0][0].__setitem__(1, 1), r"layer 'drop' reads node 1 of layer 'norm'"),
     (lambda layer: layer["inbound_nodes"][0][0].__setitem__(0, "ghost"), r"reads layer 'ghost', which the model"),
-], ids=["inbound nodes deleted", "node index past the last", "unknown layer"])
+    # A tensor passed as a keyword argument (attention's value), and a layer whose one node is a bare
+    # reference (TFOpLambda's format, `x + a`): Keras waits for both.
+    (("mha", lambda layer: layer["inbound_nodes"][0][0][3]["value"].__setitem__(1, 2)),
+     r"layer 'mha' reads node 2 of layer 'lstm', which has 1"),
+    (("tf.__operators__.add", lambda layer: layer["inbound_nodes"][0].__setitem__(1, 3)),
+     r"layer 'tf.__operators__.add' reads node 3 of layer 'lstm'"),
+], ids=["inbound nodes deleted", "node index past the last", "unknown layer", "keyword tensor", "bare reference"])
 def test_load_of_a_graph_keras_could_never_connect_is_an_error_not_a_hang(saved, tmp_path, edit, match):
     folder = _copy(saved, tmp_path)
-    _edit_layer(folder, "drop", edit)  # the Dropout between the norm and the head
+    name, edit = edit if isinstance(edit, tuple) else ("drop", edit)  # default: the Dropout before the head
+    _edit_layer(folder, name, edit)
     with pytest.raises(ValueError, match=r"Expected every inbound node of 'float_model' in .*gq_model.json.*" + match):
         gq_tf.load_qat(folder)
 
