@@ -21,6 +21,7 @@ import importlib
 _WHERE = {
     "export_tflite": "converters.export",
     "export_baseline": "converters.export",
+    "deployed_sizes": "converters.export",
     "ExportReport": "converters.export",
     "KernelRow": "converters.export",
     "NotPackedWarning": "converters.export",
@@ -32,6 +33,7 @@ _WHERE = {
 __all__ = [
     "export_tflite",
     "export_baseline",
+    "deployed_sizes",
     "ExportReport",
     "KernelRow",
     "NotPackedWarning",

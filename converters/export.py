@@ -39,8 +39,8 @@ from gq_tf.codebooks import extract_codebooks, quantized_weights, strip_quantiza
 from gq_tf.configs import is_qat, quantize_scope
 from gq_tf.fileio import atomic_write
 
-__all__ = ["export_tflite", "export_baseline", "ExportReport", "KernelRow", "WEIGHTS_MODES", "NotPackedWarning",
-           "PACKED", "PACKED_LSTM", "PACKED_KINDS", "INT8", "FLOAT_DECODED", "FLOAT"]
+__all__ = ["export_tflite", "export_baseline", "deployed_sizes", "ExportReport", "KernelRow", "WEIGHTS_MODES",
+           "NotPackedWarning", "PACKED", "PACKED_LSTM", "PACKED_KINDS", "INT8", "FLOAT_DECODED", "FLOAT"]
 
 WEIGHTS_MODES = ("float", "dynamic_int8")
 # Like the TFLite converter's dynamic-range quantization: smaller weight
@@ -344,6 +344,47 @@ def _plan(qat_model):
                 notes.append((key, f"GQ_LSTM needs both LSTM kernels GQ-quantized ({other} is {method})"))
             del packs[name]
     return books, packs, notes
+
+
+def _packed_dims(layer, weight_name, shape):
+    """(in, out) of the GQ op that reads this kernel: its output axes (the last
+    one; an attention projection's free axes) become the op's rows."""
+    n_free = 1
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        n_free = _einsum_split(getattr(layer, _MHA_SUBLAYERS[weight_name]))[1]
+    out_f = int(np.prod(shape[len(shape) - n_free:]))
+    return int(np.prod(shape)) // out_f, out_f
+
+
+def deployed_sizes(kernels, floats=frozenset()):
+    """Size model for ``gq_tf.allocate_bits``: the bytes ``export_tflite`` writes per kernel.
+
+    Args:
+      kernels: ``gq_tf.allocation.kernels(float_model)``.
+      floats: keys of the kernels the policy keeps float.
+
+    Returns:
+      ``{key: {bits: bytes, None: bytes}}``: a packed kernel takes its
+      planes64 layout (rows padded to 64 weights, ``converters.layout``) plus
+      the float32 centroid table; a GQ kernel the exporter cannot pack (see
+      ``_packable``; an LSTM whose other kernel stays float; a masked LSTM)
+      and a kernel kept float take 4 bytes per weight at any bits. These are
+      the ``nbytes`` of the export report's rows.
+    """
+    out = {}
+    for k in kernels:
+        float_bytes = 4 * k.size
+        packable = _packable(k.layer, k.weight_name) is None
+        if packable and type(k.layer) is keras.layers.LSTM:
+            both = all(f"{k.layer_name}/{w}" not in floats for w in _LSTM_WEIGHTS)
+            packable = both and not _receives_mask(k.layer)
+        if packable:
+            in_f, out_f = _packed_dims(k.layer, k.weight_name, k.shape)
+            row = {b: layout.packed_size(b, in_f, out_f) + 4 * 2**b for b in range(1, 9)}
+        else:
+            row = dict.fromkeys(range(1, 9), float_bytes)
+        out[k.key] = {**row, None: float_bytes}
+    return out
 
 
 def _bias_of(source):

@@ -12,6 +12,7 @@ Example:
 """
 
 from gq_tf._keras import keras
+from gq_tf.allocation import Allocation, allocate_bits
 from gq_tf.annealing import GQAnnealing
 from gq_tf.codebooks import Codebook, extract_codebooks, strip_quantization
 from gq_tf.configs import quantize_model, quantize_scope
@@ -33,4 +34,6 @@ __all__ = [
     "quantize_scope",
     "save_qat",
     "load_qat",
+    "allocate_bits",
+    "Allocation",
 ]
