@@ -1,4 +1,4 @@
-"""The ``gq-tf`` command: ``gq-tf asr``, ``gq-tf demo``, ``gq-tf ablation``, ``gq-tf export``."""
+"""The ``gq-tf`` command: ``gq-tf asr``, ``gq-tf demo``, ``gq-tf ablation``, ``gq-tf export``, ``gq-tf allocate``."""
 
 import argparse
 import sys
@@ -8,6 +8,7 @@ _COMMANDS = {
     "demo": ("gq_speech.demo", "float vs uniform 8-bit QAT vs GQ on the built-in task"),
     "ablation": ("gq_speech.ablation", "the ablation behind the default hyper-parameters"),
     "export": ("converters.cli", "a saved QAT model to .tflite with packed GQ custom ops"),
+    "allocate": ("converters.allocate", "the GQ bits per kernel for a size budget (gq_tf.allocate_bits)"),
 }
 
 

@@ -236,8 +236,19 @@ def check_recipe(recipe_name, models=None, variants=None):
                     raise ValueError(f"{vwhere}: expected clusters to be an int >= 2. Received {clusters!r}.")
                 entry["variants"].append((name, kind, f"{line}, {clusters} clusters, exported float32"))
                 continue
+            if "auto" in spec:
+                if "policy" in spec:
+                    raise ValueError(f"{vwhere}: expected either 'policy' or 'auto'. Received both.")
+                auto = recipe_mod.auto_settings(recipe, name)
+                budget = (f"{auto['budget_kb']:g} KiB" if "budget_kb" in auto
+                          else f"the size of variant {auto['budget_like']!r}")
+                entry["variants"].append((name, kind, f"{line}, automatic policy for {budget} "
+                                                      f"({auto['method']} sensitivity, {auto['calibration']} "
+                                                      "calibration utterances)"))
+                continue
             if "policy" not in spec:
-                raise ValueError(f"{vwhere}: expected a 'policy' for kind 'qat'. Received keys {sorted(spec)}.")
+                raise ValueError(f"{vwhere}: expected a 'policy' (or 'auto') for kind 'qat'. "
+                                 f"Received keys {sorted(spec)}.")
             policy = spec["policy"]
             if not isinstance(policy, dict):
                 raise ValueError(f"{vwhere}: expected 'policy' to be an object of pattern: bits. Received {policy!r}.")

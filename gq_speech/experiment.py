@@ -366,7 +366,15 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
             export = deploy.export_streaming(net, ctx.cfg, stream, kind="float")
             row["finetune_seconds"] = 0.0
         elif kind == "qat":
-            policy = parse_policy(spec["policy"])
+            if "auto" in spec:
+                policy, alloc = auto_policy(ctx, net, name)
+                atomic_json(vdir / "allocation.json", alloc.to_json())
+                row["allocation"] = {"budget_bytes": alloc.budget_bytes, "total_bytes": alloc.total_bytes,
+                                     "policy": alloc.policy}
+                ctx.log(f"[{ctx.model_name}/{name}] automatic policy:\n{alloc.table()}")
+                spec = {**spec, "policy": alloc.policy}
+            else:
+                policy = parse_policy(spec["policy"])
             tcfg = TrainConfig.from_dict(settings)
             keras.utils.set_random_seed(tcfg.seed)
             qat = gq_tf.quantize_model(net, policy)
@@ -418,6 +426,65 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
     ctx.log(f"[{ctx.model_name}/{name}] WER test {row['wer_tflite_test']:.2%} (.tflite) / "
             f"{row['wer_keras_test']:.2%} (Keras){far}; {row['file_bytes'] / 1024:.0f} KB")
     return row
+
+
+def _calibration(split, n: int, seed: int = 0):
+    """``n`` utterances of ``split`` drawn at random (not its first ones, which may share a voice)."""
+    from gq_speech.train import Split
+
+    pick = sorted(np.random.default_rng(seed).choice(len(split), size=min(n, len(split)), replace=False))
+    return Split(f"{split.name}_calibration", [split.ids[i] for i in pick], [split.texts[i] for i in pick],
+                 [split.features[i] for i in pick], [split.labels[i] for i in pick])
+
+
+def auto_policy(ctx: Context, net, name: str):
+    """Variant ``name``'s automatic policy: ``gq_tf.allocate_bits`` on the float network.
+
+    The sensitivities (RNN-T loss on calibration utterances of the training
+    split, per kernel and candidate bits) are measured once per float model
+    and settings and kept in ``<model>/sensitivity/``, so several budgets
+    cost one measurement. The budget is on the bytes the exporter writes
+    (``converters.deployed_sizes``).
+
+    Returns:
+      (the policy for ``gq_tf.quantize_model``, the ``gq_tf.allocation.Allocation``).
+    """
+    import hashlib
+
+    import converters
+    from gq_speech.recipe import auto_settings
+    from gq_speech.train import RNNTTrainer, tf_batches
+    from gq_tf import allocation
+
+    auto = auto_settings(ctx.recipe, name)
+    if "budget_kb" in auto:
+        budget = int(round(auto["budget_kb"] * 1024))
+    else:
+        like = parse_policy(ctx.recipe["variants"][auto["budget_like"]]["policy"])
+        budget = allocation.policy_nbytes(net, like, sizes=converters.deployed_sizes)
+        ctx.log(f"[{ctx.model_name}/{name}] budget: {budget:,} bytes, the deployed kernels of variant "
+                f"{auto['budget_like']!r}")
+    key = {"float": _float_key(ctx), **{k: auto[k] for k in ("candidates", "method", "calibration", "batch_size")}}
+    digest = hashlib.sha256(_stamp_text(key).encode()).hexdigest()[:16]
+    path = ctx.out / ctx.model_name / "sensitivity" / f"{digest}.json"
+    if path.exists():
+        sens = allocation.load_sensitivity(path)
+        ctx.log(f"[{ctx.model_name}/{name}] sensitivities measured before: {path}")
+    else:
+        trainer = RNNTTrainer(net, ctx.cfg)
+        data = tf_batches(_calibration(ctx.data["train"], auto["calibration"]), auto["batch_size"], shuffle=False)
+        ctx.log(f"[{ctx.model_name}/{name}] measuring sensitivities ({auto['method']}, {auto['calibration']} "
+                "calibration utterances)")
+        sens = allocation.sensitivity(net, data, loss_fn=lambda m, batch: trainer._loss(batch, training=False)[0],
+                                      candidates=auto["candidates"], method=auto["method"],
+                                      progress=lambda line: ctx.log(f"  {line}"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_json(path, sens.to_json())
+    alloc = gq_tf.allocate_bits(net, None, budget_bytes=budget, candidates=auto["candidates"],
+                                min_bits=auto["min_bits"], max_bits=auto["max_bits"], fixed=auto["fixed"],
+                                keep_float=auto["keep_float"], sizes=converters.deployed_sizes,
+                                sensitivities=sens, progress=False)
+    return alloc.policy, alloc
 
 
 def average_bits(qat) -> float:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import gq_tf
 
-__all__ = ["RECIPE_DIR", "finetune_settings", "load_recipe", "parse_policy", "stage_settings", "variants_of"]
+__all__ = ["RECIPE_DIR", "auto_settings", "finetune_settings", "load_recipe", "parse_policy", "stage_settings",
+           "variants_of"]
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -90,3 +91,76 @@ def finetune_settings(recipe: dict, spec: dict, model_name: str) -> dict:
     updated by the variant's own ``"finetune"`` entry if any (e.g. a longer
     fine-tune, ``{"epoch_batches": null}``: whole epochs)."""
     return {**stage_settings(recipe, "finetune", model_name), **spec.get("finetune", {})}
+
+
+# What a variant's ``"auto"`` entry may hold (gq_tf.allocate_bits' settings):
+# the budget (``budget_kb``, or ``budget_like``: the deployed size of another
+# variant's hand-written GQ policy), the constraints, the estimator and the
+# calibration set (utterances drawn from the training split).
+AUTO_DEFAULTS = {"min_bits": {}, "max_bits": {}, "fixed": {}, "keep_float": [],
+                 "candidates": [1, 2, 3, 4, 5, 6, 8], "method": "loss", "calibration": 256, "batch_size": 16}
+
+
+def _bits_map(value, where):
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValueError(f"{where}: expected an object of pattern: bits. Received {value!r}.")
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 8:
+            raise ValueError(f"{where}[{k!r}]: expected bits in 1..8. Received {v!r}.")
+    return value
+
+
+def auto_settings(recipe: dict, name: str) -> dict:
+    """Variant ``name``'s ``"auto"`` entry, checked, with the defaults filled in.
+
+    Example entry: ``{"budget_like": "gq_mixed", "min_bits": {"joint_out": 8}}``.
+
+    Raises:
+      ValueError: unknown keys, not exactly one budget, a ``budget_like``
+        that names no variant with an all-GQ policy, bad values.
+    """
+    where = f"Recipe {recipe.get('name')!r}, variant {name!r}, auto"
+    auto = recipe["variants"][name].get("auto")
+    if not isinstance(auto, dict):
+        raise ValueError(f"{where}: expected an object (budget_kb or budget_like, constraints). Received {auto!r}.")
+    unknown = sorted(set(auto) - set(AUTO_DEFAULTS) - {"budget_kb", "budget_like"})
+    if unknown:
+        raise ValueError(f"{where}: expected keys among {sorted(set(AUTO_DEFAULTS) | {'budget_kb', 'budget_like'})}."
+                         f" Received {unknown}.")
+    if ("budget_kb" in auto) == ("budget_like" in auto):
+        raise ValueError(f"{where}: expected exactly one of budget_kb and budget_like. Received keys {sorted(auto)}.")
+    if "budget_kb" in auto:
+        kb = auto["budget_kb"]
+        if isinstance(kb, bool) or not isinstance(kb, (int, float)) or not kb > 0:
+            raise ValueError(f"{where}: expected budget_kb > 0. Received {kb!r}.")
+    else:
+        like = auto["budget_like"]
+        other = recipe["variants"].get(like) if isinstance(like, str) else None
+        policy = other.get("policy") if isinstance(other, dict) else None
+        if not isinstance(policy, dict) or like == name:
+            raise ValueError(f"{where}: expected budget_like to name another variant with a 'policy'. "
+                             f"Received {like!r}.")
+        parsed = parse_policy(policy)
+
+        def gq_only(spec):
+            return isinstance(spec, int) or (isinstance(spec, dict) and all(map(gq_only, spec.values())))
+
+        if not all(gq_only(v) for v in parsed.values()):
+            raise ValueError(f"{where}: expected budget_like to name a GQ policy (bits only; uniform 'uN' kernels "
+                             f"have no packed size). Received {like!r}, whose policy is {policy}.")
+    out = {**AUTO_DEFAULTS, **auto}
+    for key in ("min_bits", "max_bits", "fixed"):
+        _bits_map(out[key], f"{where}.{key}")
+    if not isinstance(out["keep_float"], list) or not all(isinstance(p, str) for p in out["keep_float"]):
+        raise ValueError(f"{where}.keep_float: expected a list of patterns. Received {out['keep_float']!r}.")
+    cands = out["candidates"]
+    if not isinstance(cands, list) or not cands or not all(
+            isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 8 for b in cands):
+        raise ValueError(f"{where}.candidates: expected a non-empty list of bits in 1..8. Received {cands!r}.")
+    if out["method"] not in ("loss", "fisher"):
+        raise ValueError(f"{where}.method: expected 'loss' or 'fisher'. Received {out['method']!r}.")
+    for key in ("calibration", "batch_size"):
+        v = out[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{where}.{key}: expected an int >= 1. Received {v!r}.")
+    return out

@@ -595,7 +595,7 @@ def allocate_bits(model, data, *, budget_bytes, loss_fn=None, candidates=DEFAULT
             raise ValueError(f"Expected a latency for every kernel and candidate bit depth. Missing: {missing[:8]}"
                              f"{' ...' if len(missing) > 8 else ''}.")
 
-    measure = sorted({key for key, bits in allowed.items() if len(bits) > 1 or key in fixed_bits})
+    measure = sorted(allowed)  # single-choice kernels too: the report shows what they cost
     if sensitivities is None:
         sens_bits = sorted({b for bits in allowed.values() for b in bits})
         sensitivities = sensitivity(model, data, loss_fn=loss_fn, candidates=sens_bits, method=method,

@@ -1,5 +1,7 @@
 """converters.deployed_sizes: the size model of gq_tf.allocate_bits is the exporter's bytes."""
 
+import json
+import re
 import warnings
 
 import numpy as np
@@ -65,3 +67,45 @@ def test_an_allocation_by_the_exporters_sizes_exports_to_its_total(tmp_path):
     rows = _rows(gq_tf.quantize_model(model, alloc.policy), tmp_path / "m.tflite")
     assert sum(r.nbytes for r in rows.values()) == alloc.total_bytes <= budget
     assert {c.key: c.nbytes for c in alloc.choices} == {k: r.nbytes for k, r in rows.items()}
+
+
+def test_allocate_command_prints_the_table_and_writes_the_policy(tmp_path, capsys):
+    from converters.allocate import main
+
+    model = _odd_model()
+    model.compile(loss="mse")
+    model.save(tmp_path / "m.keras")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cal.npz", x=rng.normal(size=(16, 5, 70)).astype(np.float32),
+             y=rng.normal(size=(16, 5, 9)).astype(np.float32))
+    sizes = converters.deployed_sizes(allocation.kernels(model))
+    budget = sum(row[4] for row in sizes.values())
+    rc = main([str(tmp_path / "m.keras"), str(tmp_path / "cal.npz"), "--budget-bytes", str(budget),
+               "--min-bits", "conv=8", "--candidates", "2,4,8", "--out", str(tmp_path / "a.json")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "| kernel" in out and "conv/kernel" in out and f"of a {budget:,}-byte budget" in out
+    assert re.search(r"sensitivity \d+/\d+: ", err)  # progress while it measures
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert saved["policy"]["conv"] == 8 and saved["total_bytes"] <= budget
+    gq_tf.quantize_model(model, saved["policy"])  # an ordinary policy
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["nope.keras", "cal.npz", "--budget-kb", "4"], r"saved tf_keras model at 'nope.keras'. It does not exist"),
+    (["m.keras", "bad.npz", "--budget-kb", "4"], r"arrays 'x' and 'y' in .*bad.npz. Received \['a'\]"),
+    (["m.keras", "cal.npz", "--budget-bytes", "10"], r"budget_bytes >= [\d,]+, the smallest"),
+    (["cal.npz", "cal.npz", "--budget-kb", "4"], r"Keras cannot load it"),
+])
+def test_allocate_command_errors_are_one_line(tmp_path, capsys, monkeypatch, argv, match):
+    from converters.allocate import main
+
+    monkeypatch.chdir(tmp_path)
+    model = _odd_model()
+    model.compile(loss="mse")
+    model.save("m.keras")
+    np.savez("cal.npz", x=np.zeros((4, 5, 70), np.float32), y=np.zeros((4, 5, 9), np.float32))
+    np.savez("bad.npz", a=np.zeros(3))
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gq-tf allocate: error: ") and re.search(match, err), err

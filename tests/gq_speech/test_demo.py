@@ -46,3 +46,18 @@ def test_console_script_lists_commands():
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     assert "demo" in proc.stdout and "ablation" in proc.stdout
+
+
+def test_ablation_quick_runs_the_quantization_frequency_grid(tmp_path, capsys, monkeypatch):
+    from gq_speech import ablation
+
+    monkeypatch.setattr(ablation, "HARD_EVERY", (0, 4))
+    monkeypatch.setattr(ablation, "HARD_FRACTION", (0.3, 0.6))
+    out = tmp_path / "ablation.json"
+    assert ablation.main(["--quick", "--grids", "D", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    cells = {(r["hard_every"], r["hard_fraction"]) for r in res["frequency"]}
+    assert cells == {(e, f) for e in ablation.HARD_EVERY for f in ablation.HARD_FRACTION}
+    assert res["frequency_dev"] == 51 and not res["mu"]
+    text = capsys.readouterr().out
+    assert "D. quantization frequency (2 bits; dev accuracy %" in text and "| 60% of the steps |" in text

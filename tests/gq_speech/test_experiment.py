@@ -52,11 +52,42 @@ def test_recipes_load_and_name_real_configs():
             models.load_config(model)
             for stage in ("float", "finetune"):
                 TrainConfig.from_dict(recipe_mod.stage_settings(recipe, stage, model))
-        for spec in recipe["variants"].values():
+        for name, spec in recipe["variants"].items():
             if spec.get("kind", "qat") == "qat":
-                recipe_mod.parse_policy(spec["policy"])
+                if "auto" in spec:
+                    recipe_mod.auto_settings(recipe, name)
+                else:
+                    recipe_mod.parse_policy(spec["policy"])
     with pytest.raises(FileNotFoundError, match="one of"):
         recipe_mod.load_recipe("nope")
+
+
+@pytest.mark.parametrize("auto, match", [
+    ({"budget_kb": 10, "budget_like": "gq_mixed"}, "exactly one of budget_kb and budget_like"),
+    ({}, "exactly one of budget_kb and budget_like"),
+    ({"budget_kb": -1}, "budget_kb > 0. Received -1"),
+    ({"budget_like": "nope"}, "another variant with a 'policy'. Received 'nope'"),
+    ({"budget_kb": 5, "min_bits": {"joint_out": 9}}, r"min_bits\['joint_out'\]: expected bits in 1..8"),
+    ({"budget_kb": 5, "keep_float": "embed"}, "keep_float: expected a list of patterns"),
+    ({"budget_kb": 5, "method": "hessian"}, "method: expected 'loss' or 'fisher'"),
+    ({"budget_kb": 5, "calibration": 0}, "calibration: expected an int >= 1"),
+    ({"budget_kb": 5, "candidates": [0, 4]}, "candidates: expected a non-empty list of bits in 1..8"),
+    ({"budget_kb": 5, "budget": 3}, r"expected keys among .*Received \['budget'\]"),
+])
+def test_auto_settings_are_checked(auto, match):
+    recipe = recipe_mod.load_recipe("tiny")
+    recipe["variants"]["gq_auto"]["auto"] = auto
+    with pytest.raises(ValueError, match=match):
+        recipe_mod.auto_settings(recipe, "gq_auto")
+
+
+def test_a_uniform_policy_is_no_budget_for_auto():
+    recipe = recipe_mod.load_recipe("tiny")
+    recipe["variants"]["gq_auto"]["auto"] = {"budget_like": "uniform8"}
+    with pytest.raises(ValueError, match="GQ policy .*uniform 'uN' kernels have no packed size"):
+        recipe_mod.auto_settings(recipe, "gq_auto")
+    recipe["variants"]["gq_auto"]["auto"] = {"budget_like": "gq_mixed"}
+    assert recipe_mod.auto_settings(recipe, "gq_auto")["calibration"] == 256
 
 
 def test_variants_can_name_their_models_and_fine_tune_longer(tmp_path):
@@ -157,7 +188,7 @@ def test_tiny_recipe_end_to_end(tmp_path):
     uniform/cluster/GQ fine-tunes, streaming export, WER on Keras and .tflite, host latency, reports;
     then a second call resumes from disk and does nothing again."""
     rows = experiment.run_recipe("tiny", tmp_path, log=lambda m: None)
-    assert [r["variant"] for r in rows] == ["float", "uniform8", "cluster16", "gq_mixed"]
+    assert [r["variant"] for r in rows] == ["float", "uniform8", "cluster16", "gq_mixed", "gq_auto"]
     by = {r["variant"]: r for r in rows}
     for r in rows:
         for key in ("wer_keras_test", "wer_tflite_test", "wer_keras_test_far", "wer_tflite_test_far"):
@@ -165,6 +196,11 @@ def test_tiny_recipe_end_to_end(tmp_path):
         assert r["encoder_p50_ms"] > 0 and r["prediction_p50_ms"] > 0
     assert by["gq_mixed"]["packed_bytes"] < by["uniform8"]["packed_bytes"] < by["float"]["packed_bytes"]
     assert by["gq_mixed"]["bits"] < 5
+    # The automatic policy at the hand policy's deployed size: within the budget, joint_out kept at 8 bits.
+    auto = json.loads((tmp_path / "rnnt_tiny" / "gq_auto" / "allocation.json").read_text())
+    assert auto["total_bytes"] <= auto["budget_bytes"] and auto["policy"]["joint_out"] == 8
+    assert by["gq_auto"]["file_bytes"] <= 1.01 * by["gq_mixed"]["file_bytes"]
+    assert len(list((tmp_path / "rnnt_tiny" / "sensitivity").glob("*.json"))) == 1
     md = (tmp_path / "results.md").read_text()
     assert "gq-tf asr run tiny" in md and "| gq_mixed |" in md
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -105,8 +105,9 @@ def test_run_check_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert cli.main(["run", "tiny", "--check", "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "recipe 'tiny': valid" in out and "rnnt_tiny (rnnt, " in out
-    for variant in ("float", "uniform8", "cluster16", "gq_mixed"):
+    for variant in ("float", "uniform8", "cluster16", "gq_mixed", "gq_auto"):
         assert f"    {variant} " in out
+    assert "automatic policy for the size of variant 'gq_mixed' (loss sensitivity, 8 calibration" in out
     assert not (tmp_path / "out").exists()
     plan = cli.check_recipe("full", models=["conformer"], variants=["gq4"])
     assert list(plan["models"]) == ["conformer"] and [v[0] for v in plan["models"]["conformer"]["variants"]] == ["gq4"]
@@ -124,6 +125,9 @@ def test_run_check_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     (lambda r, c: r["eval"].update(bench_runs=0), "expected eval.bench_runs to be an int >= 1"),
     (lambda r, c: r["corpus"].update(preset="huge"), "Expected a preset in"),
     (lambda r, c: c["encoder"].update(lstm_layers=0), "encoder.lstm_layers"),
+    (lambda r, c: r["variants"]["gq_auto"]["auto"].update(budget_like="nope"), "budget_like to name another"),
+    (lambda r, c: r["variants"]["gq_auto"].update(policy={".*": 4}), "either 'policy' or 'auto'. Received both"),
+    (lambda r, c: r["variants"]["gq_auto"].pop("auto"), r"a 'policy' \(or 'auto'\) for kind 'qat'"),
 ])
 def test_run_check_names_what_is_wrong(tmp_path, capsys, edit, message):
     from gq_speech import cli, models
