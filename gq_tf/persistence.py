@@ -140,9 +140,11 @@ def _check_graph(model_config, where):
         made[name] = 1 if layer.get("class_name") == "InputLayer" else 0
         pending.append((name, list(nodes)))
 
-    def is_ref(item):
-        return (isinstance(item, list) and len(item) in (3, 4) and isinstance(item[0], str)
-                and isinstance(item[1], int) and not isinstance(item[1], bool))
+    def is_ref(item):  # what Keras reads as a reference (tf_utils' "serialized node data")
+        return isinstance(item, list) and len(item) in (3, 4) and isinstance(item[0], str)
+
+    def index_of(ref):  # a node index, or None for one Keras can never find (a string, -1, ...)
+        return ref[1] if isinstance(ref[1], int) and not isinstance(ref[1], bool) and ref[1] >= 0 else None
 
     def reads(node):
         """(layer, node index) pairs a node reads (its inputs and the tensors in their
@@ -152,7 +154,7 @@ def _check_graph(model_config, where):
         def walk(item, in_kwargs):
             if is_ref(item):
                 if item[0] != "_CONSTANT_VALUE":
-                    refs.append((item[0], item[1]))
+                    refs.append((item[0], index_of(item), item[1]))
                 if len(item) == 4 and not in_kwargs:
                     return walk(item[3], True)
                 return True
@@ -172,7 +174,7 @@ def _check_graph(model_config, where):
                 refs = reads(nodes[0])
                 if refs is None:
                     return
-                missing = [(layer, index) for layer, index in refs if made.get(layer, 0) <= index]
+                missing = [ref for ref in refs if ref[1] is None or made.get(ref[0], 0) <= ref[1]]
                 if missing:
                     break
                 nodes.pop(0)
@@ -180,9 +182,10 @@ def _check_graph(model_config, where):
                 progress = True
     for name, nodes in pending:
         if nodes:
-            layer, index = next((ref for ref in reads(nodes[0]) if made.get(ref[0], 0) <= ref[1]))
-            received = (f"node {index} of layer {layer!r}, which has {made[layer]} node(s)" if layer in made
-                        else f"layer {layer!r}, which the model does not have")
+            layer, index, raw = next(ref for ref in reads(nodes[0]) if ref[1] is None or made.get(ref[0], 0) <= ref[1])
+            received = (f"layer {layer!r}, which the model does not have" if layer not in made
+                        else f"node {raw!r} of layer {layer!r}, which is not a node index" if index is None
+                        else f"node {index} of layer {layer!r}, which has {made[layer]} node(s)")
             raise ValueError(f"Expected every inbound node of {where} to read a node that is built. Received: "
                              f"layer {name!r} reads {received}.")
 

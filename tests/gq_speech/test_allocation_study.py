@@ -23,7 +23,8 @@ def test_quick_study_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert study.main(["--quick", "--out", str(out)]) == 0
     state = json.loads((out / "state.json").read_text())
     assert set(state["correlation"]["estimators"]) == {"loss", "fisher"}
-    assert set(state["rows"]) == {"GQ 2-bit", "GQ mixed (hand)", "auto @ GQ 2-bit", "auto @ GQ mixed (hand)"}
+    assert set(state["rows"]) == {"GQ 2-bit", "GQ mixed (hand)", "auto @ GQ 2-bit", "auto @ GQ mixed (hand)",
+                                  "float (fine-tuned as the rows)"}
     for name, row in state["rows"].items():
         if row["kind"] == "auto":
             assert row["bytes"] <= row["budget"]

@@ -46,7 +46,7 @@ def test_parse_policy():
 
 
 def test_recipes_load_and_name_real_configs():
-    for name in ("demo", "full", "tiny"):
+    for name in ("demo", "full", "tiny", "allocation"):
         recipe = recipe_mod.load_recipe(name)
         for model in recipe["models"]:
             models.load_config(model)
