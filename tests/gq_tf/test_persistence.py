@@ -1,8 +1,8 @@
 """save_qat / load_qat, and serialization round trips of every registered class."""
 
 import json
-import re
 import os
+import re
 
 import numpy as np
 import pytest
