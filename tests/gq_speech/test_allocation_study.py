@@ -18,11 +18,13 @@ def test_spearman_ranks_and_ties():
 def test_quick_study_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(study, "RANK_BITS", (1,))
     monkeypatch.setattr(study, "UNIFORM_BITS", (2,))
+    monkeypatch.setattr(study, "RANDOM_POLICIES", 2)
     monkeypatch.setattr(study, "ESTIMATORS", {"loss": {"method": "loss"}, "fisher": {"method": "fisher"}})
     out = tmp_path / "study"
     assert study.main(["--quick", "--out", str(out)]) == 0
     state = json.loads((out / "state.json").read_text())
     assert set(state["correlation"]["estimators"]) == {"loss", "fisher"}
+    assert len(state["correlation"]["policies"]) == 2
     assert set(state["rows"]) == {"GQ 2-bit", "GQ mixed (hand)", "auto @ GQ 2-bit", "auto @ GQ mixed (hand)",
                                   "float (fine-tuned as the rows)"}
     for name, row in state["rows"].items():
