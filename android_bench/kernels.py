@@ -219,8 +219,20 @@ def _target(group, batch, bits):
     return None
 
 
+def _shape_group(name):
+    """(in, out, 1) of a ``--shapes`` entry "INxOUT", or None when ``name`` is not one."""
+    parts = name.split("x")
+    if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
+        return int(parts[0]), int(parts[1]), 1
+    return None
+
+
 def run(groups=tuple(GROUPS), bits=DEFAULT_BITS, batches=None, seconds=1.0, seed=0, log=print):
-    """Runs the benchmark and returns a ``Report``."""
+    """Runs the benchmark and returns a ``Report``.
+
+    A group is one of ``GROUPS`` or a single layer "INxOUT" (``--shapes``:
+    the shapes of a model's kernels, for ``gq-tf allocate --latency-table``).
+    """
     from converters import layout
     from converters.runtime import auto_kernel
 
@@ -229,9 +241,9 @@ def run(groups=tuple(GROUPS), bits=DEFAULT_BITS, batches=None, seconds=1.0, seed
     report = Report(machine=_machine(), copy_bandwidth_gbs=bw / 1e9, gq_kernel=auto_kernel())
     log(f"copy bandwidth {bw / 1e9:.1f} GB/s; GQ kernel: {report.gq_kernel}")
     for group in groups:
-        n_in, n_out, depth = GROUPS[group]
+        n_in, n_out, depth = GROUPS.get(group) or _shape_group(group)
         shape = f"{depth}x{n_in}x{n_out}" if depth > 1 else f"{n_in}x{n_out}"
-        for batch in (batches or DEFAULT_BATCHES[group]):
+        for batch in (batches or DEFAULT_BATCHES.get(group, (1,))):
             log(f"{group} {shape} batch {batch}: building models...")
             rng = np.random.default_rng(seed)
             interps, meta = {}, {}
@@ -312,8 +324,11 @@ def add_parser(sub):
         help="time GQ_FULLY_CONNECTED against XNNPACK float32/int8 on this machine",
         description=__doc__.split("\n\n")[0] + " (LiteRT, 1 thread; see docs/KERNELS.md).",
     )
-    p.add_argument("--groups", default=",".join(GROUPS),
-                   help=f"comma-separated groups among {', '.join(GROUPS)} (default: all)")
+    p.add_argument("--groups", default=None,
+                   help=f"comma-separated groups among {', '.join(GROUPS)} (default: all, or none with --shapes)")
+    p.add_argument("--shapes", default="",
+                   help="comma-separated single layers INxOUT to time too (default batch 1), e.g. the shapes "
+                        "gq-tf allocate asks for with --latency-table")
     p.add_argument("--bits", type=_int_list, default=DEFAULT_BITS,
                    help="comma-separated bit widths of the GQ models (default: 1,2,3,4,5,8)")
     p.add_argument("--batch", type=_int_list, default=None,
@@ -326,11 +341,18 @@ def add_parser(sub):
 
 
 def main(args):
-    groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+    shapes = [g.strip() for g in args.shapes.split(",") if g.strip()]
+    if any(_shape_group(g) is None for g in shapes):
+        print(f"error: expected --shapes as comma-separated INxOUT (e.g. 512x2048), received {args.shapes!r}",
+              file=sys.stderr)
+        return 2
+    default = "" if shapes else ",".join(GROUPS)
+    groups = [g.strip() for g in (args.groups if args.groups is not None else default).split(",") if g.strip()]
     bad = [g for g in groups if g not in GROUPS]
-    if bad or not groups:
+    if bad or not (groups or shapes):
         print(f"error: expected --groups among {', '.join(GROUPS)}, received {args.groups!r}", file=sys.stderr)
         return 2
+    groups += list(dict.fromkeys(shapes))
     if not args.bits or any(b < 1 or b > 8 for b in args.bits):
         print(f"error: expected --bits in 1..8, received {args.bits}", file=sys.stderr)
         return 2

@@ -66,9 +66,44 @@ def test_json_numbers_are_consistent(small_run):
     (("--bits", "four"), "expected comma-separated integers"),
     (("--batch", "0"), "expected --batch in 1..4096"),
     (("--seconds", "0"), "expected --seconds > 0"),
+    (("--shapes", "70by33"), "expected --shapes as comma-separated INxOUT"),
 ])
 def test_bad_arguments_are_reported(args, message):
     r = _bench(*args, timeout=120)
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_shapes_time_a_model_for_a_latency_budget(tmp_path, capsys):
+    """The kernel benchmark times the shapes gq-tf allocate asks for; the allocation meets a latency budget."""
+    import numpy as np
+
+    import gq_tf  # noqa: F401
+    from converters import allocate
+    from gq_tf import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((70,)), keras.layers.Dense(33, name="a"), keras.layers.Dense(9, name="b")])
+    model.compile(loss="mse")
+    model.save(tmp_path / "m.keras")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cal.npz", x=rng.normal(size=(16, 70)).astype(np.float32),
+             y=rng.normal(size=(16, 9)).astype(np.float32))
+    table = tmp_path / "latency.json"
+    base = [str(tmp_path / "m.keras"), str(tmp_path / "cal.npz"), "--budget-kb", "100", "--candidates", "1,2,4",
+            "--latency-table", str(table)]
+    table.write_text(json.dumps({"rows": []}))
+    assert allocate.main(base + ["--latency-budget-us", "1000"]) == 1
+    err = capsys.readouterr().err
+    assert "shapes 33x9,70x33 in" in err and "android_bench kernels --shapes 33x9,70x33" in err
+    r = _bench("--shapes", "70x33,33x9", "--bits", "1,2,4", "--seconds", "0.05", "--json", str(table))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {row["group"] for row in json.loads(table.read_text())["rows"]} == {"70x33", "33x9"}
+    lat = allocate.latency_table(table, gq_tf.allocation.kernels(model))
+    fastest = sum(min(row.values()) for row in lat.values()) * 1e6
+    assert allocate.main(base + ["--latency-budget-us", f"{fastest * 1.001:.4f}"]) == 0
+    out = capsys.readouterr().out
+    assert "latency of the quantized kernels:" in out
+    assert allocate.main(base + ["--latency-budget-us", f"{fastest * 0.5:.4f}"]) == 1
+    assert "latency_budget some allocation meets" in capsys.readouterr().err
