@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("gq_tf", "converters", "android_bench", "gq_speech")
 DATA_DIRS = ("gq_speech/configs", "gq_speech/recipes")
 LIBRARY = "converters/libgq_delegate.so"
-TINY_VARIANTS = ["float", "uniform8", "cluster16", "gq_mixed"]
+TINY_VARIANTS = ["float", "uniform8", "cluster16", "gq_mixed", "gq_auto"]
 
 pytestmark = pytest.mark.slow
 
