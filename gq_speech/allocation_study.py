@@ -315,7 +315,7 @@ def _plot(rows, results, seeds, float_result, sizes, path):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for kind, style, label in (("reference", "o-", "GQ uniform bits (2/3/4/5)"), ("auto", "s-", "automatic")):
         pts = sorted((r["bytes"] / 1024, *_stats(results, n, seeds, "test"))
-                     for n, r in rows.items() if r["kind"] == kind and "hand" not in n)
+                     for n, r in rows.items() if r["kind"] == kind and not (kind == "reference" and "hand" in n))
         if pts:
             x, m, s = map(np.array, zip(*pts))
             ax.errorbar(x, m * 100, yerr=s * 100, fmt=style, capsize=3, label=label)
