@@ -357,16 +357,30 @@ def solve(options, budget_bytes, latency_budget=None):
     answer is exact.
     """
     items = list(options)
+    opts = {i: [(o[0], int(o[1]), float(o[2]), float(o[3]) if len(o) > 3 else 0.0) for o in options[i]]
+            for i in items}
+    # What the kernels after the i-th need at least: a partial choice that
+    # cannot fit them, or cannot beat a known whole choice, is dropped.
+    rest_bytes, rest_lat, rest_cost = [0] * (len(items) + 1), [0.0] * (len(items) + 1), [0.0] * (len(items) + 1)
+    for i in range(len(items) - 1, -1, -1):
+        o = opts[items[i]]
+        rest_bytes[i] = rest_bytes[i + 1] + min(x[1] for x in o)
+        rest_lat[i] = rest_lat[i + 1] + min(x[3] for x in o)
+        rest_cost[i] = rest_cost[i + 1] + min(x[2] for x in o)
+    lat_cap = math.inf if latency_budget is None else latency_budget + 1e-12
+    bound = _greedy_cost(opts, items, budget_bytes, lat_cap)
+    if latency_budget is None:
+        return _solve_bytes(opts, items, budget_bytes, rest_bytes, rest_cost, bound)
     frontier = [(0, 0.0, 0.0, None)]  # (bytes, latency, cost, back pointer)
-    for item in items:
+    for i, item in enumerate(items):
         grown = []
-        for opt in options[item]:
-            choice, nbytes, cost = opt[0], int(opt[1]), float(opt[2])
-            lat = float(opt[3]) if len(opt) > 3 else 0.0
+        cap_b, cap_t = budget_bytes - rest_bytes[i + 1], lat_cap - rest_lat[i + 1]
+        cap_c = bound - rest_cost[i + 1] + 1e-12
+        for choice, nbytes, cost, lat in opts[item]:
             for state in frontier:
-                b, t = state[0] + nbytes, state[1] + lat
-                if b <= budget_bytes and (latency_budget is None or t <= latency_budget + 1e-12):
-                    grown.append((b, t, state[2] + cost, (choice, state)))
+                b, t, c = state[0] + nbytes, state[1] + lat, state[2] + cost
+                if b <= cap_b and t <= cap_t and c <= cap_c:
+                    grown.append((b, t, c, (choice, state)))
         if not grown:
             return None
         frontier = _pareto(grown)
@@ -376,6 +390,63 @@ def solve(options, budget_bytes, latency_budget=None):
         choice, node = node[3]
         out[item] = choice
     return out
+
+
+def _solve_bytes(opts, items, budget_bytes, rest_bytes, rest_cost, bound):
+    """``solve`` with the byte budget only, vectorised: the frontier is two arrays
+    (bytes ascending, cost strictly descending) and back pointers per item."""
+    nbytes, cost = np.zeros(1, np.int64), np.zeros(1, np.float64)
+    back = []
+    for i, item in enumerate(items):
+        ob = np.array([o[1] for o in opts[item]], np.int64)
+        oc = np.array([o[2] for o in opts[item]], np.float64)
+        b = (nbytes[:, None] + ob[None, :]).ravel()
+        c = (cost[:, None] + oc[None, :]).ravel()
+        parent = np.repeat(np.arange(len(nbytes)), len(ob))
+        option = np.tile(np.arange(len(ob)), len(nbytes))
+        keep = (b <= budget_bytes - rest_bytes[i + 1]) & (c <= bound - rest_cost[i + 1] + 1e-12)
+        if not keep.any():
+            return None
+        b, c, parent, option = b[keep], c[keep], parent[keep], option[keep]
+        order = np.lexsort((c, b))  # bytes ascending, then cost ascending
+        b, c, parent, option = b[order], c[order], parent[order], option[order]
+        # Keep a state only when its cost is below every state with no more bytes.
+        prior = np.concatenate([[np.inf], np.minimum.accumulate(c)[:-1]])
+        front = c < prior
+        nbytes, cost = b[front], c[front]
+        back.append((parent[front], option[front]))
+    best = int(np.argmin(cost))  # the first of equal costs has the fewest bytes
+    out = {}
+    for i in range(len(items) - 1, -1, -1):
+        parent, option = back[i]
+        out[items[i]] = opts[items[i]][int(option[best])][0]
+        best = int(parent[best])
+    return out
+
+
+def _greedy_cost(opts, items, budget_bytes, lat_cap):
+    """The cost of some whole choice within the budgets (inf if the greedy finds none):
+    each item at its fewest bytes, then the upgrades of most cost saved per byte while they fit."""
+    pick = {i: min(opts[i], key=lambda x: (x[1], x[3], x[2])) for i in items}
+    used_b, used_t = sum(p[1] for p in pick.values()), sum(p[3] for p in pick.values())
+    if used_b > budget_bytes or used_t > lat_cap:
+        return math.inf
+    while True:
+        best = None
+        for i in items:
+            cur = pick[i]
+            for o in opts[i]:
+                db, dt, dc = o[1] - cur[1], o[3] - cur[3], cur[2] - o[2]
+                if dc > 0 and used_b + db <= budget_bytes and used_t + dt <= lat_cap:
+                    gain = dc / max(db, 1)
+                    if best is None or gain > best[0]:
+                        best = (gain, i, o)
+        if best is None:
+            return sum(p[2] for p in pick.values())
+        _, i, o = best
+        used_b += o[1] - pick[i][1]
+        used_t += o[3] - pick[i][3]
+        pick[i] = o
 
 
 def _pareto(states):
