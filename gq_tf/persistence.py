@@ -134,6 +134,8 @@ def _check_graph(model_config, where):
     for layer in layers:
         name = layer.get("name", layer.get("config", {}).get("name") if isinstance(layer.get("config"), dict) else None)
         nodes = layer.get("inbound_nodes")
+        if isinstance(nodes, (dict, str)):
+            nodes = list(nodes)  # what Keras iterates: a dict's keys ({}: no node at all), a string's characters
         if not isinstance(name, str) or not isinstance(nodes, list):
             return
         _check_graph(layer, f"layer {name!r} of {where}")

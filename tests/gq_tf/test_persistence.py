@@ -189,8 +189,10 @@ def _edit_layer(folder, name, edit):
     (lambda layer: layer["inbound_nodes"][0][0].__setitem__(1, "norm"), r"reads node 'norm' of layer 'norm', "
      "which is not a node index"),
     (lambda layer: layer["inbound_nodes"][0][0].__setitem__(1, -1), r"reads node -1 of layer 'norm', which is not"),
+    # Keras iterates a dict of inbound nodes as its keys: {} is a layer without nodes (qat fuzz target).
+    (lambda layer: layer.__setitem__("inbound_nodes", {}), r"layer 'dense' reads node 0 of layer 'drop', which has 0"),
 ], ids=["inbound nodes deleted", "node index past the last", "unknown layer", "keyword tensor", "bare reference",
-        "index a string", "index negative"])
+        "index a string", "index negative", "nodes an empty dict"])
 def test_load_of_a_graph_keras_could_never_connect_is_an_error_not_a_hang(saved, tmp_path, edit, match):
     folder = _copy(saved, tmp_path)
     name, edit = edit if isinstance(edit, tuple) else ("drop", edit)  # default: the Dropout before the head
