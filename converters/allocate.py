@@ -164,13 +164,9 @@ def run(args):
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, TypeError, FileNotFoundError, PermissionError) as e:
-        print(f"gq-tf allocate: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    from converters.cli import run_command
+
+    return run_command("gq-tf allocate", parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -61,14 +61,19 @@ def run(args):
     return report
 
 
-def main(argv=None):
-    args = parser().parse_args(argv)
+def run_command(prog, make_parser, run_fn, argv=None):
+    """Parses ``argv``, runs ``run_fn(args)``; a user error is one line on stderr and exit 1."""
+    args = make_parser().parse_args(argv)
     try:
-        run(args)
+        run_fn(args)
     except (ValueError, TypeError, FileNotFoundError, PermissionError) as e:
-        print(f"gq-tf export: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv=None):
+    return run_command("gq-tf export", parser, run, argv)
 
 
 if __name__ == "__main__":
