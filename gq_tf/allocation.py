@@ -604,7 +604,8 @@ def allocate_bits(model, data, *, budget_bytes, loss_fn=None, candidates=DEFAULT
         the kernel benchmark on the target) and the most the summed latency
         of the quantized kernels may be.
       method, mu, refine, seed: the estimator (see ``sensitivity``).
-      sensitivities: a ``Sensitivity`` measured before (skips the measurement).
+      sensitivities: a ``Sensitivity`` measured before (skips the measurement;
+        ``data`` may then be None).
       progress: True (lines on stderr), False, or a callable.
 
     Returns:
