@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import gq_tf
+from gq_tf.allocation import DEFAULT_CANDIDATES
 
 __all__ = ["RECIPE_DIR", "auto_settings", "finetune_settings", "load_recipe", "parse_policy", "stage_settings",
            "variants_of"]
@@ -98,7 +99,7 @@ def finetune_settings(recipe: dict, spec: dict, model_name: str) -> dict:
 # variant's hand-written GQ policy), the constraints, the estimator and the
 # calibration set (utterances drawn from the training split).
 AUTO_DEFAULTS = {"min_bits": {}, "max_bits": {}, "fixed": {}, "keep_float": [],
-                 "candidates": [1, 2, 3, 4, 5, 6, 8], "method": "loss", "calibration": 256, "batch_size": 16}
+                 "candidates": list(DEFAULT_CANDIDATES), "method": "loss", "calibration": 256, "batch_size": 16}
 
 
 def _bits_map(value, where):
