@@ -19,6 +19,16 @@ into the file and LSTM fusion lost). Instead:
    a quantizer) are rewritten to int8 with the exact QAT grid, and their ops
    run as TFLite's dynamic-range ("hybrid") kernels.
 
+A model that mixes GQ with tfmot's default 8-bit scheme (``gq_tf.Tfmot8Bit``,
+or tfmot's ``quantize_annotate_layer``) keeps its 8-bit layers as tfmot made
+them (fake-quant weights and activations, input ``QuantizeLayer``) in the
+deployment graph, and the converter runs in its QAT mode: they become int8
+builtin ops with the learned ranges, QUANTIZE / DEQUANTIZE at their borders.
+An 8-bit layer whose input has no learned range (it reads a GQ attention
+layer, or the model was made under tfmot's own scheme, not
+``gq_tf.QuantizeScheme``) keeps int8 weights and quantizes its input at run
+time (dynamic range), with a warning.
+
 GQ kernels of other layers (depthwise convolutions, Embedding, LSTMs with
 other activations or options, grouped convolutions) have no packed op yet:
 they are exported as builtin ops with their decoded (hard) float weights, with
@@ -35,12 +45,13 @@ import numpy as np
 from converters import flatbuf, layout, tfops
 from gq_tf._keras import check_keras_model, keras, tf
 from gq_tf._tfmot import is_wrapper
-from gq_tf.codebooks import extract_codebooks, quantized_weights, strip_quantization
-from gq_tf.configs import is_qat, quantize_scope
+from gq_tf.codebooks import Codebook, extract_codebooks, quantized_weights, strip_gq, strip_quantization
+from gq_tf.configs import is_qat, layer_scheme, quantize_scope
 from gq_tf.fileio import atomic_write
 
 __all__ = ["export_tflite", "export_baseline", "deployed_sizes", "ExportReport", "KernelRow", "WEIGHTS_MODES",
-           "NotPackedWarning", "PACKED", "PACKED_LSTM", "PACKED_KINDS", "INT8", "FLOAT_DECODED", "FLOAT"]
+           "NotPackedWarning", "PACKED", "PACKED_LSTM", "PACKED_KINDS", "INT8", "TFMOT_INT8", "FLOAT_DECODED",
+           "FLOAT"]
 
 WEIGHTS_MODES = ("float", "dynamic_int8")
 # Like the TFLite converter's dynamic-range quantization: smaller weight
@@ -51,6 +62,7 @@ PACKED = "packed GQ_FULLY_CONNECTED"
 PACKED_LSTM = "packed GQ_LSTM"
 PACKED_KINDS = (PACKED, PACKED_LSTM)
 INT8 = "builtin, int8 weights"
+TFMOT_INT8 = "builtin int8 (weights and activations)"
 FLOAT_DECODED = "builtin, decoded float weights (not packed)"
 FLOAT = "builtin, float weights"
 
@@ -65,8 +77,8 @@ class KernelRow:
 
     key: str  # "<layer>/<weight>"
     bits: int  # 32 for float kernels
-    method: str  # "gq", "uniform" or "float"
-    deployed: str  # PACKED, PACKED_LSTM, INT8, FLOAT_DECODED or FLOAT
+    method: str  # "gq", "uniform", "tfmot8" (tfmot's default 8-bit QAT) or "float"
+    deployed: str  # PACKED, PACKED_LSTM, INT8, TFMOT_INT8, FLOAT_DECODED or FLOAT
     nbytes: int  # bytes of the kernel in the file (indices + centroids, int8 + scales, or float)
     shape: tuple
 
@@ -192,13 +204,18 @@ class _PackedFullyConnected(keras.layers.Layer):
     def call(self, x):
         if self._conv is not None:
             x = conv_patches(x, *self._conv)
-        lead = tf.shape(x)[: x.shape.rank - self._merge]
+        static = x.shape[: x.shape.rank - self._merge]
+        # Static sizes where the graph has them: the converter then sees the
+        # shapes after the custom op (no SHAPE ops; tfmot's 8-bit FC after a GQ
+        # layer keeps its fused bias).
+        lead = static.as_list() if static.is_fully_defined() else tf.shape(x)[: x.shape.rank - self._merge]
         if self._merge > 1:
             x = tf.reshape(x, tf.concat([lead, [self._in]], 0))
         y = tfops.gq_fully_connected(
             tf.cast(x, tf.float32), tf.constant(self._packed), tf.constant(self._centroids),
             None if self._bias is None else tf.constant(self._bias),
             bits=self._bits, in_features=self._in, out_features=self._out, activation=self._fused)
+        y.set_shape(static.concatenate([self._out]))
         if len(self._out_shape) > 1 or self._merge > 1:
             y = tf.reshape(y, tf.concat([lead, self._out_shape], 0))
         return y if self._after is None else self._after(y)
@@ -421,20 +438,36 @@ def _packed_lstm(layer, kernels):
                  rkey: (tfops.GQ_LSTM_NAME, rbook.bits, units, four_u)}
 
 
-def _deployment_model(float_model, packs, ops=None):
+class _OutputRange(keras.layers.Layer):
+    """A layer whose output goes through a fixed 8-bit fake quantization: the
+    learned QAT output range of a GQ layer that an 8-bit layer reads, which the
+    converter turns into that layer's int8 input."""
+
+    def __init__(self, layer, lo, hi):
+        super().__init__(name=f"{layer.name}_range")
+        self._inner, self._lo, self._hi = layer, float(lo), float(hi)
+
+    def call(self, *args, **kwargs):
+        return tf.quantization.fake_quant_with_min_max_vars(self._inner(*args, **kwargs), self._lo, self._hi,
+                                                            num_bits=8, narrow_range=False)
+
+
+def _deployment_model(float_model, packs, ops=None, ranges=None):
     """Clone of the float model with the packed layers swapped in.
 
     ``ops`` (a dict) receives {kernel key: (op name, bits, in, out)} of each
-    packed kernel.
+    packed kernel; ``ranges`` ({layer name: (min, max)}) puts an 8-bit output
+    range after those layers.
     """
     ops = {} if ops is None else ops
+    ranges = ranges or {}
 
     def packed(source, key, book, **kw):
         layer = _packed_layer(source, book, **kw)
         ops[key] = (tfops.GQ_FC_NAME, book.bits, layer._in, layer._out)
         return layer
 
-    def clone(layer):
+    def swap(layer):
         if layer.name not in packs:
             return layer  # reuse: the float model is ours and thrown away afterwards
         kernels = packs[layer.name]
@@ -459,6 +492,10 @@ def _deployment_model(float_model, packs, ops=None):
             conv = (tuple(layer.kernel_size), tuple(layer.strides), tuple(layer.dilation_rate), layer.padding)
         return packed(layer, key, book, merge=1, out_shape=book.indices.shape[-1:], conv=conv,
                       name=layer.name)
+
+    def clone(layer):
+        new = swap(layer)
+        return _OutputRange(new, *ranges[layer.name]) if layer.name in ranges else new
 
     with quantize_scope():
         return keras.models.clone_model(float_model, clone_function=clone)
@@ -531,7 +568,7 @@ def _float_kernels(float_model, books):
     out = {}
     quantized_layers = {k.split("/")[0] for k in books}
     for layer in float_model.layers:
-        if layer.name in quantized_layers:
+        if layer.name in quantized_layers or layer_scheme(layer) is not None:
             continue
         for w in layer.weights:
             if w.shape.rank is not None and w.shape.rank >= 2:
@@ -557,6 +594,17 @@ def _scaled_uniform_step(values, book):
     return None
 
 
+def _weight_ops(model):
+    """(subgraph, op, quantization axis, [tensor index of each weight input it has])
+    of the builtin ops with weight inputs (``flatbuf.WEIGHT_INPUTS``)."""
+    for sub in model.subgraphs:
+        for op in sub.operators or []:
+            code = flatbuf.builtin_code(model, op)
+            if code in flatbuf.WEIGHT_INPUTS:
+                slots, axis = flatbuf.WEIGHT_INPUTS[code]
+                yield sub, op, axis, [op.inputs[i] for i in slots if i < len(op.inputs) and op.inputs[i] >= 0]
+
+
 def _match_weights(model, books, float_kernels):
     """[(op, axis, [(tensor index, data, owner key, method, step)])] of the weight ops.
 
@@ -565,30 +613,23 @@ def _match_weights(model, books, float_kernels):
     value_sets = _value_sets(books)
     float_sets = {k: np.unique(v.astype(np.float32)) for k, v in float_kernels.items()}
     ops = []
-    for sub in model.subgraphs:
-        for op in sub.operators or []:
-            code = flatbuf.builtin_code(model, op)
-            if code not in flatbuf.WEIGHT_INPUTS:
+    for sub, op, axis, slots in _weight_ops(model):
+        entries = []
+        for ti in slots:
+            t = sub.tensors[ti]
+            data = flatbuf.tensor_data(model, t)
+            if data is None or t.type != flatbuf.schema.TensorType.FLOAT32:
+                entries.append((ti, None, None, None, None))
                 continue
-            slots, axis = flatbuf.WEIGHT_INPUTS[code]
-            entries = []
-            for slot in slots:
-                if slot >= len(op.inputs) or op.inputs[slot] < 0:
-                    continue
-                t = sub.tensors[op.inputs[slot]]
-                data = flatbuf.tensor_data(model, t)
-                if data is None or t.type != flatbuf.schema.TensorType.FLOAT32:
-                    entries.append((op.inputs[slot], None, None, None, None))
-                    continue
-                u = np.unique(data)
-                owner = next((k for k, (vals, _, _) in value_sets.items()
-                              if u.size <= vals.size and np.isin(u, vals).all()), None)
-                if owner is None:
-                    owner = next((k for k, vals in float_sets.items() if np.isin(u, vals).all()), None)
-                method = None if owner is None else value_sets[owner][1] if owner in value_sets else "float"
-                step = _uniform_scale(value_sets[owner][2]) if method == "uniform" else None
-                entries.append((op.inputs[slot], data, owner, method, step))
-            ops.append((sub, op, axis, entries))
+            u = np.unique(data)
+            owner = next((k for k, (vals, _, _) in value_sets.items()
+                          if u.size <= vals.size and np.isin(u, vals).all()), None)
+            if owner is None:
+                owner = next((k for k, vals in float_sets.items() if np.isin(u, vals).all()), None)
+            method = None if owner is None else value_sets[owner][1] if owner in value_sets else "float"
+            step = _uniform_scale(value_sets[owner][2]) if method == "uniform" else None
+            entries.append((ti, data, owner, method, step))
+        ops.append((sub, op, axis, entries))
     # Second chance for unmatched tensors: a uniform kernel of the same size,
     # scaled by the converter, preferring kernels not found anywhere yet.
     found = {e[2] for *_, entries in ops for e in entries if e[2] is not None}
@@ -648,6 +689,81 @@ def _set_asymmetric_inputs(op):
         opts.asymmetricQuantizeInputs = True
 
 
+def _schemes(qat_model):
+    """{layer name: gq_tf.configs.layer_scheme} of a model export_tflite deploys."""
+    schemes = {layer.name: layer_scheme(layer) for layer in qat_model.layers}
+    if "gq" not in schemes.values() and {"tfmot8", "input"} & set(schemes.values()):
+        raise ValueError(
+            f"Expected a model with gq_tf-quantized layers. Received model '{qat_model.name}', a plain tfmot QAT "
+            "model (every quantized layer is under tfmot's 8-bit scheme): convert it with tf.lite.TFLiteConverter "
+            "(converter.optimizations = [tf.lite.Optimize.DEFAULT]), or put GQ on some of its layers "
+            "(gq_tf.quantize_model with a policy, or gq_tf.quantize_annotate_layer).")
+    return schemes
+
+
+def _tfmot_kernels(qat_model):
+    """{"<layer>/<weight>": (weight as the 8-bit QAT model uses it, Codebook of its
+    grid or None)} of the layers under tfmot's 8-bit scheme.
+
+    The Codebook (a ``gq_tf.Uniform``-like 8-bit grid, exactly the values the
+    model uses) is there when the weight is on one symmetric per-tensor grid
+    (tfmot's Dense and LSTM configs), so an op the converter leaves in float
+    can still get the learned int8 weights.
+    """
+    out = {}
+    for wrapper in qat_model.layers:
+        if layer_scheme(wrapper) != "tfmot8":
+            continue
+        for var, quantizer, qvars in wrapper._weight_vars:  # noqa: SLF001
+            values = np.asarray(quantizer(var, False, weights=qvars), np.float32)
+            key = f"{wrapper.layer.name}/{var.name.split(':')[0].split('/')[-1]}"
+            out[key] = (values, _grid_book(values))
+    return out
+
+
+def _grid_book(values):
+    """An 8-bit Codebook whose centroids hold ``values`` exactly, if they are
+    q * step with integers |q| <= 127; else None."""
+    amax = float(np.abs(values).max())
+    if amax == 0.0:
+        return None
+    step = amax / 127.0
+    q = values.astype(np.float64) / step
+    if np.abs(q - np.round(q)).max() > 1e-3:
+        return None
+    q = np.round(q).astype(np.int64)
+    centroids = (step * np.arange(-128, 128)).astype(np.float32)
+    centroids[q.ravel() + 128] = values.ravel()
+    return Codebook(bits=8, centroids=centroids, indices=(q + 128).astype(np.uint8), method="uniform")
+
+
+def _int8_weights(model, tfmot):
+    """{tfmot kernel key: (bytes, int8 input?)} of the int8 weight tensors the
+    converter made of the 8-bit layers' weights (matched by their values)."""
+    left = dict(tfmot)
+    found = {}
+    for sub, op, _, slots in _weight_ops(model):
+        for ti in slots:
+            t = sub.tensors[ti]
+            q = flatbuf.tensor_data(model, t)
+            if q is None or t.type != flatbuf.schema.TensorType.INT8 or t.quantization is None:
+                continue
+            scale = np.asarray(t.quantization.scale, np.float64)
+            zero = np.asarray(t.quantization.zeroPoint if t.quantization.zeroPoint is not None else [0])
+            shape = [1] * q.ndim
+            if scale.size > 1:
+                shape[t.quantization.quantizedDimension] = scale.size
+            values = np.sort(((q - zero.reshape(shape)) * scale.reshape(shape)).ravel())
+            for key, (want, _) in list(left.items()):
+                if want.size == values.size and np.allclose(np.sort(want.ravel()), values,
+                                                            atol=0.51 * float(scale.max()), rtol=0):
+                    int8_in = sub.tensors[op.inputs[0]].type == flatbuf.schema.TensorType.INT8
+                    found[key] = (q.size + 4 * scale.size, int8_in)
+                    del left[key]
+                    break
+    return found
+
+
 def _check_destination(path):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path)) or "."
@@ -693,14 +809,21 @@ def export_tflite(qat_model, path, *, input_signature=None, batch_size=1, weight
         raise ValueError(f"Expected weights in {WEIGHTS_MODES}. Received: weights={weights!r}")
     path = _check_destination(path)
     specs = _signature(qat_model, input_signature, batch_size)
+    mixed = bool({"tfmot8", "input"} & set(_schemes(qat_model).values()))
     books, packs, notes = _plan(qat_model)
 
-    float_model = strip_quantization(qat_model)
+    if mixed:  # tfmot's 8-bit layers stay as they are, for the converter's QAT mode
+        float_model, ranges = strip_gq(qat_model)
+        tfmot = _tfmot_kernels(qat_model)
+    else:
+        float_model, ranges, tfmot = strip_quantization(qat_model), {}, {}
     float_kernels = _float_kernels(float_model, books)
     deploy_ops = {}  # key -> (op name, bits, in, out) of the custom op that reads it
-    deploy = _deployment_model(float_model, packs, deploy_ops)
-    model = flatbuf.read(_convert(deploy, specs))
-    found = _int8_pass(model, books, float_kernels, weights)
+    deploy = _deployment_model(float_model, packs, deploy_ops, ranges)
+    model = flatbuf.read(_convert(deploy, specs, optimize=mixed))
+    int8_weights = _int8_weights(model, tfmot)
+    grids = {k: book for k, (_, book) in tfmot.items() if book is not None and k not in int8_weights}
+    found = _int8_pass(model, {**books, **grids}, float_kernels, weights)
     data = flatbuf.write(model)
 
     packed_ops = _packed_ops(model)
@@ -727,6 +850,24 @@ def export_tflite(qat_model, path, *, input_signature=None, batch_size=1, weight
             int8 = all(p[1] for p in parts)
             rows.append(KernelRow(key, 32 if not int8 else 8, "float", INT8 if int8 else FLOAT,
                                   sum(p[0] for p in parts), tuple(values.shape)))
+    for key, (values, _) in tfmot.items():
+        shape = tuple(values.shape)
+        if key in int8_weights:
+            nbytes, int8_in = int8_weights[key]
+            rows.append(KernelRow(key, 8, "tfmot8", TFMOT_INT8 if int8_in else INT8, nbytes, shape))
+            if not int8_in:
+                messages.append(f"{key}: tfmot 8-bit layer exported with int8 weights and dynamic-range inputs "
+                                "(its input has no learned 8-bit range).")
+            continue
+        parts = found.get(key, [])
+        int8 = bool(parts) and all(p[1] for p in parts)
+        rows.append(KernelRow(key, 8, "tfmot8", INT8 if int8 else FLOAT,
+                              sum(p[0] for p in parts) if parts else 4 * values.size, shape))
+        messages.append(
+            f"{key}: tfmot 8-bit layer exported with " + ("int8 weights and dynamic-range inputs" if int8 else
+                                                           "float weights (the 8-bit values)")
+            + ": its input has no learned 8-bit range (it reads a GQ attention or multi-output layer, or the model "
+            "was made under tfmot's own scheme; gq_tf.QuantizeScheme gives GQ layers that feed 8-bit layers one).")
     for key, why in notes:
         messages.append(f"{key}: exported with decoded float weights, not packed ({why}).")
     for key, book in books.items():

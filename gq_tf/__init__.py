@@ -15,7 +15,14 @@ from gq_tf._keras import keras
 from gq_tf.allocation import Allocation, allocate_bits
 from gq_tf.annealing import GQAnnealing
 from gq_tf.codebooks import Codebook, extract_codebooks, strip_quantization
-from gq_tf.configs import quantize_model, quantize_scope
+from gq_tf.configs import (
+    GQQuantizeConfig,
+    QuantizeScheme,
+    Tfmot8Bit,
+    quantize_annotate_layer,
+    quantize_model,
+    quantize_scope,
+)
 from gq_tf.persistence import load_qat, save_qat
 from gq_tf.quantizers import GQ, GeneralQuantizer, Uniform
 
@@ -32,6 +39,10 @@ __all__ = [
     "extract_codebooks",
     "strip_quantization",
     "quantize_scope",
+    "quantize_annotate_layer",
+    "QuantizeScheme",
+    "GQQuantizeConfig",
+    "Tfmot8Bit",
     "save_qat",
     "load_qat",
     "allocate_bits",

@@ -504,7 +504,8 @@ def policy_bits(model, policy):
     plan = resolve_policy(model, policy)
     out = {}
     for k in kernels(model):
-        q = plan.get(k.layer_name, {}).get(k.weight_name)
+        spec = plan.get(k.layer_name, {})
+        q = spec.get(k.weight_name) if isinstance(spec, dict) else spec  # Tfmot8Bit: a whole layer
         if q is not None and not isinstance(q, GeneralQuantizer):
             raise ValueError(f"Expected GQ or float kernels in the policy. Received {q!r} for {k.key}.")
         out[k.key] = FLOAT if q is None else q.bits

@@ -4,20 +4,30 @@ tfmot wrappers with custom quantizers do not round-trip through ``.keras``,
 ``.h5`` or SavedModel (see FINDINGS.md), so a saved QAT model is a directory:
 
     gq_model.json        {"format": "gq_tf.qat/1", "float_model": <model JSON>,
-                          "policy": <serialized policy>}
+                          "policy": <serialized policy>, "scheme": "gq" | "tfmot"}
     weights.index, weights.data-*   TF checkpoint of every QAT variable: float
                           weights, centroids, scales, annealing state.
 
 ``load_qat`` rebuilds the float architecture, re-applies the policy and
 restores the checkpoint, so outputs and annealing state are identical.
+
+A model made with tfmot's own API (``quantize_annotate_layer`` +
+``quantize_apply``, with ``gq_tf.QuantizeScheme`` or tfmot's default 8-bit
+scheme) has no policy: ``save_qat`` reads one off its wrappers (each layer's
+GQ quantizers or ``Tfmot8Bit()``), and the scheme ("scheme"; absent in older
+files: "gq") under which re-applying it rebuilds exactly that model, which it
+checks before writing anything.
 """
 
 import json
 import os
+import re
 import shutil
 
 from gq_tf._keras import keras, tf
-from gq_tf.configs import _ORIGINS, quantize_model, quantize_scope
+from gq_tf._tfmot import OutputOnlyConfig, unwrap
+from gq_tf.codebooks import strip_quantization
+from gq_tf.configs import _ORIGINS, SCHEMES, Tfmot8Bit, _quantize, layer_scheme, quantize_scope
 from gq_tf.quantizers import _KernelQuantizer
 
 __all__ = ["save_qat", "load_qat"]
@@ -28,6 +38,8 @@ _WEIGHTS = "weights"
 
 
 def _spec_to_json(spec):
+    if isinstance(spec, Tfmot8Bit):
+        return {"tfmot8bit": True}
     if isinstance(spec, _KernelQuantizer):
         return {"quantizer": keras.utils.serialize_keras_object(spec)}
     if isinstance(spec, dict):
@@ -36,6 +48,8 @@ def _spec_to_json(spec):
 
 
 def _spec_from_json(obj):
+    if isinstance(obj, dict) and obj.get("tfmot8bit") is True:
+        return Tfmot8Bit()
     if isinstance(obj, dict) and "quantizer" in obj:
         with quantize_scope():
             return keras.utils.deserialize_keras_object(obj["quantizer"])
@@ -58,21 +72,63 @@ def policy_from_json(obj):
     return obj["bits"]
 
 
-def save_qat(qat_model, directory):
-    """Saves a QAT model made by ``gq_tf.quantize_model`` to ``directory``.
+def _signature(model):
+    """What must be equal for a checkpoint of one QAT model to fit another."""
+    out = []
+    for layer in model.layers:
+        config = getattr(layer, "quantize_config", None)
+        out.append((type(layer).__name__, unwrap(layer).name if config is not None else None,
+                    type(config).__name__, getattr(config, "output_range", None),
+                    len(getattr(layer, "_weight_vars", []))))
+    return [row for row in out if row[0] not in ("InputLayer", "QuantizeLayer")] + [
+        sum(row[0] == "QuantizeLayer" for row in out)]
 
-    Writes to a temporary directory and renames it into place, so an
-    interrupted save never leaves a half-written model where a good one was.
+
+def _origin_of(qat_model):
+    """{"float_model", "policy", "scheme"} read off a QAT model made with tfmot's
+    API, checked by rebuilding it."""
+    policy = {}
+    for layer in qat_model.layers:
+        kind = layer_scheme(layer)  # raises for wrappers gq_tf cannot rebuild
+        if kind == "gq":
+            policy[re.escape(layer.layer.name)] = dict(layer.quantize_config.quantizers)
+        elif kind == "tfmot8" and not isinstance(layer.quantize_config, OutputOnlyConfig):
+            policy[re.escape(layer.layer.name)] = Tfmot8Bit()
+    if not any(isinstance(spec, dict) for spec in policy.values()):
+        raise ValueError(
+            f"Expected a QAT model with gq_tf layers, made by gq_tf.quantize_model, load_qat or tfmot's quantize_apply "
+            f"on GQ annotations. Received model '{qat_model.name}' without any"
+            + (" (a plain tfmot QAT model: save it with Keras, model.save inside "
+               "tfmot.quantization.keras.quantize_scope())." if policy else "."))
+    float_model = strip_quantization(qat_model)
+    want = _signature(qat_model)
+    for scheme in SCHEMES:
+        if _signature(_quantize(float_model, policy, scheme=scheme)) == want:
+            return {"float_model": float_model.to_json(), "policy": policy, "scheme": scheme}
+    raise ValueError(
+        f"Expected a QAT model gq_tf can rebuild from a policy (GQ and tfmot's default 8-bit layers, applied with "
+        f"gq_tf.QuantizeScheme or tfmot's default scheme). Received model '{qat_model.name}', which re-applying its "
+        "layers' quantizers under either scheme does not reproduce (e.g. a hand-set output_range or tfmot "
+        "QuantizeConfig options): save it with model.save_weights and rebuild it in code.")
+
+
+def save_qat(qat_model, directory):
+    """Saves a QAT model to ``directory``.
+
+    The model comes from ``gq_tf.quantize_model`` or ``load_qat``, or from
+    tfmot's ``quantize_apply`` on a model annotated with GQ configs and tfmot's
+    default 8-bit scheme (see the module docstring). Writes to a temporary
+    directory and renames it into place, so an interrupted save never leaves
+    a half-written model where a good one was.
 
     Raises:
-      ValueError: the model was not made by ``gq_tf.quantize_model`` in this process.
+      ValueError: a model gq_tf cannot rebuild (layers of other tfmot schemes or
+        wrappers, custom QuantizeConfigs); nothing is written.
     """
     origin = _ORIGINS.get(qat_model)
     if origin is None:
-        raise ValueError(
-            f"Expected a QAT model returned by gq_tf.quantize_model (or load_qat). "
-            f"Received model '{qat_model.name}', whose policy gq_tf does not know."
-        )
+        origin = _origin_of(qat_model)
+        _ORIGINS[qat_model] = origin
     directory = os.fspath(directory)
     tmp = directory.rstrip("/") + ".tmp-saving"
     if os.path.exists(tmp):
@@ -80,7 +136,7 @@ def save_qat(qat_model, directory):
     os.makedirs(tmp)
     qat_model.save_weights(os.path.join(tmp, _WEIGHTS), save_format="tf")
     meta = {"format": FORMAT, "float_model": json.loads(origin["float_model"]),
-            "policy": policy_to_json(origin["policy"])}
+            "policy": policy_to_json(origin["policy"]), "scheme": origin.get("scheme", "gq")}
     with open(os.path.join(tmp, _META), "w") as f:
         json.dump(meta, f, indent=1)
     if os.path.exists(directory):
@@ -243,8 +299,11 @@ def load_qat(directory, custom_objects=None):
             f"({{\"rules\": [[pattern, spec], ...]}} or {{\"bits\": n}}). Received "
             f"{json.dumps(meta['policy'])[:200]} ({type(e).__name__}: {e})."
         ) from e
+    scheme = meta.get("scheme", "gq")
+    if scheme not in SCHEMES:
+        raise ValueError(f"Expected 'scheme' in {meta_path} to be one of {list(SCHEMES)}. Received {scheme!r}.")
     try:
-        qat = quantize_model(model, policy)
+        qat = _quantize(model, policy, scheme=scheme)
     except (ValueError, TypeError) as e:
         raise ValueError(f"Expected the policy in {meta_path} to fit its float model. Received: {e}") from e
     weights = os.path.join(directory, _WEIGHTS)

@@ -66,8 +66,11 @@ def test_save_needs_a_gq_model(tmp_path):
     from tensorflow_model_optimization.quantization.keras import quantize_model
 
     tfmot_qat = quantize_model(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
-    with pytest.raises(ValueError, match="gq_tf.quantize_model"):
+    with pytest.raises(ValueError, match="gq_tf.quantize_model.*plain tfmot QAT model"):
         gq_tf.save_qat(tfmot_qat, tmp_path / "m")
+    with pytest.raises(ValueError, match="without any gq_tf layers|without any\\."):
+        gq_tf.save_qat(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), tmp_path / "m")
+    assert not (tmp_path / "m").exists()
 
 
 def test_load_errors(tmp_path):
@@ -131,7 +134,7 @@ def _edit_meta(folder, **changes):
     (lambda m: (m / "gq_model.json").write_text("[1, 2]"), ValueError, r"JSON object in .*gq_model.json.*list"),
     (lambda m: (m / "gq_model.json").write_text(json.dumps({k: v for k, v in _meta(m).items() if k != "policy"})),
      ValueError,
-     r"keys 'float_model' and 'policy' in .*gq_model.json. Received keys \['float_model', 'format'\]"),
+     r"keys 'float_model' and 'policy' in .*gq_model.json. Received keys \['float_model', 'format', 'scheme'\]"),
     (lambda m: _edit_meta(m, float_model={"class_name": "Nope", "config": {}}), ValueError,
      r"Keras model config under 'float_model' in .*gq_model.json"),
     (lambda m: _edit_meta(m, policy={"rules": [["lstm"]]}), ValueError,

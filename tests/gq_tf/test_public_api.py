@@ -11,6 +11,7 @@ from tests.conftest import sequence_model
 PUBLIC = [
     "keras", "quantize_model", "GQ", "GeneralQuantizer", "Uniform", "GQAnnealing", "Codebook",
     "extract_codebooks", "strip_quantization", "quantize_scope", "save_qat", "load_qat", "allocate_bits", "Allocation",
+    "quantize_annotate_layer", "QuantizeScheme", "GQQuantizeConfig", "Tfmot8Bit",
 ]
 
 
