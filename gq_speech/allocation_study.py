@@ -21,6 +21,11 @@ Stages, each kept in ``--out`` as it finishes (a run that stops resumes there):
 5. ``results.md`` (the tables) and ``results.png`` (accuracy vs deployed KB).
 
 Run:  python -m gq_speech.allocation_study [--out runs/allocation] [--seeds 3]   (--quick: a smoke run)
+
+The speech task's ranking (``--speech RUN_DIR``, after ``gq-tf asr run
+allocation --out RUN_DIR``): each estimator's summed sensitivity of every
+fine-tuned GQ policy of that run against its fine-tuned dev loss (Spearman),
+written to ``RUN_DIR/allocation_ranking.json``.
 """
 
 from __future__ import annotations
@@ -341,6 +346,76 @@ def _plot(rows, results, seeds, float_result, sizes, path):
     os.replace(tmp, path)
 
 
+SPEECH_ESTIMATORS = ("loss", "fisher")
+
+
+def speech(run_dir, recipe_name="allocation", model_name="rnnt_small"):
+    """Ranks the estimators on a finished ``gq-tf asr run`` of an allocation recipe.
+
+    Every GQ variant of the run (hand, uniform and automatic policies, all
+    seeds) is one point: its policy's summed sensitivity (measured on the
+    run's float model and calibration utterances, as the recipe's automatic
+    variants do; cached beside theirs) against the dev loss after its
+    fine-tune (the last epoch of its ``log.jsonl``).
+
+    Returns:
+      {"rows": [...], "spearman": {estimator: rho}}, also written to
+      ``RUN_DIR/allocation_ranking.json``.
+    """
+    from gq_speech import experiment
+    from gq_speech.recipe import auto_settings, load_recipe, parse_policy
+
+    run_dir = Path(run_dir)
+    recipe = load_recipe(recipe_name)
+    auto_name = next((n for n, v in recipe["variants"].items() if "auto" in v), None)
+    if auto_name is None:
+        raise ValueError(f"Expected a recipe with an automatic variant. Received {recipe_name!r} without one.")
+    rows = []
+    for result in sorted((run_dir / model_name).glob("*/result.json")):
+        r = json.loads(result.read_text())
+        spec = recipe["variants"].get(r["variant"], {})
+        log = result.parent / "log.jsonl"
+        if r.get("kind") != "qat" or not log.exists():
+            continue
+        policy = r["allocation"]["policy"] if "allocation" in r else spec["policy"]
+        last = [json.loads(line) for line in log.read_text().splitlines() if line.strip()][-1]
+        rows.append({"variant": r["variant"], "policy": policy, "seed": spec.get("finetune", {}).get("seed", 0),
+                     "dev_loss": last["val_loss"], "test_wer": r["wer_tflite_test"]})
+    ctx = experiment.prepare(recipe, run_dir, model_name, log=_say)
+    net = experiment._fresh_float(ctx)
+    bits = {}
+    for row in rows:
+        try:
+            bits[row["variant"]] = allocation.policy_bits(net, parse_policy(row["policy"]))
+        except ValueError:
+            pass  # a uniform (not GQ) policy: not what the estimators are for
+    rows = [row for row in rows if row["variant"] in bits]
+    bits = [bits[row["variant"]] for row in rows]
+    if len(rows) < 2:
+        raise ValueError(f"Expected at least 2 finished GQ variants in {run_dir / model_name}. Received {len(rows)}.")
+    out = {"rows": rows, "spearman": {}}
+    settings = auto_settings(recipe, auto_name)
+    # Every bit depth a policy uses, besides the automatic variants' candidates.
+    used = {b for p in bits for b in p.values() if b is not allocation.FLOAT}
+    candidates = sorted(set(settings["candidates"]) | used)
+    for method in SPEECH_ESTIMATORS:
+        sens = experiment.measure_sensitivity(ctx, net, {**settings, "candidates": candidates, "method": method},
+                                              f"ranking/{method}")
+        for row, policy_bits in zip(rows, bits):
+            row[method] = sum(0.0 if b is allocation.FLOAT else sens.values[k][b] for k, b in policy_bits.items())
+        out["spearman"][method] = spearman([r[method] for r in rows], [r["dev_loss"] for r in rows])
+    atomic_json(run_dir / "allocation_ranking.json", out)
+    lines = ["| variant | seed | " + " | ".join(f"summed {m}" for m in SPEECH_ESTIMATORS) + " | dev loss | test WER |",
+             "|---" * (4 + len(SPEECH_ESTIMATORS)) + "|"]
+    for r in sorted(rows, key=lambda r: r["dev_loss"]):
+        lines.append(f"| {r['variant']} | {r['seed']} | " + " | ".join(f"{r[m]:.3g}" for m in SPEECH_ESTIMATORS)
+                     + f" | {r['dev_loss']:.4f} | {100 * r['test_wer']:.2f}% |")
+    lines.append("")
+    lines += [f"Spearman, {m} vs dev loss: {rho:+.3f}" for m, rho in out["spearman"].items()]
+    _say("\n".join(lines))
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m gq_speech.allocation_study", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/allocation")
@@ -352,7 +427,16 @@ def main(argv=None):
     p.add_argument("--test", type=int, default=demo.TaskConfig.test)
     p.add_argument("--dev", type=int, default=DEV)
     p.add_argument("--quick", action="store_true", help="smoke run (a minute, meaningless numbers)")
+    p.add_argument("--speech", metavar="RUN_DIR",
+                   help="rank the estimators on a finished `gq-tf asr run allocation --out RUN_DIR` instead")
     args = p.parse_args(argv)
+    if args.speech:
+        try:
+            speech(args.speech)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
     if args.quick:
         args.seeds, args.float_epochs, args.epochs, args.train, args.test, args.dev = 1, 1, 1, 512, 128, 128
     try:

@@ -449,11 +449,8 @@ def auto_policy(ctx: Context, net, name: str):
     Returns:
       (the policy for ``gq_tf.quantize_model``, the ``gq_tf.allocation.Allocation``).
     """
-    import hashlib
-
     import converters
     from gq_speech.recipe import auto_settings
-    from gq_speech.train import RNNTTrainer, tf_batches
     from gq_tf import allocation
 
     auto = auto_settings(ctx.recipe, name)
@@ -464,27 +461,41 @@ def auto_policy(ctx: Context, net, name: str):
         budget = allocation.policy_nbytes(net, like, sizes=converters.deployed_sizes)
         ctx.log(f"[{ctx.model_name}/{name}] budget: {budget:,} bytes, the deployed kernels of variant "
                 f"{auto['budget_like']!r}")
-    key = {"float": _float_key(ctx), **{k: auto[k] for k in ("candidates", "method", "calibration", "batch_size")}}
-    digest = hashlib.sha256(_stamp_text(key).encode()).hexdigest()[:16]
-    path = ctx.out / ctx.model_name / "sensitivity" / f"{digest}.json"
-    if path.exists():
-        sens = allocation.load_sensitivity(path)
-        ctx.log(f"[{ctx.model_name}/{name}] sensitivities measured before: {path}")
-    else:
-        trainer = RNNTTrainer(net, ctx.cfg)
-        data = tf_batches(_calibration(ctx.data["train"], auto["calibration"]), auto["batch_size"], shuffle=False)
-        ctx.log(f"[{ctx.model_name}/{name}] measuring sensitivities ({auto['method']}, {auto['calibration']} "
-                "calibration utterances)")
-        sens = allocation.sensitivity(net, data, loss_fn=lambda m, batch: trainer._loss(batch, training=False)[0],
-                                      candidates=auto["candidates"], method=auto["method"],
-                                      progress=lambda line: ctx.log(f"  {line}"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_json(path, sens.to_json())
+    sens = measure_sensitivity(ctx, net, auto, name)
     alloc = gq_tf.allocate_bits(net, None, budget_bytes=budget, candidates=auto["candidates"],
                                 min_bits=auto["min_bits"], max_bits=auto["max_bits"], fixed=auto["fixed"],
                                 keep_float=auto["keep_float"], sizes=converters.deployed_sizes,
                                 sensitivities=sens, progress=False)
     return alloc.policy, alloc
+
+
+def measure_sensitivity(ctx: Context, net, auto: dict, name: str):
+    """``gq_tf.allocation.sensitivity`` of the float network ``net`` under the
+    settings ``auto`` (``recipe.auto_settings``: candidates, method, calibration,
+    batch_size): the RNN-T loss on calibration utterances of the training
+    split. Kept in ``<model>/sensitivity/<hash of the float model and settings>.json``
+    and read from there when it was measured before."""
+    import hashlib
+
+    from gq_speech.train import RNNTTrainer, tf_batches
+    from gq_tf import allocation
+
+    key = {"float": _float_key(ctx), **{k: auto[k] for k in ("candidates", "method", "calibration", "batch_size")}}
+    digest = hashlib.sha256(_stamp_text(key).encode()).hexdigest()[:16]
+    path = ctx.out / ctx.model_name / "sensitivity" / f"{digest}.json"
+    if path.exists():
+        ctx.log(f"[{ctx.model_name}/{name}] sensitivities measured before: {path}")
+        return allocation.load_sensitivity(path)
+    trainer = RNNTTrainer(net, ctx.cfg)
+    data = tf_batches(_calibration(ctx.data["train"], auto["calibration"]), auto["batch_size"], shuffle=False)
+    ctx.log(f"[{ctx.model_name}/{name}] measuring sensitivities ({auto['method']}, {auto['calibration']} "
+            "calibration utterances)")
+    sens = allocation.sensitivity(net, data, loss_fn=lambda m, batch: trainer._loss(batch, training=False)[0],
+                                  candidates=auto["candidates"], method=auto["method"],
+                                  progress=lambda line: ctx.log(f"  {line}"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_json(path, sens.to_json())
+    return sens
 
 
 def average_bits(qat) -> float:

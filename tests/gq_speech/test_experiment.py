@@ -201,6 +201,12 @@ def test_tiny_recipe_end_to_end(tmp_path):
     assert auto["total_bytes"] <= auto["budget_bytes"] and auto["policy"]["joint_out"] == 8
     assert by["gq_auto"]["file_bytes"] <= 1.01 * by["gq_mixed"]["file_bytes"]
     assert len(list((tmp_path / "rnnt_tiny" / "sensitivity").glob("*.json"))) == 1
+    from gq_speech import allocation_study
+
+    ranking = allocation_study.speech(tmp_path, "tiny", "rnnt_tiny")  # the estimators' ranking on this run
+    assert sorted(r["variant"] for r in ranking["rows"]) == ["gq_auto", "gq_mixed"]
+    assert set(ranking["spearman"]) == {"loss", "fisher"}
+    assert json.loads((tmp_path / "allocation_ranking.json").read_text())["spearman"] == ranking["spearman"]
     md = (tmp_path / "results.md").read_text()
     assert "gq-tf asr run tiny" in md and "| gq_mixed |" in md
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
