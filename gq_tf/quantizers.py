@@ -210,7 +210,8 @@ class GeneralQuantizer(_KernelQuantizer):
         dtype = self.compute_dtype(inputs)
         qv = self._cast_vars(weights, dtype)
         state = tf.cast(weights["state"], dtype)
-        w_hat = ops.gq_quantize(
+        quantize = ops.gq_quantize if ops.TRAINING_GRADIENT == "custom" else ops.gq_quantize_autodiff
+        w_hat = quantize(
             tf.cast(inputs, dtype),
             qv["theta"],
             qv["scale"],
