@@ -5,8 +5,8 @@ row's peak resident memory (``VmHWM``) is its own; rows of one model run one
 after the other in the same call, and the ratios are to that model's uniform
 8-bit QAT row. A step is one ``train_on_batch`` (Adam) after a first, tracing
 step; time = the fastest of ``--steps`` steps (this machine's steps are
-bimodal: a share of them is stretched by a fixed amount from outside the
-process, the same for every row; the median is printed too).
+bimodal: a share of them is stretched from outside the process to the same
+few durations whatever the row; the median is printed too).
 
 Models:
   stack  5 x LSTM-1024 + Dense (38.7M parameters) on [batch, frames, 80]
