@@ -6,6 +6,7 @@ QuantizeConfig, the policy checks, codebook extraction and stripping all read
 this table; nothing else lists layers.
 """
 
+import functools
 import logging
 import re
 import weakref
@@ -436,13 +437,13 @@ def _normalize_spec(spec, where):
     return GeneralQuantizer(check_bits(spec, where=where))
 
 
-_DEFAULT_REGISTRY = []
+@functools.lru_cache(maxsize=1)
+def _default_8bit_registry():
+    return _tfq.default_8bit.Default8BitQuantizeScheme().get_quantize_registry()
 
 
 def _tfmot8_supports(layer):
-    if not _DEFAULT_REGISTRY:
-        _DEFAULT_REGISTRY.append(_tfq.default_8bit.Default8BitQuantizeScheme().get_quantize_registry())
-    return _DEFAULT_REGISTRY[0].supports(layer)
+    return _default_8bit_registry().supports(layer)
 
 
 def _layer_quantizers(layer, spec, pattern):
