@@ -588,10 +588,14 @@ def _scaled_uniform_step(values, book):
     if umax == 0.0 or gmax == 0.0:
         return None
     step = _uniform_scale(book) * umax / gmax
+    return step if _on_grid(values, step) is not None else None
+
+
+def _on_grid(values, step):
+    """``values / step`` as integers if they all are (within 1e-3) and |q| <= 127, else None."""
     q = values.astype(np.float64) / step
-    if np.abs(np.round(q)).max() <= 127 and np.all(np.abs(q - np.round(q)) < 1e-3):
-        return step
-    return None
+    r = np.round(q)
+    return r.astype(np.int64) if np.abs(r).max() <= 127 and np.all(np.abs(q - r) < 1e-3) else None
 
 
 def _weight_ops(model):
@@ -728,10 +732,9 @@ def _grid_book(values):
     if amax == 0.0:
         return None
     step = amax / 127.0
-    q = values.astype(np.float64) / step
-    if np.abs(q - np.round(q)).max() > 1e-3:
+    q = _on_grid(values, step)
+    if q is None:
         return None
-    q = np.round(q).astype(np.int64)
     centroids = (step * np.arange(-128, 128)).astype(np.float32)
     centroids[q.ravel() + 128] = values.ravel()
     return Codebook(bits=8, centroids=centroids, indices=(q + 128).astype(np.uint8), method="uniform")

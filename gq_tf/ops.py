@@ -157,14 +157,21 @@ def _lower_bound(sorted_theta, zf):
     return pos
 
 
-def _nearest(zf, theta):
-    """theta's nearest centroid to each of ``zf`` ([N]), in O(N) memory."""
-    k = theta.shape[0]
-    sorted_theta = tf.sort(theta)
+def _nearest_index(sorted_theta, zf):
+    """Index into ``sorted_theta`` of the centroid nearest to each of ``zf`` ([N]),
+    in O(N) memory (the lower one on a tie)."""
+    k = sorted_theta.shape[0]
     pos = _lower_bound(sorted_theta, zf)
-    left = tf.gather(sorted_theta, tf.maximum(pos - 1, 0))
-    right = tf.gather(sorted_theta, tf.minimum(pos, k - 1))
-    return tf.where(tf.square(zf - right) < tf.square(zf - left), right, left)
+    left, right = tf.maximum(pos - 1, 0), tf.minimum(pos, k - 1)
+    d_left = tf.square(zf - tf.gather(sorted_theta, left))
+    d_right = tf.square(zf - tf.gather(sorted_theta, right))
+    return tf.where(d_right < d_left, right, left)
+
+
+def _nearest(zf, theta):
+    """theta's nearest centroid to each of ``zf`` ([N])."""
+    sorted_theta = tf.sort(theta)
+    return tf.gather(sorted_theta, _nearest_index(sorted_theta, zf))
 
 
 # Weights per step of the quantizer's loops: the [CHUNK, K] softmax
@@ -336,16 +343,9 @@ def gq_hard_assign(w, theta, s, mu):
       ([K] float32) and int32 indices into them, shape of ``w``. The
       inference weight is exactly ``tf.gather(centroids, indices)``.
     """
-    k = theta.shape[0]
     sorted_theta = tf.sort(theta)
     centroids = s * expand(sorted_theta, mu)
-    z = tf.reshape(_companded(w, s, mu), [-1])
-    pos = tf.searchsorted(sorted_theta, z, side="left", out_type=tf.int32)
-    left = tf.maximum(pos - 1, 0)
-    right = tf.minimum(pos, k - 1)
-    d_left = tf.square(z - tf.gather(sorted_theta, left))
-    d_right = tf.square(z - tf.gather(sorted_theta, right))
-    idx = tf.where(d_right < d_left, right, left)
+    idx = _nearest_index(sorted_theta, tf.reshape(_companded(w, s, mu), [-1]))
     return centroids, tf.reshape(idx, tf.shape(w))
 
 
