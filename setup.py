@@ -114,7 +114,9 @@ setup(
     # cmake: the tests build the Android delegate's CMake project (with a
     # stand-in toolchain, there being no NDK here).
     # ruff: tests/test_lint.py runs the linter configured in pyproject.toml.
-    extras_require={"test": ["pytest>=8", "pytest-timeout", "cmake>=3.22", "ruff==0.16.*"]},
+    # gpu: TensorFlow's own CUDA libraries from PyPI (the NVIDIA driver must be installed).
+    extras_require={"test": ["pytest>=8", "pytest-timeout", "cmake>=3.22", "ruff==0.16.*"],
+                    "gpu": ["tensorflow[and-cuda]==2.21.*"]},
     entry_points={"console_scripts": ["gq-tf=gq_speech.__main__:main",
                                       "android-bench=android_bench.__main__:main"]},
 )

@@ -49,6 +49,14 @@ def _parser():
     run.add_argument("--variants", nargs="*", help="only these variants")
     run.add_argument("--jobs", type=int, default=None,
                      help="models trained at once, one process each (default: one per CPU, up to the models)")
+    run.add_argument("--strategy", choices=None, default=None, metavar="NAME",
+                     help="tf.distribute strategy for the training stages: default, mirrored (this machine's GPUs, "
+                          "or --devices logical CPUs) or multi_worker (the machines of TF_CONFIG; docs/ASR.md). "
+                          "Default: the recipe's \"strategy\", else default")
+    run.add_argument("--devices", type=int, default=None,
+                     help="mirrored: replicas on this machine (default: every GPU; 1 on a CPU-only machine)")
+    run.add_argument("--timeout", type=float, default=None, metavar="S",
+                     help="multi_worker: seconds to wait for every worker to start (default 300)")
     run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one model, no bench/reports
     corpus = sub.add_parser("corpus", help="generate the built-in corpus only")
     corpus.add_argument("--out", required=True)
@@ -344,6 +352,24 @@ def _transcribe(args):
     return 0
 
 
+def _cluster(args, log):
+    """The strategy of ``gq-tf asr run``: the command line's, else the recipe's ``"strategy"``
+    (a name, or ``{"name": ..., "devices": N, "timeout_s": S}``), else none."""
+    from gq_speech import distribute
+    from gq_speech.recipe import load_recipe, strategy_settings
+
+    conf = strategy_settings(load_recipe(args.recipe))
+    name = args.strategy or conf.get("name", "default")
+    devices = args.devices if args.devices is not None else (conf.get("devices") if name == conf.get("name") else None)
+    timeout = args.timeout if args.timeout is not None else conf.get("timeout_s", distribute.DEFAULT_TIMEOUT_S)
+    cluster = distribute.make_cluster(name, devices=devices, timeout_s=timeout)
+    if cluster.distributed:
+        who = (f"worker {cluster.worker_index} of {cluster.workers}" + (" (chief)" if cluster.is_chief else
+               ": the chief prints the progress and writes the results") if cluster.workers > 1 else "")
+        log(f"strategy {cluster.name}: {cluster.replicas} replicas in sync{', ' + who if who else ''}")
+    return cluster
+
+
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
@@ -367,8 +393,9 @@ def main(argv=None):
             recipe = "full" if args.full else "demo"
             run_recipe(recipe, args.out or f"runs/asr_{recipe}", jobs=args.jobs, log=log)
         else:
+            cluster = _cluster(args, log)
             run_recipe(args.recipe, args.out, models=args.models, variants=args.variants,
-                       jobs=1 if args.worker else args.jobs, reports=not args.worker, log=log)
+                       jobs=1 if args.worker else args.jobs, reports=not args.worker, log=log, cluster=cluster)
     except (FileNotFoundError, ValueError, TypeError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -154,7 +154,7 @@ def tflite_transcribe(stream_dir, split, tokenizer, limit=None, log=print) -> tu
 # ----------------------------------------------------------------- variants
 
 
-def _cluster(net, clusters):
+def _clustered(net, clusters):
     import tensorflow_model_optimization as tfmot
 
     cl = tfmot.clustering.keras
@@ -200,6 +200,7 @@ class Context:
     data: dict  # split name -> train.Split
     float_dir: Path
     log: object
+    cluster: object = None  # gq_speech.distribute.Cluster the stages train under (None: one device)
 
 
 def _fresh_float(ctx: Context):
@@ -229,8 +230,27 @@ def _fresh_float(ctx: Context):
     return net
 
 
-def prepare(recipe: dict, out: Path, model_name: str, log=print) -> Context:
-    """Corpus (+ far field), features and the float model's config with feature stats."""
+def prepare(recipe: dict, out: Path, model_name: str, log=print, cluster=None) -> Context:
+    """Corpus (+ far field), features and the float model's config with feature stats.
+
+    Under a multi-worker ``cluster`` the chief makes the corpus and the
+    feature caches first; the other workers then read them (silently).
+    """
+    from gq_speech import distribute
+
+    cluster = cluster or distribute.local()
+    log = cluster.log(log)
+    # A process that runs TensorFlow's multi-worker server must not fork (a
+    # forked child can inherit a held lock and hang): the chief makes the
+    # built-in corpus and far field in one process (the same files; slower).
+    workers = 1 if cluster.workers > 1 else 2
+    with cluster.chief_first():
+        ctx = _prepare(recipe, out, model_name, log, workers)
+    ctx.cluster = cluster
+    return ctx
+
+
+def _prepare(recipe: dict, out: Path, model_name: str, log, workers: int = 2) -> Context:
     from gq_speech import corpus, farfield, features, models
     from gq_speech.text import Tokenizer
     from gq_speech.train import load_split
@@ -246,7 +266,7 @@ def prepare(recipe: dict, out: Path, model_name: str, log=print) -> Context:
         corpus_dir = out / "corpus"
         roles = {"train": "train", "dev": "dev", "test": "test"}
         log(f"corpus: preset {c.get('preset', 'small')}, seed {c.get('seed', 0)} -> {corpus_dir}")
-        corpus.make_corpus(corpus_dir, c.get("preset", "small"), seed=c.get("seed", 0), log=log)
+        corpus.make_corpus(corpus_dir, c.get("preset", "small"), seed=c.get("seed", 0), workers=workers, log=log)
     far = recipe.get("farfield", {})
     if far is not None and "librispeech" in c:
         log("farfield: made only for the built-in corpus (it reads its manifest); LibriSpeech is evaluated clean")
@@ -254,7 +274,8 @@ def prepare(recipe: dict, out: Path, model_name: str, log=print) -> Context:
     if far is not None:
         # Written next to the clean test subset, as <test>_far.
         roles["test_far"] = f"{roles['test']}_far"
-        farfield.make_farfield(corpus_dir, roles["test"], roles["test_far"], seed=far.get("seed", 0), log=log)
+        farfield.make_farfield(corpus_dir, roles["test"], roles["test_far"], seed=far.get("seed", 0),
+                               workers=workers, log=log)
     cfg = models.load_config(model_name)
     feature_cfg = features.FeatureConfig(n_mels=cfg.n_mels)
     tokenizer = Tokenizer()
@@ -322,15 +343,42 @@ def train_float(ctx: Context) -> dict:
     from gq_speech.train import TrainConfig, fit
 
     tcfg = TrainConfig.from_dict(stage_settings(ctx.recipe, "float", ctx.model_name))
-    _forget_if_changed(ctx.float_dir, _float_key(ctx), ctx.log)
+    cluster = _cluster(ctx)
+    with cluster.chief_first():
+        if cluster.is_chief:
+            _forget_if_changed(ctx.float_dir, _float_key(ctx), ctx.log)
     keras.utils.set_random_seed(tcfg.seed)
-    net = models.build_training_model(ctx.cfg)
-    ctx.log(f"[{ctx.model_name}] float: {net.count_params():,} parameters, {tcfg.epochs} epochs")
-    summary = fit(net, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, ctx.float_dir, name="float", log=ctx.log)
+    with cluster.scope():
+        net = models.build_training_model(ctx.cfg)
+    on = f" on {cluster.replicas} replicas ({cluster.name})" if cluster.distributed else ""
+    ctx.log(f"[{ctx.model_name}] float: {net.count_params():,} parameters, {tcfg.epochs} epochs{on}")
+    summary = fit(net, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, ctx.float_dir, name="float", log=ctx.log,
+                  cluster=cluster)
     summary["parameters"] = int(net.count_params())
-    atomic_json(ctx.float_dir / "summary.json", summary)
-    atomic_write(ctx.float_dir / "model_config.json", json.dumps(ctx.cfg.to_dict(), indent=1))
+    if cluster.is_chief:
+        atomic_json(ctx.float_dir / "summary.json", summary)
+        atomic_write(ctx.float_dir / "model_config.json", json.dumps(ctx.cfg.to_dict(), indent=1))
+    cluster.barrier()  # the float model is on disk before any worker fine-tunes from it
     return summary
+
+
+def _cluster(ctx: Context):
+    from gq_speech import distribute
+
+    return ctx.cluster or distribute.local()
+
+
+def _chief_says(cluster, value: bool, what: str) -> bool:
+    """The chief's ``value`` (every worker must call this at the same point); a worker
+    that sees otherwise means the run directory is not shared."""
+    from gq_speech import distribute
+
+    seen = cluster.gather([float(value)])[:, 0]
+    if (seen != seen[0]).any():
+        raise distribute.ClusterError(
+            f"Expected every worker to see the chief's run directory: {what} is {bool(seen[0])} on the chief and "
+            f"{[bool(v) for v in seen]} on the workers. Put the run directory on a file system every machine shares.")
+    return bool(seen[0])
 
 
 def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
@@ -348,13 +396,17 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
     if spec.get("kind", "qat") != "float":  # the float row does not fine-tune
         key.update(finetune=settings,
                    annealing=ctx.recipe.get("annealing", {}))
-    _forget_if_changed(vdir, key, ctx.log)
-    if result_path.exists():
+    cluster = _cluster(ctx)
+    with cluster.chief_first():
+        if cluster.is_chief:
+            _forget_if_changed(vdir, key, ctx.log)
+    if _chief_says(cluster, result_path.exists(), f"{result_path} exists"):
         ctx.log(f"[{ctx.model_name}/{name}] done before: {result_path}")
-        return json.loads(result_path.read_text())
+        return json.loads(result_path.read_text()) if cluster.is_chief else None
     vdir.mkdir(parents=True, exist_ok=True)
     kind = spec.get("kind", "qat")
-    net = _fresh_float(ctx)
+    with cluster.scope():
+        net = _fresh_float(ctx)
     train_seconds = json.loads((ctx.float_dir / "summary.json").read_text())["seconds"]
     row = {"model": ctx.model_name, "variant": name, "kind": kind, "command": command,
            "float_train_seconds": train_seconds}
@@ -362,13 +414,17 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", converters.NotPackedWarning)
         if kind == "float":
+            if not cluster.is_chief:
+                return None
             evaluated = net
             export = deploy.export_streaming(net, ctx.cfg, stream, kind="float")
             row["finetune_seconds"] = 0.0
         elif kind == "qat":
             if "auto" in spec:
-                policy, alloc = auto_policy(ctx, net, name)
-                atomic_json(vdir / "allocation.json", alloc.to_json())
+                with cluster.chief_first():  # the chief measures the sensitivities, the others read them
+                    policy, alloc = auto_policy(ctx, net, name)
+                if cluster.is_chief:
+                    atomic_json(vdir / "allocation.json", alloc.to_json())
                 row["allocation"] = {"budget_bytes": alloc.budget_bytes, "total_bytes": alloc.total_bytes,
                                      "policy": alloc.policy}
                 ctx.log(f"[{ctx.model_name}/{name}] automatic policy:\n{alloc.table()}")
@@ -377,14 +433,17 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
                 policy = parse_policy(spec["policy"])
             tcfg = TrainConfig.from_dict(settings)
             keras.utils.set_random_seed(tcfg.seed)
-            qat = gq_tf.quantize_model(net, policy)
+            with cluster.scope():
+                qat = gq_tf.quantize_model(net, policy)
             callbacks = []
             if has_gq(qat):
                 steps = tcfg.epochs * tcfg.steps_per_epoch(ctx.data["train"])
                 callbacks.append(annealing(steps, **ctx.recipe.get("annealing", {})))
             ctx.log(f"[{ctx.model_name}/{name}] fine-tune {tcfg.epochs} epochs, policy {spec['policy']}")
             s = fit(qat, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, vdir, name=name,
-                    callbacks=callbacks, log=ctx.log)
+                    callbacks=callbacks, log=ctx.log, cluster=cluster)
+            if not cluster.is_chief:  # the chief exports and evaluates
+                return None
             row["finetune_seconds"] = s["seconds"]
             row["bits"] = average_bits(qat)
             evaluated = qat
@@ -395,9 +454,13 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
             tcfg = TrainConfig.from_dict(settings)
             keras.utils.set_random_seed(tcfg.seed)
             clusters = int(spec.get("clusters", 16))
-            clustered = _cluster(net, clusters)
+            with cluster.scope():
+                clustered = _clustered(net, clusters)
             ctx.log(f"[{ctx.model_name}/{name}] tfmot clustering, {clusters} clusters, fine-tune {tcfg.epochs} epochs")
-            s = fit(clustered, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, vdir, name=name, log=ctx.log)
+            s = fit(clustered, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, vdir, name=name, log=ctx.log,
+                    cluster=cluster)
+            if not cluster.is_chief:
+                return None
             row["finetune_seconds"] = s["seconds"]
             evaluated = tfmot.clustering.keras.strip_clustering(clustered)
             export = deploy.export_streaming(evaluated, ctx.cfg, stream, kind="float")
@@ -804,13 +867,42 @@ def _run_models_in_parallel(recipe_name, out: Path, models: list[str], variants,
                            "run the same command again to resume.")
 
 
-def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, reports=True, log=print) -> list[dict]:
+def check_global_batches(recipe: dict, models, variants, replicas: int) -> None:
+    """Every training stage's batch size (the global batch) splits evenly over ``replicas``.
+
+    Raises:
+      ValueError: naming the stages that do not, before anything is trained.
+    """
+    from gq_speech.train import TrainConfig
+
+    bad = []
+    for model_name in models:
+        stages = [("float", stage_settings(recipe, "float", model_name))]
+        stages += [(name, finetune_settings(recipe, spec, model_name))
+                   for name, spec in variants_of(recipe, model_name, variants) if spec.get("kind", "qat") != "float"]
+        sizes = [(name, TrainConfig.from_dict(st).batch_size) for name, st in stages]
+        bad += [f"{model_name}/{name}: {size}" for name, size in sizes if size % replicas]
+    if bad:
+        raise ValueError(f"Expected every batch size (the global batch) to be divisible by the {replicas} replicas. "
+                         f"Received {', '.join(bad)}: change batch_size in the recipe, or the number of devices.")
+
+
+def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, reports=True, log=print,
+               cluster=None) -> list[dict]:
     """Runs (or resumes) a recipe; returns the table rows.
 
     ``jobs`` models are trained at once in worker processes (default: one per
     CPU, at most the number of models; see :func:`_run_models_in_parallel`). ``reports=False`` (a worker) skips the
     benchmark and the report files.
+
+    ``cluster`` (``gq_speech.distribute.make_cluster``): every training stage
+    runs under its strategy, one model after the other (``jobs`` is 1). With
+    several workers each runs this same call; the chief exports, evaluates,
+    benchmarks and writes the reports, and gets the rows (the others get []).
     """
+    from gq_speech import distribute
+
+    cluster = cluster or distribute.local()
     recipe = load_recipe(recipe_name)
     # Batches of different lengths retrace the decoders a few times by design.
     tf.get_logger().setLevel("ERROR")
@@ -821,10 +913,16 @@ def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, repor
     unknown = [m for m in models if m not in recipe["models"]]
     if unknown:
         raise ValueError(f"Expected models of recipe {recipe['name']!r} ({recipe['models']}). Received {unknown}.")
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"Expected --jobs >= 1. Received {jobs}.")
+    if cluster.distributed:
+        if jobs not in (None, 1):
+            raise ValueError(f"Expected no --jobs with --strategy {cluster.name} (its replicas use every device, one "
+                             f"model at a time). Received --jobs {jobs}.")
+        jobs = 1
+        check_global_batches(recipe, models, variants, cluster.replicas)
     if jobs is None:
         jobs = max(1, min(len(models), len(os.sched_getaffinity(0))))
-    if jobs < 1:
-        raise ValueError(f"Expected --jobs >= 1. Received {jobs}.")
     t0 = time.time()
     contexts = {}
     if jobs > 1 and len(models) > 1:
@@ -836,14 +934,17 @@ def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, repor
     n_stream = int(ev.get("stream_utterances", 50))
     stream_utterances = {}  # model -> the test features the streaming benchmark runs
     for model_name in models:
-        ctx = contexts.pop(model_name, None) or prepare(recipe, out, model_name, log=log)
+        ctx = contexts.pop(model_name, None) or prepare(recipe, out, model_name, log=log, cluster=cluster)
         stream_utterances[model_name] = list(ctx.data["test"].features[:n_stream])
         train_float(ctx)
         for name, spec in variants_of(recipe, model_name, variants):
-            rows.append(run_variant(ctx, name, spec, command))
+            row = run_variant(ctx, name, spec, command)
+            if row is None:  # a worker that is not the chief
+                continue
+            rows.append(row)
             if reports:
                 write_reports(rows, out, recipe, command)
-    if not reports:
+    if not reports or not cluster.is_chief:
         return rows
     bench(rows, out, int(ev.get("bench_runs", 20)), log=log)
     streaming = stream_bench(rows, out, stream_utterances, memory=bool(ev.get("stream_memory", True)), log=log)

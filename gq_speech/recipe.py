@@ -15,7 +15,7 @@ import gq_tf
 from gq_tf.allocation import DEFAULT_CANDIDATES
 
 __all__ = ["RECIPE_DIR", "auto_settings", "finetune_settings", "load_recipe", "parse_policy", "stage_settings",
-           "variants_of"]
+           "strategy_settings", "variants_of"]
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -50,7 +50,31 @@ def load_recipe(name_or_path) -> dict:
         if not isinstance(spec.get("finetune", {}), dict):
             raise ValueError(f"Recipe {path}, variant {name!r}: expected 'finetune' to be a dict of training "
                              f"settings. Received {spec['finetune']!r}.")
+    strategy_settings(recipe, where=f"Recipe {path}")
     return recipe
+
+
+STRATEGY_KEYS = {"name": str, "devices": int, "timeout_s": (int, float)}
+
+
+def strategy_settings(recipe: dict, where: str = "Recipe") -> dict:
+    """The recipe's ``"strategy"`` (``gq_speech.distribute``) as a dict of
+    ``name``, ``devices``, ``timeout_s`` (those given): a name alone
+    (``"mirrored"``) or an object. The name is checked by ``make_cluster``.
+
+    Raises:
+      ValueError: another form, an unknown key or a value of the wrong type.
+    """
+    conf = recipe.get("strategy") or {}
+    conf = {"name": conf} if isinstance(conf, str) else conf
+    if not isinstance(conf, dict):
+        raise ValueError(f"{where}: expected 'strategy' to be a strategy name or an object with keys "
+                         f"{sorted(STRATEGY_KEYS)}. Received {recipe.get('strategy')!r}.")
+    for key, value in conf.items():
+        if key not in STRATEGY_KEYS or isinstance(value, bool) or not isinstance(value, STRATEGY_KEYS[key]):
+            raise ValueError(f"{where}: expected 'strategy' keys name (text), devices (integer), timeout_s "
+                             f"(seconds). Received {key!r}: {value!r}.")
+    return dict(conf)
 
 
 def _spec(value, where):

@@ -190,7 +190,9 @@ def count_batches(split: Split, batch_size: int, max_frames: int | None = None) 
 
 
 def tf_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, max_frames=None, frame_multiple=1,
-               first_epoch: int = 0, skip: int = 0, limit: int | None = None, repeat: bool = False):
+               first_epoch: int = 0, skip: int = 0, limit: int | None = None, repeat: bool = False,
+               augment: tuple[dict, np.ndarray] | None = None, replicas: int = 1, pipeline: int = 0,
+               pipelines: int = 1):
     """:func:`batches` as a ``tf.data.Dataset``: one pass, or passes without end.
 
     ``repeat``: the passes follow each other without end, and the caller
@@ -203,9 +205,23 @@ def tf_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, m
     resumed, and the first pass skips its first ``skip`` batches (those an
     interrupted run already trained on). ``limit`` ends each pass after that
     many batches of its order (skipped ones included).
+
+    ``augment``: ``(spec_augment settings, fill)``: batch ``k`` of epoch
+    ``e`` gets the masks of the generator seeded ``(seed, e, k)``, drawn
+    over the whole (global) batch: the same masks wherever a run resumes
+    and however many replicas share the batch.
+
+    ``replicas`` > 1 (a ``tf.distribute`` input pipeline): each global batch
+    is split into ``replicas`` consecutive parts (sizes differ by at most
+    one; a part may be empty at the end of an epoch), and this pipeline
+    (``pipeline`` of ``pipelines``, one per worker) yields its own
+    replicas' parts in order, which the strategy hands to its local
+    replicas in turn. Every utterance is seen once per epoch, by one replica.
     """
     n_mels = split.features[0].shape[1]
     state = {"epoch": first_epoch, "skip": skip}
+    per_pipeline = replicas // pipelines
+    mine = range(pipeline * per_pipeline, (pipeline + 1) * per_pipeline)
 
     def gen():
         epoch, skip_now = state["epoch"], state["skip"]
@@ -214,8 +230,19 @@ def tf_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, m
                                           max_frames=max_frames, frame_multiple=frame_multiple)):
             if limit is not None and k >= limit:
                 return
-            if k >= skip_now:
+            if k < skip_now:
+                continue
+            if augment is not None:
+                x, x_len, y, y_len = batch
+                settings, fill = augment
+                batch = (spec_augment(x, x_len, fill, rng=np.random.default_rng([seed, epoch, k]), **settings),
+                         x_len, y, y_len)
+            if replicas == 1:
                 yield batch
+                continue
+            bounds = np.linspace(0, len(batch[0]), replicas + 1).round().astype(int)
+            for r in mine:
+                yield tuple(part[bounds[r]:bounds[r + 1]] for part in batch)
 
     sig = (tf.TensorSpec([None, None, n_mels], tf.float32), tf.TensorSpec([None], tf.int32),
            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32))
@@ -223,12 +250,24 @@ def tf_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, m
     return (data.repeat() if repeat else data).prefetch(2)
 
 
+def distributed_batches(cluster, split: Split, batch_size: int, **kwargs):
+    """:func:`tf_batches` for ``cluster``: a plain dataset on one replica, else one
+    input pipeline per worker, each yielding its replicas' parts of every global batch."""
+    if cluster.replicas == 1 and not cluster.distributed:
+        return tf_batches(split, batch_size, **kwargs)
+
+    def per_worker(ctx):
+        return tf_batches(split, batch_size, replicas=ctx.num_replicas_in_sync, pipeline=ctx.input_pipeline_id,
+                          pipelines=ctx.num_input_pipelines, **kwargs)
+
+    return cluster.strategy.distribute_datasets_from_function(per_worker)
+
+
 # ----------------------------------------------------------------- trainer
 
 
-def spec_augment(x, lengths, fill, *, freq_masks=2, freq_width=0.15, time_masks=2, time_width=0.05, seed=None,
-                 rng=None):
-    """SpecAugment's frequency and time masks, per utterance.
+def spec_augment(x, lengths, fill, *, rng, freq_masks=2, freq_width=0.15, time_masks=2, time_width=0.05):
+    """SpecAugment's frequency and time masks, per utterance (numpy, in the input pipeline).
 
     Each of ``freq_masks`` masks covers ``w ~ U{0..freq_width * F}``
     consecutive mel bins at a uniform position; each of ``time_masks``
@@ -237,36 +276,30 @@ def spec_augment(x, lengths, fill, *, freq_masks=2, freq_width=0.15, time_masks=
     model's normalization).
 
     Args:
-      x: [B, T, F] features.
+      x: [B, T, F] features (not changed).
       lengths: [B] valid frames.
       fill: [F] values for masked cells.
-      seed: draw from a new generator seeded with it (when ``rng`` is None).
-      rng: the ``tf.random.Generator`` to draw from (the trainer's, whose
-        state its checkpoints keep); neither: TensorFlow's global one.
+      rng: the ``np.random.Generator`` to draw from (``tf_batches`` seeds one per batch).
 
     Returns:
-      ``x`` with the masks applied.
+      ``x`` with the masks applied, as a new array.
     """
-    x = tf.convert_to_tensor(x)
-    shape = tf.shape(x)
-    b, t, f = shape[0], shape[1], shape[2]
-    lengths = tf.cast(lengths, tf.float32)[:, None]
-    rnd = rng if rng is not None else (
-        tf.random.Generator.from_seed(seed) if seed is not None else tf.random.get_global_generator())
+    x = np.asarray(x)
+    b, t, f = x.shape
+    lengths = np.asarray(lengths, np.float64)[:, None]
 
-    def band(size, width, total, index):
-        w = tf.floor(rnd.uniform([b, 1]) * (tf.floor(width) + 1.0))
-        start = tf.floor(rnd.uniform([b, 1]) * tf.maximum(total - w, 0.0))
-        idx = tf.cast(index, tf.float32)[None, :]
+    def band(width, total, size):
+        w = np.floor(rng.uniform(size=(b, 1)) * (np.floor(width) + 1.0))
+        start = np.floor(rng.uniform(size=(b, 1)) * np.maximum(total - w, 0.0))
+        idx = np.arange(size)[None, :]
         return (idx >= start) & (idx < start + w)
 
-    mask = tf.zeros([b, t, f], tf.bool)
+    mask = np.zeros((b, t, f), bool)
     for _ in range(freq_masks):
-        mask |= band(f, freq_width * tf.cast(f, tf.float32), tf.cast(f, tf.float32), tf.range(f))[:, None, :]
+        mask |= band(np.full((b, 1), freq_width * f), np.full((b, 1), float(f)), f)[:, None, :]
     for _ in range(time_masks):
-        mask |= band(t, time_width * lengths, lengths, tf.range(t))[:, :, None]
-    return tf.where(mask, tf.cast(fill, x.dtype)[None, None, :], x)
-
+        mask |= band(time_width * lengths, lengths, t)[:, :, None]
+    return np.where(mask, np.asarray(fill, x.dtype)[None, None, :], x)
 
 
 class RNNTTrainer(keras.Model):
@@ -274,23 +307,24 @@ class RNNTTrainer(keras.Model):
 
     ``net([features, pred_tokens]) -> logits [B, T', U+1, V]``; the
     prediction network is fed blank followed by the labels. The reported
-    ``loss`` is the mean negative log-likelihood per label token.
+    ``loss`` is the mean negative log-likelihood per label token of the
+    global batch.
+
+    Under a ``tf.distribute`` strategy each replica holds a part of the
+    global batch: it divides its summed loss by the label tokens of the
+    *global* batch (an all-reduce), and the optimizer sums the replicas'
+    gradients, so the step is the one-device step on the same global batch
+    (up to the order of float additions). SpecAugment happens in the input
+    pipeline (``tf_batches``), so its masks do not depend on the replicas.
     """
 
-    def __init__(self, net, model_cfg, blank: int = 0, augment: dict | None = None, ctc_weight: float = 0.0,
-                 augment_seed: int = 0, **kwargs):
+    def __init__(self, net, model_cfg, blank: int = 0, ctc_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.net = net
         self.model_cfg = model_cfg
         self.blank = blank
-        self.augment = augment  # spec_augment keyword arguments, or None
-        # SpecAugment's own generator: keras.utils.set_random_seed does not
-        # reseed TensorFlow's global one, and a checkpoint keeps this one's
-        # state, so a run and its resumed twin draw the same masks.
-        self.augment_rng = tf.random.Generator.from_seed(augment_seed) if augment else None
-        from gq_speech.models import _output_in, feature_fill
+        from gq_speech.models import _output_in
 
-        self._fill = tf.constant(feature_fill(model_cfg))
         self.loss_tracker = keras.metrics.Mean(name="loss")
         # Auxiliary CTC on the encoder frames through a training-only linear
         # head (never exported). On a small, predictable domain the prediction
@@ -319,13 +353,12 @@ class RNNTTrainer(keras.Model):
         return self.net(inputs, training=training)
 
     def _loss(self, data, training):
-        """(RNN-T loss per label token, CTC loss per label token or None)."""
+        """(loss, CTC loss or None) of this replica's part, each per label token of the global batch,
+        and the same two for the whole global batch (for the metrics)."""
         from gq_speech.models import encoder_lengths
         from gq_speech.rnnt import rnnt_loss
 
         x, x_len, y, y_len = data
-        if training and self.augment:
-            x = spec_augment(x, x_len, self._fill, rng=self.augment_rng, **self.augment)
         start = tf.fill([tf.shape(y)[0], 1], tf.constant(self.blank, y.dtype))
         inputs = [x, tf.concat([start, y], axis=1)]
         if self._both is not None:
@@ -334,28 +367,37 @@ class RNNTTrainer(keras.Model):
             logits, enc = self.net(inputs, training=training), None
         enc_len = encoder_lengths(x_len, self.model_cfg)
         nll = rnnt_loss(logits, y, enc_len, y_len, blank=self.blank)
-        tokens = tf.cast(tf.maximum(tf.reduce_sum(y_len), 1), nll.dtype)
+        replicas = tf.distribute.get_replica_context()  # None: called outside strategy.run, on all of a batch
+
+        def over_replicas(value):
+            return replicas.all_reduce("SUM", value) if replicas is not None else value
+
+        tokens = tf.maximum(over_replicas(tf.cast(tf.reduce_sum(y_len), nll.dtype)), 1.0)
+        loss = tf.reduce_sum(nll) / tokens
         if enc is None:
-            return tf.reduce_sum(nll) / tokens, None
+            return loss, None, over_replicas(loss), None
         ctc = tf.nn.ctc_loss(tf.cast(y, tf.int32), self.ctc_head(enc), tf.cast(y_len, tf.int32),
                              tf.cast(enc_len, tf.int32), logits_time_major=False, blank_index=self.blank)
         # An utterance too fast for its frames has no CTC path (infinite loss): left out.
         ctc = tf.where(tf.math.is_finite(ctc), ctc, tf.zeros_like(ctc))
-        return tf.reduce_sum(nll) / tokens, tf.reduce_sum(tf.cast(ctc, nll.dtype)) / tokens
+        ctc = tf.reduce_sum(tf.cast(ctc, nll.dtype)) / tokens
+        return loss, ctc, over_replicas(loss), over_replicas(ctc)
 
     def train_step(self, data):
         with tf.GradientTape() as tape:
-            loss, ctc = self._loss(data, training=True)
+            loss, ctc, global_loss, global_ctc = self._loss(data, training=True)
             total = loss if ctc is None else loss + self.ctc_weight * ctc
         variables = self.train_variables
         grads = tape.gradient(total, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
-        return self._track(loss, ctc)
+        return self._track(global_loss, global_ctc)
 
     def test_step(self, data):
-        return self._track(*self._loss(data, training=False))
+        return self._track(*self._loss(data, training=False)[2:])
 
     def _track(self, loss, ctc):
+        # Every replica adds the global batch's value: the metric's mean over
+        # replicas and batches is then the one-device mean over batches.
         self.loss_tracker.update_state(loss)
         if ctc is not None:
             self.ctc_tracker.update_state(ctc)
@@ -391,6 +433,7 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         self.manager, self.epoch_var, self.batch_var, self.seconds_var = manager, epoch_var, batch_var, seconds_var
         self.log_path, self.log, self.total, self.name = log_path, log, total_epochs, name
         self.save_every_s = save_every_s
+        self.val_steps = None  # steps of a distributed validation set
         self._t0 = self._saved = self._mark = None
         self._offset = int(batch_var.numpy())  # batches of this epoch trained before a resume
 
@@ -398,7 +441,8 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         now = time.time()
         self.seconds_var.assign_add(now - self._mark)
         self._mark = self._saved = now
-        self.manager.save()
+        if self.manager is not None:  # None: a worker that is not the chief (it writes nothing)
+            self.manager.save()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = self._saved = self._mark = self._shown = time.time()
@@ -427,7 +471,7 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         self._epoch = epoch
         logs = {}
         if val is not None:
-            logs["val_loss"] = float(trainer.evaluate(val, verbose=0, return_dict=True)["loss"])
+            logs["val_loss"] = float(trainer.evaluate(val, steps=self.val_steps, verbose=0, return_dict=True)["loss"])
         self.on_epoch_end(epoch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -437,8 +481,9 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         self._save()
         logs = {k: float(v) for k, v in (logs or {}).items()}
         secs = time.time() - self._t0
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps({"stage": self.name, "epoch": epoch + 1, "seconds": round(secs, 2), **logs}) + "\n")
+        if self.log_path is not None:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps({"stage": self.name, "epoch": epoch + 1, "seconds": round(secs, 2), **logs}) + "\n")
         extra = " ".join(f"{k} {v:.4g}" for k, v in logs.items() if k.startswith("gq_"))
         dev = f" · dev loss {logs['val_loss']:.3f}" if "val_loss" in logs else ""
         loss = f"loss {logs['loss']:.3f}" if "loss" in logs else "loss not known (trained before an interruption)"
@@ -512,13 +557,13 @@ def _warn(message: str, log) -> None:
     warnings.warn(message.strip(), DamagedCheckpointWarning, stacklevel=3)
 
 
-def checkpoint_manager(ckpt, directory, *, name: str, log=print) -> tf.train.CheckpointManager:
+def checkpoint_manager(ckpt, directory, *, name: str, log=print, repair: bool = True) -> tf.train.CheckpointManager:
     """The ``tf.train.CheckpointManager`` of a run's ``ckpt/`` folder, keeping :data:`KEEP_CHECKPOINTS`.
 
     A missing or unreadable ``checkpoint`` file (the manager's list) beside
     checkpoint files is written again from the files, with a warning: without
     it the manager would see no checkpoint, and the run would silently train
-    from the start.
+    from the start. ``repair=False`` (a worker that is not the chief) only reads.
     """
     directory = Path(directory)
     try:
@@ -527,7 +572,7 @@ def checkpoint_manager(ckpt, directory, *, name: str, log=print) -> tf.train.Che
         state = None
     found = sorted({int(m.group(1)) for f in (directory.iterdir() if directory.is_dir() else ())
                     if (m := _CKPT_FILE.fullmatch(f.name))})
-    if state is None and found:
+    if state is None and found and repair:
         names = [f"ckpt-{n}" for n in found]
         _warn(f"  [{name}] {directory / 'checkpoint'} (the list of checkpoints) is missing or unreadable: "
               f"listing the ones on disk instead ({', '.join(names)})", log)
@@ -613,11 +658,17 @@ def restore_newest_readable(ckpt, manager, *, name: str, steps_per_epoch: int | 
 
 
 def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_dir, *, name: str,
-        callbacks=(), log=print) -> dict:
+        callbacks=(), log=print, cluster=None) -> dict:
     """Trains ``net`` in place; resumable from ``run_dir/ckpt``. Returns a summary.
 
     Resumes from the newest readable checkpoint (:func:`restore_newest_readable`:
     a damaged newer one is skipped with a :class:`DamagedCheckpointWarning`).
+
+    Under a ``cluster`` (``gq_speech.distribute``; ``net`` built in its
+    scope) ``cfg.batch_size`` is the global batch, split over the replicas;
+    the chief writes the checkpoints, the log and the progress, and every
+    worker restores from the chief's ``run_dir/ckpt`` (all workers must see
+    the same ``run_dir``: checked, the positions they resume from must agree).
 
     Returns:
       dict with ``epochs``, ``seconds`` (this call's training time plus the
@@ -627,38 +678,69 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
 
     Raises:
       CheckpointError: ``run_dir/ckpt`` holds checkpoints, but none can be restored.
+      ValueError: the global batch does not split evenly over the replicas, or
+        ``net`` was built outside the cluster's scope.
+      distribute.ClusterError: the workers resume from different checkpoints,
+        or one stopped during training.
     """
+    from gq_speech import distribute
     from gq_speech.models import reduction
 
+    cluster = cluster or distribute.local()
+    if cfg.batch_size % cluster.replicas:
+        raise ValueError(f"Expected a batch size (the global batch) divisible by the {cluster.replicas} replicas of "
+                         f"strategy '{cluster.name}'. Received batch_size {cfg.batch_size} for stage '{name}'.")
+    if net.distribute_strategy is not cluster.strategy:
+        raise ValueError(f"Expected stage '{name}''s network to be built in the scope of the strategy it trains "
+                         f"under ('{cluster.name}': build and quantize it in `with cluster.scope():`). Received a "
+                         f"network of another strategy ({type(net.distribute_strategy).__name__}).")
+    log = cluster.log(log)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     multiple = reduction(model_cfg)
     steps_per_epoch = cfg.steps_per_epoch(train)
     schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, steps_per_epoch * cfg.epochs, cfg.min_lr_fraction)
-    augment = {k: getattr(cfg, k) for k in ("freq_masks", "freq_width", "time_masks", "time_width")}
-    trainer = RNNTTrainer(net, model_cfg, augment=augment if cfg.freq_masks or cfg.time_masks else None,
-                          ctc_weight=cfg.ctc_weight, augment_seed=cfg.seed)
-    trainer.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=cfg.clipnorm))
+    augment = None
+    if cfg.freq_masks or cfg.time_masks:
+        from gq_speech.modelconfig import feature_fill
+
+        augment = ({k: getattr(cfg, k) for k in ("freq_masks", "freq_width", "time_masks", "time_width")},
+                   np.asarray(feature_fill(model_cfg), np.float32))
+    with cluster.scope():
+        trainer = RNNTTrainer(net, model_cfg, ctc_weight=cfg.ctc_weight)
+        trainer.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=cfg.clipnorm))
+    # Every replica's metrics already hold the global batch's values (RNNTTrainer._track):
+    # Keras's "auto" would sum them over the workers of a multi-worker run.
+    trainer.distribute_reduction_method = "first"
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     batch_var = tf.Variable(0, dtype=tf.int64, trainable=False)  # batches done in the current epoch
     seconds_var = tf.Variable(0.0, dtype=tf.float64, trainable=False)
     parts = {"ctc_head": trainer.ctc_head} if trainer.ctc_head is not None else {}
     ckpt = tf.train.Checkpoint(net=net, optimizer=trainer.optimizer, epoch=epoch_var, batch=batch_var,
                                seconds=seconds_var, **parts)
-    # Saved, restored when present: checkpoints written before SpecAugment
-    # had its own generator lack it, and still resume. (Attached after the
-    # restore, which asserts that every object it has found its value.)
-    optional = {"augment_rng": trainer.augment_rng} if trainer.augment_rng is not None else {}
-    manager = checkpoint_manager(ckpt, run_dir / "ckpt", name=name, log=log)
-    restored = None
-    if manager.latest_checkpoint:
-        # Optimizer slots are created lazily: build them before restoring.
+    # Optimizer slots are created lazily: build them before restoring. On every
+    # worker at once (creating a variable is a collective under multi_worker).
+    with cluster.scope():
         trainer.optimizer.build(trainer.train_variables)
-        restored = restore_newest_readable(ckpt, manager, name=name, steps_per_epoch=steps_per_epoch, log=log,
-                                           optional=optional)
-    for key, value in optional.items():
-        setattr(ckpt, key, value)
+    # Its save counter now, outside any strategy scope: made lazily by the first
+    # save, inside Keras's fit, it would be a mirrored variable, and creating
+    # one is a collective the chief (the only worker that saves) would wait in.
+    ckpt.save_counter  # noqa: B018
+    restored = None
+    with cluster.chief_first():  # the chief may repair the list of checkpoints the others then read
+        manager = checkpoint_manager(ckpt, run_dir / "ckpt", name=name, log=log, repair=cluster.is_chief)
+        if manager.latest_checkpoint:
+            restored = restore_newest_readable(ckpt, manager, name=name, steps_per_epoch=steps_per_epoch, log=log)
     done, skip = int(epoch_var.numpy()), int(batch_var.numpy())
+    if cluster.workers > 1:
+        where = cluster.gather([done, skip])
+        if not (where == where[0]).all():
+            listed = ", ".join(f"worker {i} ({a}): epoch {int(e)} batch {int(k)}"
+                               for i, (a, (e, k)) in enumerate(zip(cluster.addresses, where)))
+            raise distribute.ClusterError(
+                f"Expected every worker to resume stage '{name}' from the chief's checkpoint in {run_dir / 'ckpt'}. "
+                f"Received different positions: {listed}. The run directory must be one shared folder (the same "
+                "path on a shared file system) on every machine.")
     if restored:
         if done >= cfg.epochs:
             log(f"  [{name}] trained before ({cfg.epochs} epochs): {restored}")
@@ -668,9 +750,14 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
     summary = {"epochs": cfg.epochs, "resumed_from": done}
     if done < cfg.epochs:
         keras.utils.set_random_seed(cfg.seed + done)
-        val = tf_batches(dev, cfg.batch_size, shuffle=False, frame_multiple=multiple) if dev else None
-        saver = _EpochCheckpoint(manager, epoch_var, batch_var, seconds_var, run_dir / "log.jsonl", log,
+        val = distributed_batches(cluster, dev, cfg.batch_size, shuffle=False,
+                                  frame_multiple=multiple) if dev else None
+        # A distributed dataset has no length Keras can learn: give it (one step per global batch).
+        val_steps = count_batches(dev, cfg.batch_size) if dev and cluster.distributed else None
+        saver = _EpochCheckpoint(manager if cluster.is_chief else None, epoch_var, batch_var, seconds_var,
+                                 run_dir / "log.jsonl" if cluster.is_chief else None, log,
                                  cfg.epochs, name, save_every_s=cfg.save_every_s, epoch_steps=steps_per_epoch)
+        saver.val_steps = val_steps
         t0 = time.time()
         if skip >= steps_per_epoch:
             # Killed after the epoch's last batch was saved but before its end
@@ -687,11 +774,27 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
         for start, end, skip_now in stages:
             if start >= end:
                 continue
-            data = tf_batches(train, cfg.batch_size, shuffle=True, seed=cfg.seed, max_frames=cfg.max_frames,
-                              frame_multiple=multiple, first_epoch=start, skip=skip_now, limit=cfg.epoch_batches,
-                              repeat=True)
-            history = trainer.fit(data, validation_data=val, epochs=end, initial_epoch=start, verbose=0,
-                                  steps_per_epoch=steps_per_epoch - skip_now, callbacks=[saver, *callbacks]).history
+            data = distributed_batches(cluster, train, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                       max_frames=cfg.max_frames, frame_multiple=multiple, first_epoch=start,
+                                       skip=skip_now, limit=cfg.epoch_batches, repeat=True, augment=augment)
+            try:
+                history = trainer.fit(data, validation_data=val, validation_steps=val_steps, epochs=end,
+                                      initial_epoch=start, verbose=0,
+                                      steps_per_epoch=steps_per_epoch - skip_now,
+                                      # The saver last: a checkpoint holds what the other callbacks did
+                                      # at the batch's end (GQAnnealing's step counter: saved first, a
+                                      # run resumed inside an epoch annealed one step behind).
+                                      callbacks=[*callbacks, saver]).history
+            except tf.errors.OpError as e:
+                if cluster.workers == 1 or not distribute.is_worker_loss(e):
+                    raise
+                where = _position(manager.latest_checkpoint) if manager.latest_checkpoint else None
+                kept = f"epoch {where[0]}, batch {where[1]}" if where else "nothing yet"
+                raise distribute.ClusterError(
+                    f"Expected all {cluster.workers} workers ({', '.join(cluster.addresses)}) to train stage "
+                    f"'{name}' to its end. Received: a worker stopped ({_reason(e)}). The chief's newest "
+                    f"checkpoint in {run_dir / 'ckpt'} is kept ({kept}): start the same command on every "
+                    "worker again to resume from it.") from None
         if "loss" in history:
             summary["final_loss"] = float(history["loss"][-1])
         if "val_loss" in history:
