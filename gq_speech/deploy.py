@@ -42,6 +42,7 @@ import numpy as np
 
 from gq_speech import models
 from gq_speech.decoding import GreedyDecoder
+from gq_speech.text import Tokenizer
 from gq_tf._keras import check_keras_model
 from gq_tf.configs import is_qat
 from gq_tf.fileio import atomic_json
@@ -231,6 +232,9 @@ def export_streaming(model, cfg, out_dir, *, kind="gq", policy=None, weights="fl
         "padding": PADDING,
         "graphs": graphs,
     }
+    vocabulary = Tokenizer().vocab
+    if len(vocabulary) == cfg.vocab_size:  # the text of each token id, for readers without Python (gq_stream)
+        manifest["vocabulary"] = vocabulary
     paths[MANIFEST] = str(out_dir / MANIFEST)
     atomic_json(paths[MANIFEST], manifest)
     return StreamingExport(paths=paths, reports=reports, kind=kind)

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("gq_tf", "converters", "android_bench", "gq_speech")
 DATA_DIRS = ("gq_speech/configs", "gq_speech/recipes")
 LIBRARY = "converters/libgq_delegate.so"
+RUNNER = "android_bench/native/gq_stream"
 TINY_VARIANTS = ["float", "uniform8", "cluster16", "gq_mixed", "gq_auto"]
 
 pytestmark = pytest.mark.slow
@@ -133,6 +134,8 @@ def test_wheel_holds_packages_data_and_delegate(wheel):
             assert f"{pkg}/__init__.py" in names, f"Expected package {pkg} in {wheel.name}."
         assert LIBRARY in names, f"Expected the C delegate {LIBRARY} in {wheel.name}. Received {sorted(names)}."
         assert z.read(LIBRARY)[:4] == b"\x7fELF", f"Expected {LIBRARY} in the wheel to be an ELF shared library."
+        assert RUNNER in names and z.read(RUNNER)[:4] == b"\x7fELF", f"Expected the native runner {RUNNER}."
+        assert (z.getinfo(RUNNER).external_attr >> 16) & 0o111, f"Expected {RUNNER} to be executable in the wheel."
         info = wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"
         metadata = z.read(f"{info}/METADATA").decode()
         entry_points = z.read(f"{info}/entry_points.txt").decode()
@@ -160,7 +163,9 @@ def test_sdist_holds_what_the_wheel_build_needs(tmp_path, build_env):
     with tarfile.open(sdist) as t:
         names = {n[len(prefix):] for n in t.getnames() if n.startswith(prefix)}
     cbuild = runpy.run_path(str(ROOT / "converters" / "cbuild.py"))
+    runner = runpy.run_path(str(ROOT / "android_bench" / "recognizer.py"))
     wanted = (_source_files() | set(cbuild["DELEGATE_SOURCES"]) | set(cbuild["HEADERS"])
+              | set(runner["RUNNER_SOURCES"]) | {"android_bench/native/gq_json.h"}
               | {"setup.py", "pyproject.toml", "README.md", "MANIFEST.in", "converters/cbuild.py"})
     missing = sorted(wanted - names)
     assert not missing, f"Expected {sdist.name} to hold what building the wheel reads. Missing: {missing}"
@@ -178,6 +183,7 @@ print(json.dumps({
     "files": {m.__name__: m.__file__ for m in (gq_tf, converters, android_bench, gq_speech)},
     "version": gq_tf.__version__, "dist_version": importlib.metadata.version("gq-tf"),
     "delegate": runtime.delegate_path(), "kernels": len(runtime.kernels()),
+    "runner": str(__import__("android_bench.recognizer", fromlist=["host_runner"]).host_runner()),
     "configs": sorted(p.name for p in models.CONFIG_DIR.glob("*.json")), "config_dir": str(models.CONFIG_DIR),
     "recipes": sorted(p.name for p in recipe_mod.RECIPE_DIR.glob("*.json")), "recipe_dir": str(recipe_mod.RECIPE_DIR),
     "path": sys.path, "meta_path": [type(f).__module__ for f in sys.meta_path]}))
@@ -189,7 +195,7 @@ print(json.dumps({
     for name, file in got["files"].items():
         assert Path(file).resolve().is_relative_to(site_dir), (
             f"Expected {name} imported from the new environment ({site_dir}). Received {file}.")
-    for key in ("delegate", "config_dir", "recipe_dir"):
+    for key in ("delegate", "runner", "config_dir", "recipe_dir"):
         assert Path(got[key]).resolve().is_relative_to(site_dir), (
             f"Expected {key} under {site_dir}. Received {got[key]}.")
     assert not any("editable" in m for m in got["meta_path"]), (

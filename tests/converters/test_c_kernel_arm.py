@@ -40,17 +40,12 @@ from tests.converters.test_c_kernel import (
     write_cell_file,
     write_fc_file,
 )
-from tests.support.toolchain import ensure_debian_packages
+from tests.support.toolchain import AARCH64_PACKAGES, ensure_debian_packages
 
 ROOT = Path(__file__).resolve().parents[2]
 CC = "aarch64-linux-gnu-gcc"
 QEMU = "qemu-aarch64-static"
-PACKAGES = {
-    CC: "gcc-aarch64-linux-gnu",
-    QEMU: "qemu-user-static",
-    # The cross libc (headers, libc.a for -static): only recommended by gcc.
-    "/usr/aarch64-linux-gnu/lib/libc.a": "libc6-dev-arm64-cross",
-}
+PACKAGES = AARCH64_PACKAGES
 CPUS = {"max": "neondot", "cortex-a72": "neon"}  # qemu CPU -> auto's expected choice
 BUILDS = {
     "O2": (("-O2",), ("-static",)),

@@ -27,3 +27,12 @@ def ensure_debian_packages(packages: dict[str, str]) -> None:
         _ensure(packages, why="the tests", log=lambda line: None)
     except DebianPackageError as e:
         pytest.fail(str(e), pytrace=False)
+
+
+# The aarch64 cross compiler, qemu, and the cross libc (headers, libc.a for
+# -static: only recommended by gcc), as {command or file: package}.
+AARCH64_PACKAGES = {
+    "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
+    "qemu-aarch64-static": "qemu-user-static",
+    "/usr/aarch64-linux-gnu/lib/libc.a": "libc6-dev-arm64-cross",
+}
