@@ -124,11 +124,20 @@ static void load_api(const char* path, Api* api) {
 #undef SYM
 }
 
-static char last_runtime_error[512];
+static char last_runtime_error[1024];
 
+/* The runtime may report several lines for one failure (the op, then "Registration failed."): keep them all. */
 static void report_runtime(void* user, const char* fmt, va_list args) {
   (void)user;
-  vsnprintf(last_runtime_error, sizeof(last_runtime_error), fmt, args);
+  size_t used = strlen(last_runtime_error);
+  if (used + 3 >= sizeof(last_runtime_error)) return;
+  if (used) {
+    memcpy(last_runtime_error + used, "; ", 3);
+    used += 2;
+  }
+  vsnprintf(last_runtime_error + used, sizeof(last_runtime_error) - used, fmt, args);
+  for (char* c = last_runtime_error + used; *c; ++c)
+    if (*c == '\n' || *c == '\t') *c = ' ';
 }
 
 static void report_delegate(const char* message) {
@@ -249,7 +258,8 @@ static void open_graph(const Api* api, Graph* g, const char* dir, const GqJson* 
     const GqJson* rows = need(spec, io == 0 ? "inputs" : "outputs", GQ_JSON_ARRAY, where);
     if (rows->count > MAX_IO) die("expected at most %d %s of the %s graph", MAX_IO, io ? "outputs" : "inputs", part);
     const int32_t n = io == 0 ? api->InputCount(g->interpreter) : api->OutputCount(g->interpreter);
-    if ((size_t)n != rows->count)
+    /* Inputs one to one; two output names may share a tensor (a one-layer LSTM's output and its h state). */
+    if (io == 0 ? (size_t)n != rows->count : (size_t)n > rows->count)
       die("expected the %s graph %s to have the %zu %s streaming.json lists; it has %d", part, path, rows->count,
           io ? "outputs" : "inputs", n);
     int k = 0;
@@ -286,7 +296,8 @@ static Io* input(Graph* g, const char* name) {
 static Io* output(Graph* g, const char* name) {
   for (int i = 0; i < g->n_out; ++i)
     if (strcmp(g->out[i].name, name) == 0) return &g->out[i];
-  die("expected the %s graph to have an output '%s'", g->part, name);
+  die("expected the %s graph to have an output '%s' in streaming.json (exports before 2026-12-05 may name a "
+      "shared output once: export again)", g->part, name);
   return NULL;
 }
 

@@ -39,6 +39,9 @@ def export(tmp_path_factory):
     cfg = models.load_config("rnnt_tiny").with_feature_stats(features.FeatureStats.compute(utts))
     deploy.export_streaming(gq_tf.quantize_model(emitting_net(cfg), {"encoder_lstm_.*": 4, "joint_out": 8, ".*": 3}),
                             cfg, root / "export")
+    # TFLite's float and int8 graphs: the one-layer prediction LSTM gives its output and its h state one tensor.
+    deploy.export_streaming(emitting_net(cfg), cfg, root / "float", kind="float")
+    deploy.export_streaming(emitting_net(cfg), cfg, root / "int8", kind="int8")
     paths = []
     for i, u in enumerate(utts):
         paths.append(root / f"u{i}.npy")
@@ -79,6 +82,18 @@ def test_the_host_runner_transcribes_as_the_python_recognizer(export, host_sysro
     assert s["utterances"] == len(paths) and s["chunks"] == sum(-(-n // 8) for n in LENGTHS)
     assert 0 < s["chunk_p50_ms"] <= s["chunk_p90_ms"] and s["peak_rss_kb"] > 0
     assert out["runtime"].startswith("2.14") and out["kernel"] == kernel
+
+
+def test_the_host_runner_runs_tflites_float_graphs_and_names_what_an_old_runtime_lacks(export, host_sysroot):
+    directory, paths = export
+    float_dir = directory.parent / "float"
+    outputs = json.loads((float_dir / "streaming.json").read_text())["graphs"]["prediction"]["outputs"]
+    assert len({row["tensor"] for row in outputs}) < len(outputs)  # a shared output tensor
+    out = recognizer.run(float_dir, paths, sysroot=host_sysroot)
+    assert [u["tokens"] for u in out["utterances"]] == _python_tokens(float_dir, paths, "auto")
+    # TF 2.21 writes int8 FULLY_CONNECTED as version 12, which Debian's TFLite 2.14 does not have.
+    with pytest.raises(recognizer.RunnerError, match="FULLY_CONNECTED' version '12'.*Registration failed"):
+        recognizer.run(directory.parent / "int8", paths, sysroot=host_sysroot)
 
 
 def test_bad_input_is_a_clear_error_not_a_crash(export, host_sysroot, tmp_path):
