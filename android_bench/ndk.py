@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 from android_bench.errors import BenchError
+from android_bench.recognizer import RUNNER_FLAGS, RUNNER_SOURCES
 from android_bench.targets import ABI_MACHINES, elf_machine
 from converters import cbuild
 
@@ -39,6 +40,7 @@ __all__ = ["ABIS", "DEFAULT_API", "LIBRARY", "add_parser", "build_delegate", "cm
 ABIS = ("arm64-v8a", "armeabi-v7a", "x86_64", "x86")
 DEFAULT_API = 24
 LIBRARY = "libgq_delegate.so"
+RUNNER = "gq_stream"  # the native streaming runner, built beside the library
 NDK_ENV = ("ANDROID_NDK_HOME", "ANDROID_NDK_ROOT", "ANDROID_NDK")
 SDK_ENV = ("ANDROID_HOME", "ANDROID_SDK_ROOT")
 TOOLCHAIN_FILE = "build/cmake/android.toolchain.cmake"
@@ -244,6 +246,13 @@ def cmake_lists(abi: str, root: str | os.PathLike = _ROOT) -> str:
         "set(THREADS_PREFER_PTHREAD_FLAG ON)",
         "find_package(Threads REQUIRED)",
         "target_link_libraries(gq_delegate PRIVATE Threads::Threads)",
+        # The native streaming runner (android_bench/recognizer.py), beside the library.
+        "add_executable(gq_stream",
+        *(f"  {_quote((root / src).as_posix())}" for src in RUNNER_SOURCES),
+        ")",
+        "target_compile_options(gq_stream PRIVATE "
+        + " ".join(_quote(f) for f in RUNNER_FLAGS if f != "-Werror") + ")",
+        "target_link_libraries(gq_stream PRIVATE ${CMAKE_DL_LIBS} m)",
         "",
     ]
     return "\n".join(lines)
@@ -365,15 +374,20 @@ def build_delegate(ndk: Path, abi: str, out: Path, api: int = DEFAULT_API, cmake
                          f"({abi}). Is {ndk / TOOLCHAIN_FILE} an NDK toolchain file honouring ANDROID_ABI? "
                          f"The build directory is kept: {work}")
 
+    runner = binary_dir / RUNNER
+    if elf_machine(runner) != ABI_MACHINES[abi]:
+        raise BenchError(f"The build succeeded but the runner {runner} is missing or not built for {abi}. "
+                         f"The build directory is kept: {work}")
     out.mkdir(parents=True, exist_ok=True)
     target = out / LIBRARY
-    partial = out / f".{LIBRARY}.{os.getpid()}.partial"
-    try:
-        shutil.copy2(built, partial)
-        os.replace(partial, target)
-    finally:
-        if partial.exists():
-            partial.unlink()
+    for built_file, name in ((built, LIBRARY), (runner, RUNNER)):
+        partial = out / f".{name}.{os.getpid()}.partial"
+        try:
+            shutil.copy2(built_file, partial)
+            os.replace(partial, out / name)
+        finally:
+            if partial.exists():
+                partial.unlink()
     if temporary:
         shutil.rmtree(work, ignore_errors=True)
     size = target.stat().st_size

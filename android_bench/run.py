@@ -824,6 +824,11 @@ def main(args) -> int:
     (:attr:`Results.exit_status`, or 2 for a ``BenchError``).
     """
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.recognizer or args.features:
+        return _recognizer_main(args, log)
+    if not args.models:
+        print("error: expected MODEL files (or --recognizer EXPORT_DIR with --features FILE).", file=sys.stderr)
+        return EXIT_USAGE
     try:
         res = _run(_settings_of(args), CLI, log, _print_warning)
     except BenchError as e:
@@ -842,6 +847,30 @@ def main(args) -> int:
     return res.exit_status
 
 
+def _recognizer_main(args, log) -> int:
+    """``run --recognizer``: :func:`android_bench.recognizer_run.bench_recognizers`, its table and files."""
+    from android_bench import recognizer, recognizer_run, tflite_c
+
+    if args.models:
+        print("error: expected either MODEL files or --recognizer export directories, not both.", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if not args.recognizer or not args.features:
+            raise BenchArgumentError("--recognizer EXPORT_DIR and --features FILE go together: expected both.")
+        mask = parse_mask(args.cpu_mask, None, CLI) if args.cpu_mask else None
+        res = recognizer_run.bench_recognizers(
+            args.recognizer, args.features, host=args.host, adb=args.adb, serial=args.serial, runner=args.runner,
+            delegate=args.delegate, tflite_c=args.tflite_c, kernel=args.kernel, threads=args.threads,
+            rounds=args.rounds, warmup=1, cpu_mask=mask, baseline=args.baseline,
+            timeout=args.timeout, out_dir=args.out, log=log)
+    except (BenchError, recognizer.RunnerError, tflite_c.FetchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(recognizer_run.table(res))
+    print(f"wrote {Path(res['out_dir']) / 'results.json'}, {Path(res['out_dir']) / 'report.md'}", file=sys.stderr)
+    return 0
+
+
 def add_parser(sub):
     p = sub.add_parser(
         "run",
@@ -850,7 +879,19 @@ def add_parser(sub):
         epilog="Exit status: 0 ok, 1 a model failed, 2 bad input or setup, 3 device lost mid-run, "
                "130 interrupted (results so far are kept in --out).",
     )
-    p.add_argument("models", nargs="+", metavar="MODEL", help=".tflite files (GQ and baselines)")
+    p.add_argument("models", nargs="*", metavar="MODEL", help=".tflite files (GQ and baselines)")
+    p.add_argument("--recognizer", action="append", metavar="EXPORT_DIR",
+                   help="instead of MODELs: the whole streaming recognizer of an export directory "
+                        "(gq_speech.deploy.export_streaming), repeatable (one per variant), run by the native "
+                        "runner on --features; see docs/BENCHMARK.md")
+    p.add_argument("--features", action="append", metavar="FILE",
+                   help="--recognizer: .npy (one utterance, float32 [frames, n_mels]) or .npz (one array each)")
+    p.add_argument("--runner", metavar="PATH", help="--recognizer on a device: gq_stream built for it "
+                                                     "(build-delegate builds it beside the delegate)")
+    p.add_argument("--tflite-c", metavar="PATH",
+                   help="--recognizer on a device: the TFLite C library for its ABI (libtensorflowlite_c.so)")
+    p.add_argument("--kernel", default="auto", help="--recognizer: the delegate's GQ kernel (default auto)")
+    p.add_argument("--rounds", type=int, default=3, help="--recognizer: interleaved rounds (default 3)")
     p.add_argument("--host", action="store_true", help="run on this machine (LiteRT + delegate), no adb")
     p.add_argument("--serial", help="device serial (needed when several devices are connected)")
     p.add_argument("--adb", help="adb binary (default: adb on PATH)")

@@ -28,6 +28,7 @@ import pytest
 
 from android_bench import ndk
 from android_bench.errors import BenchError
+from android_bench.recognizer import RUNNER_SOURCES
 from android_bench.targets import elf_machine
 from converters import cbuild
 from tests.support.toolchain import ensure_debian_packages
@@ -150,7 +151,12 @@ def test_segments_are_aligned_for_16k_pages(arm64_build, x86_64_build):
 
 def test_arm64_compile_flags_come_from_cbuild(arm64_build):
     commands = compile_commands(arm64_build[1])
-    assert set(commands) == {Path(s).name for s in cbuild.DELEGATE_SOURCES}
+    # The delegate's sources, and the native runner's (built beside it).
+    runner = {Path(s).name for s in RUNNER_SOURCES}
+    assert set(commands) == {Path(s).name for s in cbuild.DELEGATE_SOURCES} | runner
+    assert elf_machine(arm64_build[0].parent / "gq_stream") == 183
+    for name in runner:
+        assert "-Werror" not in commands[name].split() and "-std=c11" in commands[name].split()
     for src in cbuild.DELEGATE_SOURCES:
         command = commands[Path(src).name]
         words = command.split()

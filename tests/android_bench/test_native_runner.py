@@ -180,3 +180,66 @@ def test_the_sysroot_runs_host_programs_with_its_own_loader(host_sysroot):
     assert cmd[:3] == [str(host_sysroot.loader), "--library-path", str(host_sysroot.lib_dir)]
     assert subprocess.run(cmd, check=False).returncode == 0
     assert os.access(host_sysroot.library, os.R_OK)
+
+
+# ----------------------------------------------------------------- the phone flow (fake adb)
+
+
+@pytest.fixture
+def phone(tmp_path, monkeypatch, host_sysroot):
+    """A fake phone (x86_64) whose taskset runs programs with the sysroot's loader and libraries:
+    the real runner, delegate and TFLite C library run 'on the phone'."""
+    from tests.android_bench.test_bench_run import FakePhone, _script
+
+    p = FakePhone(tmp_path, monkeypatch)
+    root = p.add()
+    _script(root / "bin/taskset",
+            '#!/bin/sh\necho "$*" >> "$FAKE_DEVICE_ROOT/taskset.log"\nshift\n'
+            f'exec {host_sysroot.loader} --library-path {host_sysroot.lib_dir} "$@"\n')
+    return p, root
+
+
+def test_run_recognizer_on_a_phone_pushes_runs_interleaved_and_reports(export, phone, host_sysroot, tmp_path,
+                                                                        capsys):
+    from android_bench import __main__ as cli
+    from converters.runtime import delegate_path
+
+    directory, paths = export
+    fake, root = phone
+    out = tmp_path / "out"
+    code = cli.main(["run", "--adb", fake.adb, "--recognizer", str(directory), "--recognizer",
+                     str(directory.parent / "float"), *(a for p in paths for a in ("--features", str(p))),
+                     "--runner", str(recognizer.host_runner()), "--delegate", delegate_path(), "--tflite-c",
+                     str(host_sysroot.library), "--rounds", "2", "--baseline", "float", "--out", str(out), "--quiet"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["variants"]) == ["export", "float"] and res["baseline"] == "float"
+    for name, d in (("export", directory), ("float", directory.parent / "float")):
+        v = res["variants"][name]
+        assert v["rounds"] == 2 and v["transcripts_stable"]
+        assert [u["tokens"] for u in v["utterances"]] == _python_tokens(d, paths, "auto")
+        assert 0 < v["chunk_p50_ms"] <= v["chunk_p90_ms"] and v["peak_mb"] > 0
+    # Pinned to the big cores (f0), interleaved: round 1 of both variants, then round 2.
+    calls = [line.split() for line in (root / "taskset.log").read_text().splitlines()]
+    assert [c[0] for c in calls] == ["f0"] * 4 and [c[-len(paths) - 1] for c in calls] == ["e0", "e1", "e0", "e1"]
+    assert not list((root / "data/local/tmp").iterdir()), "the run folder is removed"
+    assert "| export |" in printed.out and "| float |" in (out / "report.md").read_text()
+
+
+def test_run_recognizer_checks_the_libraries_before_pushing(export, phone, host_sysroot, tmp_path, capsys):
+    from android_bench import __main__ as cli
+    from converters.runtime import delegate_path
+
+    directory, paths = export
+    fake, root = phone
+    common = ["run", "--adb", fake.adb, "--recognizer", str(directory), "--features", str(paths[0]), "--runner",
+              str(recognizer.host_runner()), "--delegate", delegate_path(), "--out", str(tmp_path / "o"), "--quiet"]
+    arm = tflite_c.fetch("arm64")
+    assert cli.main([*common, "--tflite-c", str(arm.library)]) == 2
+    assert "built for aarch64" in capsys.readouterr().err
+    assert cli.main([*common, "--tflite-c", delegate_path()]) == 2  # an x86-64 library without the C API
+    assert "exports the C API" in capsys.readouterr().err
+    assert cli.main(["run", "--recognizer", str(directory), "--host", "--quiet"]) == 2
+    assert "go together" in capsys.readouterr().err
+    assert not list((root / "data/local/tmp").iterdir()), "nothing was pushed"
