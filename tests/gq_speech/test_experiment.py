@@ -235,8 +235,8 @@ def test_fit_resumes_inside_an_epoch_without_repeating_batches(tmp_path):
     tcfg = TrainConfig(epochs=2, batch_size=2, warmup_steps=1, save_every_s=0.0)
 
     class Stop(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 2:  # in epoch 1, after its third batch was saved
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 3:  # in epoch 1, after its third batch was saved (the saver runs last at a batch's end)
                 raise KeyboardInterrupt
 
     keras.utils.set_random_seed(0)
@@ -263,8 +263,8 @@ def test_epoch_batches_trains_a_partial_pass_and_resumes_inside_it(tmp_path):
     assert TrainConfig(batch_size=2, epoch_batches=100).steps_per_epoch(split) == 6
 
     class Stop(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 1:
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 2:  # after the second batch was saved
                 raise KeyboardInterrupt
 
     keras.utils.set_random_seed(0)
