@@ -46,7 +46,10 @@ def build_runner(out, cc="cc", extra_flags=()) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [*str(cc).split(), *RUNNER_FLAGS, *extra_flags, *(str(ROOT / s) for s in RUNNER_SOURCES),
            "-ldl", "-lm", "-o", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise RunnerError(f"Expected a C compiler {cc!r} to build the runner. Received: {e}.") from None
     if r.returncode != 0:
         raise RunnerError(f"Expected `{' '.join(cmd)}` to build the runner. Received exit {r.returncode}:\n"
                           f"{r.stderr[-3000:]}")
@@ -163,3 +166,25 @@ def parse(text: str) -> dict:
     if "summary" not in out:
         raise RunnerError("Expected a summary line at the end of the runner's output. Received none (cut short?).")
     return out
+
+
+def main(argv=None) -> int:
+    """``python -m android_bench.recognizer --cc aarch64-linux-gnu-gcc --out build/aarch64/gq_stream``:
+    the runner for another Linux target (the host's is built by setup.py, Android's by build-delegate)."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m android_bench.recognizer", description=main.__doc__.split("\n")[0])
+    p.add_argument("--cc", default="cc", help="C compiler for the target (default cc)")
+    p.add_argument("--out", required=True, help="the program to write")
+    args = p.parse_args(argv)
+    try:
+        print(build_runner(args.out, cc=args.cc))
+    except RunnerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -243,3 +243,11 @@ def test_run_recognizer_checks_the_libraries_before_pushing(export, phone, host_
     assert cli.main(["run", "--recognizer", str(directory), "--host", "--quiet"]) == 2
     assert "go together" in capsys.readouterr().err
     assert not list((root / "data/local/tmp").iterdir()), "nothing was pushed"
+
+
+def test_the_runner_builds_for_another_linux_target_from_the_command_line(tmp_path, capsys):
+    ensure_debian_packages(AARCH64_PACKAGES)
+    assert recognizer.main(["--cc", CROSS, "--out", str(tmp_path / "gq_stream")]) == 0
+    assert (tmp_path / "gq_stream").read_bytes()[18] == 183  # ELF e_machine: aarch64
+    assert recognizer.main(["--cc", "no-such-cc", "--out", str(tmp_path / "x")]) == 2
+    assert "Expected a C compiler 'no-such-cc'" in capsys.readouterr().err
