@@ -94,7 +94,15 @@ import numpy as np
 
 from gq_speech.librispeech import MANIFEST, SAMPLE_RATE, Manifest, write_utterance
 from gq_speech.text import domain_sentences
-from gq_speech.tts import babble_bank, cut_blocks, ensure_tools, map_blocks, synthesize, tool_versions
+from gq_speech.tts import (
+    babble_bank,
+    cut_blocks,
+    ensure_tools,
+    map_blocks,
+    same_sounding,
+    synthesize,
+    tool_versions,
+)
 from gq_speech.voices import (
     ENGINES,
     PRESETS,
@@ -111,6 +119,7 @@ from gq_tf.fileio import remove_stale_tmp
 # presets in gq_speech.voices, synthesis in gq_speech.tts).
 __all__ = [
     "CORPUS_VERSION",
+    "check_voices_differ",
     "PRESETS",
     "CorpusConfig",
     "Voice",
@@ -122,7 +131,8 @@ __all__ = [
     "tool_versions",
 ]
 
-CORPUS_VERSION = 1
+# 2: the British espeak-ng voices are en+X (en-gb+X were all plain en-gb); a version-1 corpus is refused.
+CORPUS_VERSION = 2
 NOISES = ("none", "white", "pink", "brown", "babble")
 # Chapter directory of each noise kind (LibriSpeech chapters are numbers).
 NOISE_CHAPTER = {kind: 1 + i for i, kind in enumerate(NOISES)}
@@ -233,6 +243,23 @@ def _write_all(stream, tmp: Path, entries: list, total: int, log) -> None:
             log(f"corpus: {done}/{total} utterances, {rate:.1f} utt/s, ETA {(total - done) / rate:.0f} s")
 
 
+def check_voices_differ(voices, preset: str = "", log=print) -> None:
+    """Refuses a voice list in which two voices sound the same (``tts.same_sounding``).
+
+    Raises:
+      ValueError: naming each group of identical voices.
+    """
+    t0 = time.time()
+    same = same_sounding(voices)
+    if same:
+        groups = "; ".join(", ".join(g) for g in same)
+        raise ValueError(f"Expected every voice of the corpus{' preset ' + preset if preset else ''} to sound "
+                         f"different. Received voices that give identical audio for one probe sentence: {groups}. "
+                         "Name each voice so its engine honours it (espeak-ng ignores the variant of en-gb+X; "
+                         "en+X works).")
+    log(f"corpus: {len(voices)} voices, all different ({time.time() - t0:.1f} s)")
+
+
 def make_corpus(out_dir, config="small", *, seed: int = 0, workers: int = 2, log=print) -> Manifest:
     """Generates (or finds cached) the built-in corpus in ``out_dir``.
 
@@ -274,6 +301,7 @@ def make_corpus(out_dir, config="small", *, seed: int = 0, workers: int = 2, log
     ensure_tools(engines)
     jobs = plan_corpus(config, seed, log)
     voices = preset_voices(config)
+    check_voices_differ([v for split in voices.values() for v in split], config.name, log)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     workdir = tmp / ".work"

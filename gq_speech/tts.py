@@ -37,6 +37,7 @@ from gq_speech.librispeech import SAMPLE_RATE
 from gq_speech.voices import ENGINES, CorpusConfig, Voice
 
 __all__ = [
+    "same_sounding",
     "synthesize",
     "tool_versions",
 ]
@@ -151,6 +152,32 @@ def synthesize(voice: Voice, text: str, speed: float = 1.0, pitch: int = 0) -> n
         if voice.engine == "piper":
             engines.piper_session(0)
         return engines.clean(voice, text, speed, pitch)
+
+
+PROBE = "please turn on the kitchen lights at seven"
+
+
+def same_sounding(voices, workdir=None) -> list[list[str]]:
+    """Groups (of 2 or more voice ids) whose engine output for :data:`PROBE` is sample for sample the same.
+
+    espeak-ng and flite are deterministic, and piper is made so (a fresh
+    session seeded 0 for each voice): two voices that sound the same give the
+    same samples. (espeak-ng 1.51 ignores the variant of ``en-gb+X``: every
+    such voice is plain ``en-gb``, exit status 0.)
+    """
+    import hashlib
+    import tempfile
+
+    groups = {}
+    with tempfile.TemporaryDirectory(dir=workdir) as d:
+        engines = _Engines(Path(d))
+        for v in voices:
+            if v.engine == "piper":
+                engines.piper_session(0)
+            audio, sr = engines.raw(v, PROBE)
+            key = hashlib.sha256(np.ascontiguousarray(audio, np.float32).tobytes() + str(sr).encode()).hexdigest()
+            groups.setdefault(key, []).append(v.id)
+    return [ids for ids in groups.values() if len(ids) > 1]
 
 
 # ----------------------------------------------------------------- the tools

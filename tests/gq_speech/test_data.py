@@ -34,9 +34,9 @@ def test_public_names_are_pinned():
                       "AUDIO_EXTENSIONS", "SAMPLE_RATE", "Manifest", "MANIFEST"},
         # corpus defines plan_corpus, make_corpus and CORPUS_VERSION and re-exports the rest.
         corpus_mod: {"Voice", "CorpusConfig", "PRESETS", "all_voices", "preset_voices", "plan_corpus",
-                     "make_corpus", "synthesize", "tool_versions", "CORPUS_VERSION"},
+                     "make_corpus", "synthesize", "tool_versions", "CORPUS_VERSION", "check_voices_differ"},
         voices: {"Voice", "CorpusConfig", "PRESETS", "all_voices", "preset_voices"},
-        tts: {"synthesize", "tool_versions"},
+        tts: {"synthesize", "tool_versions", "same_sounding"},
         audio: {"colored_noise", "mix_at_snr", "to_int16", "trim_silence"},
         farfield: {"FarfieldConfig", "make_farfield", "rir_bank", "reverberate", "FARFIELD_VERSION"},
         debian: {"ensure_debian_packages", "DebianPackageError", "install_command"},
@@ -221,6 +221,19 @@ def test_plan_splits_are_disjoint_by_voice_and_sentence(preset):
     voice_counts = {s: Counter(v.split("-")[0] for v in voices[s]) for s in voices}
     for engine, counts in cfg.voices.items():
         assert [voice_counts[s][engine] for s in ("train", "dev", "test")] == counts
+
+
+def test_every_voice_of_the_table_sounds_different_and_duplicates_are_refused():
+    """espeak-ng ignores the variant of en-gb+X (identical audio, exit 0): such a table is refused."""
+    said = []
+    corpus_mod.check_voices_differ(corpus_mod.all_voices(), "all", log=said.append)
+    assert said and "all different" in said[0]
+    same = [voices.Voice(f"espeak-en-gb+{v}", "espeak", f"en-gb+{v}", 900 + i, "train") for i, v in
+            enumerate(("m2", "klatt3"))]
+    distinct = voices.Voice("espeak-en+m2", "espeak", "en+m2", 902, "train")
+    with pytest.raises(ValueError, match=r"identical audio for one probe sentence: espeak-en-gb\+m2, "
+                                         r"espeak-en-gb\+klatt3\."):
+        corpus_mod.check_voices_differ([*same, distinct], "test", log=QUIET)
 
 
 def test_plan_is_deterministic_and_voice_table_is_consistent():
