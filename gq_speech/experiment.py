@@ -786,11 +786,82 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+STAT_SPLITS = (("test", "clean"), ("test_far", "far"))
+RESAMPLES = 2000
+
+
+def _tflite_hyps(row: dict, split: str):
+    """(references, .tflite hypotheses) of a row's ``hyps_<split>.txt``, or None."""
+    path = Path(row.get("stream_dir", "")).parent / f"hyps_{split}.txt"
+    n = row.get(f"tflite_utterances_{split}")
+    if not row.get("stream_dir") or not path.is_file() or not n:
+        return None
+    lines = [line.split("\t") for line in path.read_text().splitlines()][:n]
+    if len(lines) < n or any(len(f) < 4 for f in lines):
+        return None
+    return [f[1] for f in lines], [f[3] for f in lines]
+
+
+def statistics(rows: list[dict]) -> None:
+    """Adds ``row["stats"][split]`` to each row: its .tflite WER with a 95% bootstrap interval over
+    utterances, and (not for the float row) its relative difference to the model's float row with a
+    paired bootstrap interval (``metrics.wer_interval``, ``metrics.relative_difference``; 2,000
+    resamples, seed 0). Rows without their transcripts on disk are left as they are."""
+    from gq_speech import metrics
+
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        base = next((r for r in mine if r.get("kind") == "float"), None)
+        for r in mine:
+            for split, _ in STAT_SPLITS:
+                got = _tflite_hyps(r, split)
+                if got is None:
+                    continue
+                refs, hyps = got
+                stat = {"wer": metrics.wer_interval(refs, hyps, resamples=RESAMPLES)}
+                base_got = _tflite_hyps(base, split) if base is not None and base is not r else None
+                if base_got is not None and base_got[0] == refs:
+                    stat["vs_float"] = metrics.relative_difference(refs, base_got[1], hyps, resamples=RESAMPLES)
+                r.setdefault("stats", {})[split] = stat
+
+
+def statistics_table(rows: list[dict]) -> str:
+    """Markdown: per model, each variant's .tflite WER [95% CI] and relative difference to float [95% CI]."""
+    def pct(x):
+        return f"{100 * x:.2f}"
+
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model and r.get("stats")]
+        if not mine:
+            continue
+        heads = ["variant"]
+        for _, name in STAT_SPLITS:
+            heads += [f"WER {name} % [95% CI]", "vs float, relative % [95% CI]"]
+        out += [f"**{model}**", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        for r in mine:
+            cells = [r["variant"]]
+            for split, _ in STAT_SPLITS:
+                st = r["stats"].get(split)
+                if st is None:
+                    cells += ["-", "-"]
+                    continue
+                w = st["wer"]
+                cells.append(f"{pct(w['wer'])} [{pct(w['low'])}, {pct(w['high'])}]")
+                d = st.get("vs_float")
+                cells.append("-" if d is None or d["relative"] is None else
+                             f"{100 * d['relative']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, streaming: dict | None = None) -> None:
     """Writes ``results.json``, ``results.png`` and ``results.md``; ``streaming``: :func:`stream_bench`'s
     results, shown per model with their ratios."""
     from gq_speech import streambench
 
+    statistics(rows)
     atomic_json(out / "results.json", {"recipe": recipe, "command": command, "rows": rows})
     plot(rows, out / "results.png")
     lines = [f"# ASR results: recipe `{recipe['name']}`", "",
@@ -802,6 +873,14 @@ def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, strea
              "chunk P50/P90, UPL, RTF, mem = the whole streaming recognizer on test utterances "
              "(below); train min = float training + the variant's fine-tune.", "",
              table(rows), "", "![WER vs size](results.png)", ""]
+    stats = statistics_table(rows)
+    if stats:
+        lines += ["## How sure: intervals", "",
+                  f"WER of the `.tflite` transcripts with its 95% confidence interval (bootstrap over test "
+                  f"utterances, {RESAMPLES:,} resamples, seed 0), and each variant's relative difference to the "
+                  "float model's WER on the same utterances with a paired bootstrap 95% interval (both "
+                  "systems scored on the same resampled utterances each time). A difference whose interval "
+                  "holds 0 is not shown by this test set.", "", stats]
     if streaming:
         lines += ["## Streaming recognizer (what a user feels)", "",
                   "Each variant's deployed `StreamingRecognizer` (greedy decoding, 1 thread) on the same test "

@@ -9,8 +9,9 @@ spaces are ignored; case and punctuation are compared as given.
 """
 
 import jiwer
+import numpy as np
 
-__all__ = ["cer", "error_counts", "wer"]
+__all__ = ["cer", "error_counts", "relative_difference", "utterance_errors", "wer", "wer_interval"]
 
 
 def _as_lists(refs, hyps):
@@ -112,3 +113,69 @@ def cer(refs, hyps):
       ValueError: length mismatch, no references, or all references empty.
     """
     return float(_process(refs, hyps, "char").cer)
+
+
+def utterance_errors(refs, hyps):
+    """Per utterance: (word edits, reference words), two int arrays; their sums' ratio is the WER.
+
+    Raises:
+      ValueError, TypeError: as :func:`wer`.
+    """
+    out = _process(refs, hyps, "word")
+    edits, words = [], []
+    for chunks, ref in zip(out.alignments, out.references):
+        e = 0
+        for c in chunks:
+            if c.type == "substitute" or c.type == "delete":
+                e += c.ref_end_idx - c.ref_start_idx
+            elif c.type == "insert":
+                e += c.hyp_end_idx - c.hyp_start_idx
+        edits.append(e)
+        words.append(len(ref))
+    return np.asarray(edits, np.int64), np.asarray(words, np.int64)
+
+
+def _resample(n, resamples, seed):
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def wer_interval(refs, hyps, *, confidence=0.95, resamples=2000, seed=0) -> dict:
+    """The WER and its bootstrap confidence interval over utterances (percentile method).
+
+    Returns:
+      ``{"wer", "low", "high", "utterances", "resamples", "confidence"}``.
+
+    Example:
+      >>> r = wer_interval(["a b", "c d", "e f"], ["a b", "c x", "e f"])
+      >>> round(r["wer"], 3), r["low"] <= r["wer"] <= r["high"]
+      (0.167, True)
+    """
+    edits, words = utterance_errors(refs, hyps)
+    idx = _resample(len(edits), resamples, seed)
+    sampled = edits[idx].sum(1) / np.maximum(words[idx].sum(1), 1)
+    tail = 100 * (1 - confidence) / 2
+    return {"wer": float(edits.sum() / words.sum()), "low": float(np.percentile(sampled, tail)),
+            "high": float(np.percentile(sampled, 100 - tail)), "utterances": int(len(edits)),
+            "resamples": int(resamples), "confidence": float(confidence)}
+
+
+def relative_difference(refs, hyps_base, hyps, *, confidence=0.95, resamples=2000, seed=0) -> dict:
+    """``(WER(hyps) - WER(hyps_base)) / WER(hyps_base)`` and its paired bootstrap interval.
+
+    Both systems are scored on the same resampled utterances each time, so
+    what they share (hard utterances) does not widen the interval.
+
+    Returns:
+      ``{"relative", "low", "high", ...}``; ``relative`` is None when the base WER is 0.
+    """
+    base_e, words = utterance_errors(refs, hyps_base)
+    other_e, _ = utterance_errors(refs, hyps)
+    info = {"utterances": int(len(words)), "resamples": int(resamples), "confidence": float(confidence)}
+    if base_e.sum() == 0:
+        return {"relative": None, "low": None, "high": None, **info}
+    idx = _resample(len(words), resamples, seed)
+    b, o = base_e[idx].sum(1), other_e[idx].sum(1)
+    sampled = (o - b) / np.maximum(b, 1)  # the words cancel: same utterances in both
+    tail = 100 * (1 - confidence) / 2
+    return {"relative": float((other_e.sum() - base_e.sum()) / base_e.sum()),
+            "low": float(np.percentile(sampled, tail)), "high": float(np.percentile(sampled, 100 - tail)), **info}

@@ -574,6 +574,39 @@ def test_error_counts_and_rates():
     }
 
 
+def test_per_utterance_errors_add_up_to_the_corpus_counts():
+    refs = ["turn on the light", "set a timer for ten minutes", "", "what time is it"]
+    hyps = ["turn the lights on", "set timer for ten minutes please", "hello", "what time is it"]
+    edits, words = metrics.utterance_errors(refs, hyps)
+    c = error_counts(refs, hyps)
+    assert edits.sum() == c["substitutions"] + c["deletions"] + c["insertions"] and words.sum() == c["words"]
+    assert list(words) == [4, 6, 0, 4] and edits[3] == 0 and edits[2] == 1
+    assert edits.sum() / words.sum() == pytest.approx(wer(refs, hyps))
+
+
+def test_wer_intervals_and_paired_relative_differences():
+    rng = np.random.default_rng(0)
+    vocab = ["turn", "on", "the", "light", "set", "a", "timer", "what", "time"]
+    refs = [" ".join(rng.choice(vocab, size=5)) for _ in range(400)]
+
+    def noisy(p, seed):
+        r = np.random.default_rng(seed)
+        return [" ".join(w if r.random() > p else "x" for w in ref.split()) for ref in refs]
+
+    worse, base = noisy(0.3, 1), noisy(0.2, 2)
+    w = metrics.wer_interval(refs, worse)
+    assert w["low"] < w["wer"] < w["high"] and w["wer"] == pytest.approx(wer(refs, worse))
+    assert metrics.wer_interval(refs, worse) == w  # seeded
+    narrow = metrics.wer_interval(refs * 4, worse * 4)
+    assert narrow["high"] - narrow["low"] < 0.7 * (w["high"] - w["low"])  # more utterances, tighter
+    d = metrics.relative_difference(refs, base, worse)
+    assert d["relative"] == pytest.approx((wer(refs, worse) - wer(refs, base)) / wer(refs, base))
+    assert 0 < d["low"] < d["relative"] < d["high"]  # 30% vs 20% word errors: a real difference
+    same = metrics.relative_difference(refs, base, base)
+    assert same["relative"] == same["low"] == same["high"] == 0.0
+    assert metrics.relative_difference(refs, refs, worse)["relative"] is None  # a perfect base
+
+
 def test_metric_errors():
     with pytest.raises(ValueError, match="every reference is empty"):
         wer(["", " "], ["a", "b"])

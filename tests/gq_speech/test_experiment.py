@@ -351,6 +351,26 @@ def test_spec_augment_masks_bands_inside_each_utterance():
     assert (y == 0).any()
 
 
+def test_reports_give_wer_intervals_and_differences_to_float(tmp_path):
+    rows = []
+    refs = [f"turn on light {i % 7}".replace("0", "zero") for i in range(60)]
+    for variant, kind, wrong in (("float", "float", 6), ("gq4", "qat", 12), ("gq8", "qat", 6)):
+        vdir = tmp_path / "m" / variant
+        vdir.mkdir(parents=True)
+        hyps = ["turn off light" if i < wrong else r for i, r in enumerate(refs)]
+        (vdir / "hyps_test.txt").write_text("".join(f"u{i}\t{r}\t{h}\t{h}\n" for i, (r, h) in
+                                                    enumerate(zip(refs, hyps))))
+        rows.append({"model": "m", "variant": variant, "kind": kind, "stream_dir": str(vdir / "stream"),
+                     "tflite_utterances_test": len(refs)})
+    experiment.statistics(rows)
+    by = {r["variant"]: r["stats"]["test"] for r in rows}
+    assert "vs_float" not in by["float"] and by["gq8"]["vs_float"]["relative"] == 0.0
+    assert by["gq4"]["vs_float"]["relative"] == pytest.approx(1.0)  # twice the errors
+    assert by["gq4"]["wer"]["low"] < by["gq4"]["wer"]["wer"] < by["gq4"]["wer"]["high"]
+    text = experiment.statistics_table(rows)
+    assert "| gq4 | 10.00 [" in text and "| +100.0 [" in text and "| float | 5.00 [" in text
+
+
 def test_recipe_on_a_librispeech_tree(tmp_path):
     from gq_speech.librispeech import write_utterance
 
