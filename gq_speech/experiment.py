@@ -58,7 +58,14 @@ from pathlib import Path
 import numpy as np
 
 import gq_tf
-from gq_speech.recipe import finetune_settings, load_recipe, parse_policy, stage_settings, variants_of
+from gq_speech.recipe import (
+    finetune_settings,
+    load_recipe,
+    multicondition_settings,
+    parse_policy,
+    stage_settings,
+    variants_of,
+)
 from gq_tf._keras import keras, tf
 from gq_tf.configs import is_qat
 from gq_tf.fileio import atomic_json, atomic_write
@@ -276,12 +283,33 @@ def _prepare(recipe: dict, out: Path, model_name: str, log, workers: int = 2) ->
         roles["test_far"] = f"{roles['test']}_far"
         farfield.make_farfield(corpus_dir, roles["test"], roles["test_far"], seed=far.get("seed", 0),
                                workers=workers, log=log)
+    mc = multicondition_settings(recipe)
+    if mc is not None and "librispeech" in c:
+        log("multicondition: made only for the built-in corpus; LibriSpeech trains on its own audio")
+        mc = None
+    if mc is not None:
+        # Their own room banks (other seeds than the test set's: other rooms).
+        rooms = farfield.FarfieldConfig(n_rooms=mc["rooms"])
+        for role, seed in (("train", mc["seed"]), ("dev", mc["seed"] + 1)):
+            roles[f"{role}_far"] = f"{roles[role]}_far"
+            farfield.make_farfield(corpus_dir, roles[role], roles[f"{role}_far"], seed=seed, config=rooms,
+                                   workers=workers, log=log)
     cfg = models.load_config(model_name)
     feature_cfg = features.FeatureConfig(n_mels=cfg.n_mels)
     tokenizer = Tokenizer()
     cache = out / "features"
     data = {role: load_split(corpus_dir, subset, feature_cfg, tokenizer, cache, log=log)
             for role, subset in roles.items()}
+    if mc is not None:
+        from gq_speech.librispeech import Manifest
+
+        source_of = {e["id"]: e["source_id"] for e in Manifest.load(corpus_dir).entries
+                     if e["subset"] == roles["train_far"]}
+        data["train"] = data["train"].replace_share(data.pop("train_far"), mc["share"], seed=mc["seed"],
+                                                    source_of=source_of)
+        data["dev"] = data["dev"].concat(data.pop("dev_far"))
+        log(f"multicondition: {mc['share']:.0%} of the training utterances from {mc['rooms']} simulated rooms; "
+            "dev = clean + far field")
     stats = features.FeatureStats.compute(np.asarray(f, np.float32) for f in data["train"].features)
     cfg = cfg.with_feature_stats(stats)
     log(f"data: train {len(data['train'])} utterances ({data['train'].hours:.2f} h), "
@@ -290,8 +318,11 @@ def _prepare(recipe: dict, out: Path, model_name: str, log, workers: int = 2) ->
 
 
 def _float_key(ctx: Context) -> dict:
-    return {"train": stage_settings(ctx.recipe, "float", ctx.model_name), "model": ctx.cfg.to_dict(),
-            "corpus": ctx.recipe["corpus"]}
+    key = {"train": stage_settings(ctx.recipe, "float", ctx.model_name), "model": ctx.cfg.to_dict(),
+           "corpus": ctx.recipe["corpus"]}
+    if ctx.recipe.get("multicondition") is not None:  # absent: the key of runs made before it existed
+        key["multicondition"] = multicondition_settings(ctx.recipe)
+    return key
 
 
 def _stamp_form(value, is_policy=False):

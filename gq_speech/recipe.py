@@ -14,8 +14,8 @@ from pathlib import Path
 import gq_tf
 from gq_tf.allocation import DEFAULT_CANDIDATES
 
-__all__ = ["RECIPE_DIR", "auto_settings", "finetune_settings", "load_recipe", "parse_policy", "stage_settings",
-           "strategy_settings", "variants_of"]
+__all__ = ["RECIPE_DIR", "auto_settings", "finetune_settings", "load_recipe", "multicondition_settings",
+           "parse_policy", "stage_settings", "strategy_settings", "variants_of"]
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -51,7 +51,49 @@ def load_recipe(name_or_path) -> dict:
             raise ValueError(f"Recipe {path}, variant {name!r}: expected 'finetune' to be a dict of training "
                              f"settings. Received {spec['finetune']!r}.")
     strategy_settings(recipe, where=f"Recipe {path}")
+    multicondition_settings(recipe, where=f"Recipe {path}")
     return recipe
+
+
+MULTICONDITION_DEFAULTS = {"share": 0.5, "seed": 1000, "rooms": 32}
+
+
+def multicondition_settings(recipe: dict, where: str = "Recipe") -> dict | None:
+    """The recipe's ``"multicondition"`` with defaults, or None when it has none.
+
+    ``share``: the fraction of training utterances replaced by their far-field
+    copy (simulated rooms and noise); ``seed``: the rooms, noise and which
+    utterances (the dev copy uses ``seed + 1``); ``rooms``: the size of the
+    room bank. The seeds must differ from the far-field test set's, so the
+    training rooms are not the test rooms.
+
+    Raises:
+      ValueError: unknown keys, a share outside (0, 1], a bad room count, or
+        a seed that would draw the test set's rooms.
+    """
+    mc = recipe.get("multicondition")
+    if mc is None:
+        return None
+    if not isinstance(mc, dict):
+        raise ValueError(f"{where}: expected 'multicondition' to be an object with keys "
+                         f"{sorted(MULTICONDITION_DEFAULTS)}. Received {mc!r}.")
+    unknown = sorted(set(mc) - set(MULTICONDITION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{where}: expected 'multicondition' keys {sorted(MULTICONDITION_DEFAULTS)}. "
+                         f"Received unknown {unknown}.")
+    out = {**MULTICONDITION_DEFAULTS, **mc}
+    if isinstance(out["share"], bool) or not isinstance(out["share"], (int, float)) or not 0 < out["share"] <= 1:
+        raise ValueError(f"{where}: expected multicondition share in (0, 1]. Received {out['share']!r}.")
+    for key in ("seed", "rooms"):
+        if isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < (1 if key == "rooms" else 0):
+            raise ValueError(f"{where}: expected multicondition {key} to be an integer"
+                             f"{' >= 1' if key == 'rooms' else ' >= 0'}. Received {out[key]!r}.")
+    test_seed = (recipe.get("farfield") or {}).get("seed", 0)
+    if test_seed in (out["seed"], out["seed"] + 1):
+        raise ValueError(f"{where}: expected multicondition seeds ({out['seed']}, {out['seed'] + 1} for dev) to "
+                         f"differ from the far-field test seed {test_seed}: the training rooms would be the "
+                         "test rooms.")
+    return out
 
 
 STRATEGY_KEYS = {"name": str, "devices": int, "timeout_s": (int, float)}

@@ -103,6 +103,36 @@ class Split:
     def subset(self, n: int) -> "Split":
         return Split(self.name, self.ids[:n], self.texts[:n], self.features[:n], self.labels[:n])
 
+    def concat(self, other: "Split") -> "Split":
+        """This split's utterances, then ``other``'s."""
+        return Split(self.name, self.ids + other.ids, self.texts + other.texts, self.features + other.features,
+                     self.labels + other.labels)
+
+    def replace_share(self, other: "Split", share: float, seed: int = 0, source_of=None) -> "Split":
+        """A copy in which a seeded ``share`` of the utterances is taken from ``other`` instead.
+
+        ``other`` holds another version of the same utterances (the far-field
+        copy, ``farfield.make_farfield``); ``source_of`` maps each of its ids
+        to the id of the utterance it was made from (default: the same id).
+        The result keeps this split's order, so what the seed picks does not
+        depend on how ``other`` is sorted.
+
+        Raises:
+          ValueError: ``other`` does not hold a version of every utterance.
+        """
+        source_of = source_of or {}
+        where = {source_of.get(uid, uid): j for j, uid in enumerate(other.ids)}
+        missing = [uid for uid in self.ids if uid not in where]
+        if missing or any(other.texts[where[uid]] != t for uid, t in zip(self.ids, self.texts)):
+            raise ValueError(f"Expected {other.name!r} to hold a version of every utterance of {self.name!r}. "
+                             f"Received none for {missing[:3]} or another text.")
+        pick = set(np.random.default_rng(seed).permutation(len(self))[:int(round(share * len(self)))].tolist())
+        ids, feats = list(self.ids), list(self.features)
+        for i in sorted(pick):
+            j = where[self.ids[i]]
+            ids[i], feats[i] = other.ids[j], other.features[j]
+        return Split(self.name, ids, list(self.texts), feats, list(self.labels))
+
 
 def _fingerprint(utts, feature_cfg) -> str:
     h = hashlib.sha256(json.dumps(dataclasses.asdict(feature_cfg), sort_keys=True).encode())

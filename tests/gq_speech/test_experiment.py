@@ -371,6 +371,28 @@ def test_reports_give_wer_intervals_and_differences_to_float(tmp_path):
     assert "| gq4 | 10.00 [" in text and "| +100.0 [" in text and "| float | 5.00 [" in text
 
 
+def test_multicondition_training_takes_a_share_of_far_field_copies_from_other_rooms(tmp_path):
+    recipe = {**recipe_mod.load_recipe("tiny"), "multicondition": {"share": 0.5, "seed": 7, "rooms": 4}}
+    ctx = experiment.prepare(recipe, tmp_path, "rnnt_tiny", log=lambda m: None)
+    clean = experiment.prepare({**recipe, "multicondition": None}, tmp_path, "rnnt_tiny", log=lambda m: None)
+    train, base = ctx.data["train"], clean.data["train"]
+    far = [i for i, uid in enumerate(train.ids) if uid != base.ids[i]]
+    assert len(far) == round(0.5 * len(base)) and train.texts == base.texts
+    assert all(np.array_equal(a, b) for a, b in zip(train.labels, base.labels))
+    assert all(int(train.ids[i].split("-")[1]) >= 100 for i in far)  # far-field chapters: 100 + room
+    assert all(not np.array_equal(train.features[i], base.features[i]) for i in far)
+    assert len(ctx.data["dev"]) == 2 * len(clean.data["dev"]) and "dev_far" not in ctx.data
+    info = {sub: json.loads((tmp_path / "corpus" / f"farfield-{sub}.json").read_text())
+            for sub in ("train_far", "dev_far", "test_far")}
+    assert [info[s]["seed"] for s in ("train_far", "dev_far", "test_far")] == [7, 8, 0]
+    assert experiment._float_key(ctx)["multicondition"] == {"share": 0.5, "seed": 7, "rooms": 4}
+    assert "multicondition" not in experiment._float_key(clean)  # earlier runs keep their key
+    for bad, match in (({"share": 0}, "share in"), ({"seed": 0}, "test seed 0"), ({"seed": -1}, ">= 0"),
+                       ({"rooms": 0}, ">= 1"), ({"mix": 1}, "unknown")):
+        with pytest.raises(ValueError, match=match):
+            recipe_mod.multicondition_settings({"multicondition": bad, "farfield": {"seed": 0}})
+
+
 def test_recipe_on_a_librispeech_tree(tmp_path):
     from gq_speech.librispeech import write_utterance
 
