@@ -50,7 +50,8 @@ def test_public_api():
         "greedy_steps",
         "ids_to_lists",
     ]
-    assert sorted(metrics.__all__) == ["cer", "error_counts", "wer"]
+    assert sorted(metrics.__all__) == ["cer", "error_counts", "relative_difference", "utterance_errors", "wer",
+                                       "wer_interval"]
 
 
 # --------------------------------------------------------------------------
