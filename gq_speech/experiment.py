@@ -375,9 +375,7 @@ def train_float(ctx: Context) -> dict:
 
     tcfg = TrainConfig.from_dict(stage_settings(ctx.recipe, "float", ctx.model_name))
     cluster = _cluster(ctx)
-    with cluster.chief_first():
-        if cluster.is_chief:
-            _forget_if_changed(ctx.float_dir, _float_key(ctx), ctx.log)
+    _forget_on_chief(cluster, ctx.float_dir, _float_key(ctx), ctx.log)
     keras.utils.set_random_seed(tcfg.seed)
     with cluster.scope():
         net = models.build_training_model(ctx.cfg)
@@ -397,6 +395,13 @@ def _cluster(ctx: Context):
     from gq_speech import distribute
 
     return ctx.cluster or distribute.local()
+
+
+def _forget_on_chief(cluster, folder: Path, key: dict, log) -> None:
+    """:func:`_forget_if_changed` by the chief alone (one shared folder), every worker waiting for it."""
+    with cluster.chief_first():
+        if cluster.is_chief:
+            _forget_if_changed(folder, key, log)
 
 
 def _chief_says(cluster, value: bool, what: str) -> bool:
@@ -428,9 +433,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
         key.update(finetune=settings,
                    annealing=ctx.recipe.get("annealing", {}))
     cluster = _cluster(ctx)
-    with cluster.chief_first():
-        if cluster.is_chief:
-            _forget_if_changed(vdir, key, ctx.log)
+    _forget_on_chief(cluster, vdir, key, ctx.log)
     if _chief_says(cluster, result_path.exists(), f"{result_path} exists"):
         ctx.log(f"[{ctx.model_name}/{name}] done before: {result_path}")
         return json.loads(result_path.read_text()) if cluster.is_chief else None
