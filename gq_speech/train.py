@@ -618,8 +618,7 @@ def _number(prefix: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-def restore_newest_readable(ckpt, manager, *, name: str, steps_per_epoch: int | None = None, log=print,
-                            optional=None):
+def restore_newest_readable(ckpt, manager, *, name: str, steps_per_epoch: int | None = None, log=print):
     """Restores the newest checkpoint of ``manager`` that reads back whole into ``ckpt``.
 
     Each candidate is checked (:func:`checkpoint_problem`) before anything is
@@ -635,9 +634,6 @@ def restore_newest_readable(ckpt, manager, *, name: str, steps_per_epoch: int | 
       name: the stage, for the messages.
       steps_per_epoch: batches per epoch, to count the repeated batches.
       log: progress messages.
-      optional: more objects by name, restored from the same checkpoint when
-        it has them (objects newer than some checkpoints) and left as they
-        are when it does not.
 
     Returns:
       The restored checkpoint's path, or None if the run has none yet.
@@ -670,8 +666,6 @@ def restore_newest_readable(ckpt, manager, *, name: str, steps_per_epoch: int | 
             f"Expected checkpoint {prefix} to fit the network and optimizer of stage '{name}'. Received one "
             f"made for another model ({_reason(e)}). To train '{name}' from the start, delete the folder "
             f"{folder}.") from e
-    if optional:
-        tf.train.Checkpoint(**optional).restore(prefix).expect_partial()
     if damaged:
         good = _position(prefix)
         lost = max((p for p in (_position(d) for d, _ in damaged) if p is not None), default=None)
