@@ -57,6 +57,9 @@ def _parser():
                      help="mirrored: replicas on this machine (default: every GPU; 1 on a CPU-only machine)")
     run.add_argument("--timeout", type=float, default=None, metavar="S",
                      help="multi_worker: seconds to wait for every worker to start (default 300)")
+    run.add_argument("--dev-only", action="store_true",
+                     help="selection: train and score on the dev sets only (the test sets untouched, no export or "
+                          "benchmark); writes dev_results.md, and the same command without it reuses the training")
     run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one model, no bench/reports
     corpus = sub.add_parser("corpus", help="generate the built-in corpus only")
     corpus.add_argument("--out", required=True)
@@ -395,7 +398,8 @@ def main(argv=None):
         else:
             cluster = _cluster(args, log)
             run_recipe(args.recipe, args.out, models=args.models, variants=args.variants,
-                       jobs=1 if args.worker else args.jobs, reports=not args.worker, log=log, cluster=cluster)
+                       jobs=1 if args.worker else args.jobs, reports=not args.worker, log=log, cluster=cluster,
+                       dev_only=args.dev_only)
     except (FileNotFoundError, ValueError, TypeError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

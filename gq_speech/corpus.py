@@ -132,7 +132,8 @@ __all__ = [
 ]
 
 # 2: the British espeak-ng voices are en+X (en-gb+X were all plain en-gb); a version-1 corpus is refused.
-CORPUS_VERSION = 2
+# 3: each split draws from its own random stream, so a larger training set keeps the same dev and test sets.
+CORPUS_VERSION = 3
 NOISES = ("none", "white", "pink", "brown", "babble")
 # Chapter directory of each noise kind (LibriSpeech chapters are numbers).
 NOISE_CHAPTER = {kind: 1 + i for i, kind in enumerate(NOISES)}
@@ -183,10 +184,11 @@ def plan_corpus(config="small", seed: int = 0, log=print) -> list[dict]:
     config = resolve_config(config)
     voices = preset_voices(config)
     pools = _sentence_pools(config, seed, log)
-    rng = np.random.default_rng([seed, 7])
     jobs = []
     next_idx = Counter()
-    for split in SPLITS:
+    for k, split in enumerate(SPLITS):
+        # One stream per split: the dev and test utterances do not change when the training set grows.
+        rng = np.random.default_rng([seed, 7, k])
         shares = _shares(config.utterances[split], config.engine_mix)
         engines = np.array([e for e in shares for _ in range(shares[e])])
         engines = engines[rng.permutation(len(engines))]

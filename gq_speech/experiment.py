@@ -59,6 +59,7 @@ import numpy as np
 
 import gq_tf
 from gq_speech.recipe import (
+    MULTICONDITION_DEFAULTS,
     finetune_settings,
     load_recipe,
     multicondition_settings,
@@ -208,6 +209,15 @@ class Context:
     float_dir: Path
     log: object
     cluster: object = None  # gq_speech.distribute.Cluster the stages train under (None: one device)
+    val: object = None  # the validation-loss split (dev, or dev clean + far field under multicondition)
+
+
+DEV_SPLITS = ("dev", "dev_far")  # selection looks at these (Keras, greedy)
+TEST_SPLITS = ("test", "test_far")  # scored once per final row (Keras and .tflite)
+# A variant's keys that do not change what it trains (so not part of its cache key): how it was
+# chosen (shown under the tables), its seed list and, per seed, its group and seed (the seed
+# itself is in the fine-tune settings, or float_seed).
+SPEC_NOTES = ("chosen", "seeds", "group", "seed")
 
 
 def _fresh_float(ctx: Context):
@@ -287,12 +297,15 @@ def _prepare(recipe: dict, out: Path, model_name: str, log, workers: int = 2) ->
     if mc is not None and "librispeech" in c:
         log("multicondition: made only for the built-in corpus; LibriSpeech trains on its own audio")
         mc = None
-    if mc is not None:
-        # Their own room banks (other seeds than the test set's: other rooms).
-        rooms = farfield.FarfieldConfig(n_rooms=mc["rooms"])
-        for role, seed in (("train", mc["seed"]), ("dev", mc["seed"] + 1)):
+    if far is not None:
+        # Far-field copies with the training room bank (other seeds and wider ranges than the test
+        # set's: other rooms): dev's always (far-field selection needs it), train's for multicondition.
+        mc_or_default = mc or MULTICONDITION_DEFAULTS
+        rooms = dataclasses.replace(farfield.TRAINING_ROOMS, n_rooms=mc_or_default["rooms"])
+        seed = mc_or_default["seed"]
+        for role, s in (("dev", seed + 1), *((("train", seed),) if mc is not None else ())):
             roles[f"{role}_far"] = f"{roles[role]}_far"
-            farfield.make_farfield(corpus_dir, roles[role], roles[f"{role}_far"], seed=seed, config=rooms,
+            farfield.make_farfield(corpus_dir, roles[role], roles[f"{role}_far"], seed=s, config=rooms,
                                    workers=workers, log=log)
     cfg = models.load_config(model_name)
     feature_cfg = features.FeatureConfig(n_mels=cfg.n_mels)
@@ -300,6 +313,7 @@ def _prepare(recipe: dict, out: Path, model_name: str, log, workers: int = 2) ->
     cache = out / "features"
     data = {role: load_split(corpus_dir, subset, feature_cfg, tokenizer, cache, log=log)
             for role, subset in roles.items()}
+    val = data["dev"]
     if mc is not None:
         from gq_speech.librispeech import Manifest
 
@@ -307,14 +321,14 @@ def _prepare(recipe: dict, out: Path, model_name: str, log, workers: int = 2) ->
                      if e["subset"] == roles["train_far"]}
         data["train"] = data["train"].replace_share(data.pop("train_far"), mc["share"], seed=mc["seed"],
                                                     source_of=source_of)
-        data["dev"] = data["dev"].concat(data.pop("dev_far"))
+        val = data["dev"].concat(data["dev_far"])
         log(f"multicondition: {mc['share']:.0%} of the training utterances from {mc['rooms']} simulated rooms; "
-            "dev = clean + far field")
+            "validation loss on dev clean + far field")
     stats = features.FeatureStats.compute(np.asarray(f, np.float32) for f in data["train"].features)
     cfg = cfg.with_feature_stats(stats)
     log(f"data: train {len(data['train'])} utterances ({data['train'].hours:.2f} h), "
         + ", ".join(f"{role} {len(data[role])}" for role in data if role != "train"))
-    return Context(recipe, out, model_name, cfg, tokenizer, data, out / model_name / "float_model", log)
+    return Context(recipe, out, model_name, cfg, tokenizer, data, out / model_name / "float_model", log, val=val)
 
 
 def _float_key(ctx: Context) -> dict:
@@ -381,7 +395,7 @@ def train_float(ctx: Context) -> dict:
         net = models.build_training_model(ctx.cfg)
     on = f" on {cluster.replicas} replicas ({cluster.name})" if cluster.distributed else ""
     ctx.log(f"[{ctx.model_name}] float: {net.count_params():,} parameters, {tcfg.epochs} epochs{on}")
-    summary = fit(net, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, ctx.float_dir, name="float", log=ctx.log,
+    summary = fit(net, ctx.cfg, ctx.data["train"], ctx.val, tcfg, ctx.float_dir, name="float", log=ctx.log,
                   cluster=cluster)
     summary["parameters"] = int(net.count_params())
     if cluster.is_chief:
@@ -417,8 +431,13 @@ def _chief_says(cluster, value: bool, what: str) -> bool:
     return bool(seen[0])
 
 
-def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
-    """Fine-tunes (if needed), exports, evaluates and benchmarks one variant; cached in result.json."""
+def run_variant(ctx: Context, name: str, spec: dict, command: str, dev_only: bool = False) -> dict:
+    """Fine-tunes (if needed), exports and evaluates one variant; cached in result.json.
+
+    Every variant is scored (Keras, greedy) on the dev sets, clean and far field, which are what
+    selection looks at. ``dev_only``: stop there (no export, the test sets untouched), cached in
+    dev.json; a later full run reuses the training.
+    """
     import warnings
 
     import converters
@@ -426,8 +445,8 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
     from gq_speech.train import TrainConfig, annealing, fit, has_gq
 
     vdir = ctx.out / ctx.model_name / name
-    result_path = vdir / "result.json"
-    key = {"spec": spec, "float": _float_key(ctx)}
+    result_path = vdir / ("dev.json" if dev_only else "result.json")
+    key = {"spec": {k: v for k, v in spec.items() if k not in SPEC_NOTES}, "float": _float_key(ctx)}
     settings = finetune_settings(ctx.recipe, spec, ctx.model_name)
     if spec.get("kind", "qat") != "float":  # the float row does not fine-tune
         key.update(finetune=settings,
@@ -439,11 +458,17 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
         return json.loads(result_path.read_text()) if cluster.is_chief else None
     vdir.mkdir(parents=True, exist_ok=True)
     kind = spec.get("kind", "qat")
+    fctx = ctx
+    if spec.get("float_seed") is not None:  # a float row of another seed: its own float model
+        float_settings = {**ctx.recipe["float"], "seed": spec["float_seed"]}
+        fctx = dataclasses.replace(ctx, recipe={**ctx.recipe, "float": float_settings},
+                                   float_dir=ctx.out / ctx.model_name / f"float_model_s{spec['float_seed']}")
+        train_float(fctx)
     with cluster.scope():
-        net = _fresh_float(ctx)
-    train_seconds = json.loads((ctx.float_dir / "summary.json").read_text())["seconds"]
+        net = _fresh_float(fctx)
+    train_seconds = json.loads((fctx.float_dir / "summary.json").read_text())["seconds"]
     row = {"model": ctx.model_name, "variant": name, "kind": kind, "command": command,
-           "float_train_seconds": train_seconds}
+           "float_train_seconds": train_seconds, "dir": str(vdir), **{k: spec[k] for k in SPEC_NOTES if k in spec}}
     stream = vdir / "stream"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", converters.NotPackedWarning)
@@ -451,7 +476,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
             if not cluster.is_chief:
                 return None
             evaluated = net
-            export = deploy.export_streaming(net, ctx.cfg, stream, kind="float")
+            export = None if dev_only else deploy.export_streaming(net, ctx.cfg, stream, kind="float")
             row["finetune_seconds"] = 0.0
         elif kind == "qat":
             if "auto" in spec:
@@ -474,14 +499,14 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
                 steps = tcfg.epochs * tcfg.steps_per_epoch(ctx.data["train"])
                 callbacks.append(annealing(steps, **ctx.recipe.get("annealing", {})))
             ctx.log(f"[{ctx.model_name}/{name}] fine-tune {tcfg.epochs} epochs, policy {spec['policy']}")
-            s = fit(qat, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, vdir, name=name,
+            s = fit(qat, ctx.cfg, ctx.data["train"], ctx.val, tcfg, vdir, name=name,
                     callbacks=callbacks, log=ctx.log, cluster=cluster)
             if not cluster.is_chief:  # the chief exports and evaluates
                 return None
             row["finetune_seconds"] = s["seconds"]
             row["bits"] = average_bits(qat)
             evaluated = qat
-            export = deploy.export_streaming(qat, ctx.cfg, stream, kind="gq")
+            export = None if dev_only else deploy.export_streaming(qat, ctx.cfg, stream, kind="gq")
         elif kind == "cluster":
             import tensorflow_model_optimization as tfmot
 
@@ -491,22 +516,33 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str) -> dict:
             with cluster.scope():
                 clustered = _clustered(net, clusters)
             ctx.log(f"[{ctx.model_name}/{name}] tfmot clustering, {clusters} clusters, fine-tune {tcfg.epochs} epochs")
-            s = fit(clustered, ctx.cfg, ctx.data["train"], ctx.data["dev"], tcfg, vdir, name=name, log=ctx.log,
+            s = fit(clustered, ctx.cfg, ctx.data["train"], ctx.val, tcfg, vdir, name=name, log=ctx.log,
                     cluster=cluster)
             if not cluster.is_chief:
                 return None
             row["finetune_seconds"] = s["seconds"]
             evaluated = tfmot.clustering.keras.strip_clustering(clustered)
-            export = deploy.export_streaming(evaluated, ctx.cfg, stream, kind="float")
+            export = None if dev_only else deploy.export_streaming(evaluated, ctx.cfg, stream, kind="float")
             row["clustered_packed_bytes"] = clustered_packed_bytes(evaluated, clusters)
             row["bits"] = math.log2(clusters)
         else:
             raise ValueError(f"Variant {name!r}: expected kind float, qat or cluster. Received {kind!r}.")
+    dec = KerasDecoder(evaluated, ctx.cfg)
+    for split in [s for s in DEV_SPLITS if s in ctx.data]:
+        refs = ctx.data[split].texts
+        hyps = dec.transcribe(ctx.data[split], ctx.tokenizer)
+        row[f"wer_keras_{split}"] = metrics.wer(refs, hyps)
+        atomic_write(vdir / f"hyps_{split}.txt", "".join(f"{i}\t{r}\t{h}\n" for i, r, h in zip(
+            ctx.data[split].ids, refs, hyps)))
+    if dev_only:
+        atomic_json(result_path, row)
+        far = f", far {row['wer_keras_dev_far']:.2%}" if "wer_keras_dev_far" in row else ""
+        ctx.log(f"[{ctx.model_name}/{name}] WER dev {row['wer_keras_dev']:.2%} (Keras){far}")
+        return row
     row["file_bytes"] = export.total_bytes
     row["packed_bytes"] = row.get("clustered_packed_bytes", export.total_bytes)
     ev = ctx.recipe.get("eval", {})
-    dec = KerasDecoder(evaluated, ctx.cfg)
-    for split in [s for s in ("test", "test_far") if s in ctx.data]:
+    for split in [s for s in TEST_SPLITS if s in ctx.data]:
         refs = ctx.data[split].texts
         hyps = dec.transcribe(ctx.data[split], ctx.tokenizer)
         row[f"wer_keras_{split}"] = metrics.wer(refs, hyps)
@@ -785,33 +821,46 @@ def table(rows: list[dict], markdown=True) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """WER (.tflite) against packed size, one marker per variant: a column per
-    model, a row per test condition (each with its own WER scale)."""
+    """A row of panels per model: WER (.tflite) against packed size on each test condition, each WER
+    with its 95% interval as an error bar (``statistics``), and the encoder chunk step's latency
+    (P50, bar up to P90) against size. Seeds of one variant share its label."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r["model"] for r in rows))
-    conditions = [(key, name, color) for key, name, color in
-                  (("wer_tflite_test", "clean test", "C0"), ("wer_tflite_test_far", "far-field test", "C3"))
-                  if any(r.get(key) is not None for r in rows)]
-    fig, axes = plt.subplots(len(conditions), len(models), figsize=(6.5 * len(models), 3.6 * len(conditions)),
+    panels = [(key, split, f"{name} test: WER % (.tflite, 95% CI)", color) for key, split, name, color in
+              (("wer_tflite_test", "test", "clean", "C0"), ("wer_tflite_test_far", "test_far", "far-field", "C3"))
+              if any(r.get(key) is not None for r in rows)]
+    if any(r.get("encoder_p50_ms") is not None for r in rows):
+        panels.append(("encoder_p50_ms", None, "encoder chunk step ms (P50, bar to P90)", "C2"))
+    fig, axes = plt.subplots(len(models), max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 3.8 * len(models)),
                              squeeze=False)
-    for col, model in enumerate(models):
-        mine = [r for r in rows if r["model"] == model]
-        for row, (key, name, color) in enumerate(conditions):
-            ax = axes[row][col]
-            for i, r in enumerate(x for x in mine if x.get(key) is not None):
-                x, y = r["packed_bytes"] / 1024, 100 * r[key]
-                ax.scatter(x, y, color=color)
-                # Alternate above/below so neighbouring labels overlap less.
-                ax.annotate(r["variant"], (x, y), fontsize=7, xytext=(4, 4 if i % 2 == 0 else -10),
-                            textcoords="offset points")
+    for i, model in enumerate(models):
+        mine = [r for r in rows if r["model"] == model and r.get("packed_bytes")]
+        for j, (key, split, name, color) in enumerate(panels):
+            ax = axes[i][j]
+            labelled = set()
+            for k, r in enumerate(x for x in mine if x.get(key) is not None):
+                x = r["packed_bytes"] / 1024
+                if split is None:
+                    y = r[key]
+                    p90 = r.get("encoder_p90_ms", y)
+                    err = [[0.0], [max(p90 - y, 0.0)]]
+                else:
+                    y = 100 * r[key]
+                    w = r.get("stats", {}).get(split, {}).get("wer")
+                    err = [[max(y - 100 * w["low"], 0.0)], [max(100 * w["high"] - y, 0.0)]] if w else None
+                ax.errorbar(x, y, yerr=err, fmt="o", color=color, ecolor=color, elinewidth=1, capsize=3, ms=4)
+                label = r.get("group", r["variant"])
+                if label not in labelled:  # one label per variant, alternating above/below
+                    labelled.add(label)
+                    ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4 if k % 2 == 0 else -10),
+                                textcoords="offset points")
             ax.set_xscale("log")
             ax.set_xlabel("deployed size (KB, log scale)")
-            ax.set_ylabel("WER % (.tflite, streaming)")
-            ax.set_title(f"{model}: {name}")
+            ax.set_title(f"{model}: {name}", fontsize=9)
             ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -821,61 +870,71 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 STAT_SPLITS = (("test", "clean"), ("test_far", "far"))
+DEV_STAT_SPLITS = (("dev", "dev clean"), ("dev_far", "dev far"))
 RESAMPLES = 2000
 
 
-def _tflite_hyps(row: dict, split: str):
-    """(references, .tflite hypotheses) of a row's ``hyps_<split>.txt``, or None."""
-    path = Path(row.get("stream_dir", "")).parent / f"hyps_{split}.txt"
-    n = row.get(f"tflite_utterances_{split}")
-    if not row.get("stream_dir") or not path.is_file() or not n:
+def _scored_hyps(row: dict, split: str):
+    """(references, hypotheses) a row's WER on ``split`` was computed from, read back from its
+    ``hyps_<split>.txt``: the .tflite transcripts of a test set, the Keras ones of a dev set; or None."""
+    folder = row.get("dir") or (str(Path(row["stream_dir"]).parent) if row.get("stream_dir") else None)
+    if folder is None:
         return None
-    lines = [line.split("\t") for line in path.read_text().splitlines()][:n]
-    if len(lines) < n or any(len(f) < 4 for f in lines):
+    path = Path(folder) / f"hyps_{split}.txt"
+    if not path.is_file():
         return None
-    return [f[1] for f in lines], [f[3] for f in lines]
+    lines = [line.split("\t") for line in path.read_text().splitlines()]
+    if split in TEST_SPLITS:
+        n = row.get(f"tflite_utterances_{split}")
+        if not n or len(lines) < n or any(len(f) < 4 for f in lines[:n]):
+            return None
+        return [f[1] for f in lines[:n]], [f[3] for f in lines[:n]]
+    if not lines or any(len(f) < 3 for f in lines):
+        return None
+    return [f[1] for f in lines], [f[2] for f in lines]
 
 
-def statistics(rows: list[dict]) -> None:
-    """Adds ``row["stats"][split]`` to each row: its .tflite WER with a 95% bootstrap interval over
-    utterances, and (not for the float row) its relative difference to the model's float row with a
-    paired bootstrap interval (``metrics.wer_interval``, ``metrics.relative_difference``; 2,000
-    resamples, seed 0). Rows without their transcripts on disk are left as they are."""
+def statistics(rows: list[dict], splits=STAT_SPLITS + DEV_STAT_SPLITS) -> None:
+    """Adds ``row["stats"][split]`` to each row: its WER (.tflite on a test set, Keras on a dev set)
+    with a 95% bootstrap interval over utterances, and (not for the float row) its relative
+    difference to the model's float row with a paired bootstrap interval (``metrics.wer_interval``,
+    ``metrics.relative_difference``; 2,000 resamples, seed 0). Rows without their transcripts on disk
+    are left as they are."""
     from gq_speech import metrics
 
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         base = next((r for r in mine if r.get("kind") == "float"), None)
         for r in mine:
-            for split, _ in STAT_SPLITS:
-                got = _tflite_hyps(r, split)
+            for split, _ in splits:
+                got = _scored_hyps(r, split)
                 if got is None:
                     continue
                 refs, hyps = got
                 stat = {"wer": metrics.wer_interval(refs, hyps, resamples=RESAMPLES)}
-                base_got = _tflite_hyps(base, split) if base is not None and base is not r else None
+                base_got = _scored_hyps(base, split) if base is not None and base is not r else None
                 if base_got is not None and base_got[0] == refs:
                     stat["vs_float"] = metrics.relative_difference(refs, base_got[1], hyps, resamples=RESAMPLES)
                 r.setdefault("stats", {})[split] = stat
 
 
-def statistics_table(rows: list[dict]) -> str:
-    """Markdown: per model, each variant's .tflite WER [95% CI] and relative difference to float [95% CI]."""
+def statistics_table(rows: list[dict], splits=STAT_SPLITS) -> str:
+    """Markdown: per model, each variant's WER [95% CI] and relative difference to float [95% CI] on ``splits``."""
     def pct(x):
         return f"{100 * x:.2f}"
 
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model and r.get("stats")]
+        mine = [r for r in rows if r["model"] == model and any(sp in r.get("stats", {}) for sp, _ in splits)]
         if not mine:
             continue
         heads = ["variant"]
-        for _, name in STAT_SPLITS:
+        for _, name in splits:
             heads += [f"WER {name} % [95% CI]", "vs float, relative % [95% CI]"]
         out += [f"**{model}**", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
         for r in mine:
             cells = [r["variant"]]
-            for split, _ in STAT_SPLITS:
+            for split, _ in splits:
                 st = r["stats"].get(split)
                 if st is None:
                     cells += ["-", "-"]
@@ -888,6 +947,62 @@ def statistics_table(rows: list[dict]) -> str:
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def seeds_table(rows: list[dict], splits=STAT_SPLITS) -> str:
+    """Markdown: per model, each variant run with several seeds: its WER mean, standard deviation and
+    range over the seeds, and its relative difference to float (the first float row) per seed."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        groups = {}
+        for r in rows:
+            if r["model"] == model and "group" in r:
+                groups.setdefault(r["group"], []).append(r)
+        groups = {g: rs for g, rs in groups.items() if len(rs) > 1}
+        if not groups:
+            continue
+        heads = ["variant", "seeds"]
+        for _, name in splits:
+            heads += [f"WER {name} %: mean ± SD (range)", f"vs float {name}, relative % per seed"]
+        out += [f"**{model}**", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        for g, rs in groups.items():
+            cells = [g, ", ".join(str(r.get("seed")) for r in rs)]
+            for split, _ in splits:
+                wers = [100 * r["stats"][split]["wer"]["wer"] for r in rs if split in r.get("stats", {})]
+                if len(wers) < 2:
+                    cells += ["-", "-"]
+                    continue
+                cells.append(f"{np.mean(wers):.2f} ± {np.std(wers, ddof=1):.2f} ({min(wers):.2f}-{max(wers):.2f})")
+                rel = [r["stats"][split].get("vs_float") for r in rs if split in r.get("stats", {})]
+                rel = [d["relative"] for d in rel if d and d.get("relative") is not None]
+                cells.append(", ".join(f"{100 * x:+.1f}" for x in rel) + (f" (mean {100 * np.mean(rel):+.1f})"
+                                                                          if len(rel) > 1 else "") if rel else "-")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def chosen_notes(rows: list[dict]) -> str:
+    """Markdown list: how each variant was chosen (its recipe's ``"chosen"``), one line per variant."""
+    seen, lines = set(), []
+    for r in rows:
+        name = r.get("group", r["variant"])
+        if r.get("chosen") and name not in seen:
+            seen.add(name)
+            lines.append(f"- `{name}`: {r['chosen']}")
+    return "\n".join(lines)
+
+
+def write_dev_report(rows: list[dict], out: Path, recipe: dict, command: str) -> None:
+    """``dev_results.json`` and ``dev_results.md``: the selection view (dev sets only, Keras)."""
+    statistics(rows, DEV_STAT_SPLITS)
+    atomic_json(out / "dev_results.json", {"recipe": recipe, "command": command, "rows": rows})
+    atomic_write(out / "dev_results.md", "\n".join([
+        f"# Dev results: recipe `{recipe['name']}`", "", f"Command: `{command}`", "",
+        "Keras WER (greedy) on the dev sets, clean and far field (unseen voices, the training room bank's "
+        f"distribution), with 95% bootstrap intervals ({RESAMPLES:,} resamples, seed 0) and each variant's "
+        "paired relative difference to float. The test sets were not touched.", "",
+        statistics_table(rows, DEV_STAT_SPLITS), seeds_table(rows, DEV_STAT_SPLITS)]))
 
 
 def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, streaming: dict | None = None) -> None:
@@ -915,6 +1030,17 @@ def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, strea
                   "float model's WER on the same utterances with a paired bootstrap 95% interval (both "
                   "systems scored on the same resampled utterances each time). A difference whose interval "
                   "holds 0 is not shown by this test set.", "", stats]
+    seeds = seeds_table(rows)
+    if seeds:
+        lines += ["## Seeds", "", "Variants fine-tuned (float: trained) with several seeds, on the test sets: the "
+                  "spread of one variant's WER over seeds, and its difference to float per seed.", "", seeds]
+    dev = statistics_table(rows, DEV_STAT_SPLITS)
+    if dev:
+        lines += ["## Dev sets (selection)", "", "Keras WER on the dev sets, clean and far field, with the same "
+                  "intervals: what the policies, budgets and fine-tune lengths were chosen on.", "", dev]
+    chosen = chosen_notes(rows)
+    if chosen:
+        lines += ["## How each row was chosen", "", chosen, ""]
     if streaming:
         lines += ["## Streaming recognizer (what a user feels)", "",
                   "Each variant's deployed `StreamingRecognizer` (greedy decoding, 1 thread) on the same test "
@@ -929,7 +1055,8 @@ def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, strea
     atomic_write(out / "results.md", "\n".join(lines))
 
 
-def _run_models_in_parallel(recipe_name, out: Path, models: list[str], variants, jobs: int, log) -> None:
+def _run_models_in_parallel(recipe_name, out: Path, models: list[str], variants, jobs: int, log,
+                            dev_only: bool = False) -> None:
     """Trains and evaluates each model in its own process, ``jobs`` at a time.
 
     Small LSTM/attention steps use a second core poorly (docs/ASR.md: the
@@ -961,7 +1088,8 @@ def _run_models_in_parallel(recipe_name, out: Path, models: list[str], variants,
             free = [c for c in cpus if all(c not in r[3] for r in running)]
             mine = set(free[:per]) or set(cpus)
             cmd = [sys.executable, "-m", "gq_speech.cli", "run", str(recipe_name), "--out", str(out),
-                   "--models", model, "--worker"] + (["--variants", *variants] if variants else [])
+                   "--models", model, "--worker"] + (["--variants", *variants] if variants else []) + (
+                   ["--dev-only"] if dev_only else [])
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     preexec_fn=lambda cpus=mine: os.sched_setaffinity(0, cpus))
             t = threading.Thread(target=pump, args=(model, proc, out / "logs" / f"{model}.log"), daemon=True)
@@ -1001,8 +1129,12 @@ def check_global_batches(recipe: dict, models, variants, replicas: int) -> None:
 
 
 def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, reports=True, log=print,
-               cluster=None) -> list[dict]:
+               cluster=None, dev_only=False) -> list[dict]:
     """Runs (or resumes) a recipe; returns the table rows.
+
+    ``dev_only``: trains and scores the variants on the dev sets only (selection: the test sets are
+    not touched, nothing is exported or benchmarked) and writes ``dev_results.md``; the same command
+    without it later reuses every trained stage.
 
     ``jobs`` models are trained at once in worker processes (default: one per
     CPU, at most the number of models; see :func:`_run_models_in_parallel`). ``reports=False`` (a worker) skips the
@@ -1021,7 +1153,8 @@ def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, repor
     tf.get_logger().setLevel("ERROR")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "gq-tf asr run " + shlex.join([str(recipe_name), "--out", str(out)])
+    words = [str(recipe_name), "--out", str(out)] + (["--dev-only"] if dev_only else [])
+    command = "gq-tf asr run " + shlex.join(words)
     models = list(models or recipe["models"])
     unknown = [m for m in models if m not in recipe["models"]]
     if unknown:
@@ -1041,23 +1174,28 @@ def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, repor
     if jobs > 1 and len(models) > 1:
         # The shared data first (corpus, far field, feature cache), so the workers only read it.
         contexts[models[0]] = prepare(recipe, out, models[0], log=log)
-        _run_models_in_parallel(recipe_name, out, models, variants, jobs, log)
+        _run_models_in_parallel(recipe_name, out, models, variants, jobs, log, dev_only=dev_only)
     rows = []
     ev = recipe.get("eval", {})
     n_stream = int(ev.get("stream_utterances", 50))
     stream_utterances = {}  # model -> the test features the streaming benchmark runs
     for model_name in models:
         ctx = contexts.pop(model_name, None) or prepare(recipe, out, model_name, log=log, cluster=cluster)
-        stream_utterances[model_name] = list(ctx.data["test"].features[:n_stream])
+        if not dev_only:
+            stream_utterances[model_name] = list(ctx.data["test"].features[:n_stream])
         train_float(ctx)
         for name, spec in variants_of(recipe, model_name, variants):
-            row = run_variant(ctx, name, spec, command)
+            row = run_variant(ctx, name, spec, command, dev_only=dev_only)
             if row is None:  # a worker that is not the chief
                 continue
             rows.append(row)
             if reports:
-                write_reports(rows, out, recipe, command)
+                (write_dev_report if dev_only else write_reports)(rows, out, recipe, command)
     if not reports or not cluster.is_chief:
+        return rows
+    if dev_only:
+        log(f"\n{statistics_table(rows, DEV_STAT_SPLITS)}\nwrote {out / 'dev_results.md'} "
+            f"({(time.time() - t0) / 60:.1f} min; the test sets were not touched)")
         return rows
     bench(rows, out, int(ev.get("bench_runs", 20)), log=log)
     streaming = stream_bench(rows, out, stream_utterances, memory=bool(ev.get("stream_memory", True)), log=log)

@@ -95,6 +95,13 @@ class FarfieldConfig:
             raise ValueError(f"Expected noises among white, pink, brown, babble. Received: {self.noises}")
 
 
+# The training (multi-condition) and dev rooms: drawn with other seeds than the test set's and
+# from wider ranges (smaller and larger rooms, talkers nearer and farther, more SNRs), so the
+# test rooms are neither the same rooms nor the same distribution.
+TRAINING_ROOMS = FarfieldConfig(n_rooms=32, room_min=(2.5, 2.5, 2.4), room_max=(12.0, 9.0, 4.5), rt60=(0.15, 1.0),
+                                distance=(0.5, 5.5), snrs=(0.0, 3.0, 6.0, 10.0, 15.0, 20.0, 30.0))
+
+
 # ----------------------------------------------------------------- rooms
 
 

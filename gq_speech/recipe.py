@@ -50,6 +50,9 @@ def load_recipe(name_or_path) -> dict:
         if not isinstance(spec.get("finetune", {}), dict):
             raise ValueError(f"Recipe {path}, variant {name!r}: expected 'finetune' to be a dict of training "
                              f"settings. Received {spec['finetune']!r}.")
+    for name, spec in recipe["variants"].items():
+        for model_name in spec.get("models", recipe["models"]):
+            _seeded(recipe, name, spec, model_name, where=f"Recipe {path}")
     strategy_settings(recipe, where=f"Recipe {path}")
     multicondition_settings(recipe, where=f"Recipe {path}")
     return recipe
@@ -148,9 +151,46 @@ def stage_settings(recipe: dict, stage: str, model_name: str) -> dict:
 def variants_of(recipe: dict, model_name: str, only=None) -> list[tuple[str, dict]]:
     """The recipe's variants that apply to ``model_name`` (a variant with
     ``"models": [...]`` is run for those models only), in recipe order,
-    restricted to the names in ``only`` if given."""
-    return [(name, spec) for name, spec in recipe["variants"].items()
-            if (not only or name in only) and model_name in spec.get("models", [model_name])]
+    restricted to the names in ``only`` if given.
+
+    A variant with ``"seeds": [a, b, ...]`` is run once per seed: the seed of
+    its stage (the float stage's for a float variant, else the fine-tune's)
+    keeps the variant's name, every other seed ``s`` is the variant
+    ``<name>_s<s>`` (a fine-tune with that seed; for a float variant, its own
+    float model trained with that seed). Each gets ``"group"`` (the recipe's
+    name) and ``"seed"``.
+    """
+    out = []
+    for name, spec in recipe["variants"].items():
+        if model_name not in spec.get("models", [model_name]):
+            continue
+        for vname, vspec in _seeded(recipe, name, spec, model_name):
+            if not only or name in only or vname in only:
+                out.append((vname, vspec))
+    return out
+
+
+def _seeded(recipe: dict, name: str, spec: dict, model_name: str, where: str = "Recipe") -> list[tuple[str, dict]]:
+    seeds = spec.get("seeds")
+    if seeds is None:
+        return [(name, spec)]
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)):
+        raise ValueError(f"{where}, variant {name!r}: expected 'seeds' to be a list of distinct integers >= 0. "
+                         f"Received {seeds!r}.")
+    is_float = spec.get("kind", "qat") == "float"
+    base = (stage_settings(recipe, "float", model_name) if is_float
+            else finetune_settings(recipe, spec, model_name)).get("seed", 0)
+    out = []
+    for seed in seeds:
+        vspec = {**spec, "group": name, "seed": seed}
+        if seed == base:
+            out.append((name, vspec))
+        elif is_float:
+            out.append((f"{name}_s{seed}", {**vspec, "float_seed": seed}))
+        else:
+            out.append((f"{name}_s{seed}", {**vspec, "finetune": {**spec.get("finetune", {}), "seed": seed}}))
+    return out
 
 
 def finetune_settings(recipe: dict, spec: dict, model_name: str) -> dict:

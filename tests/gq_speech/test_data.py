@@ -236,6 +236,20 @@ def test_every_voice_of_the_table_sounds_different_and_duplicates_are_refused():
         corpus_mod.check_voices_differ([*same, distinct], "test", log=QUIET)
 
 
+def test_a_larger_training_set_keeps_the_dev_and_test_sets():
+    """Each split draws from its own stream: growing the training set (more utterances, more voices)
+    leaves dev and test utterance for utterance the same, so dev results stay comparable."""
+    small = corpus_mod.PRESETS["small"].to_dict()
+    more = {**small, "utterances": {**small["utterances"], "train": 3000}, "voices": {**small["voices"],
+                                                                                     "espeak": [64, 3, 3]}}
+    a, b = plan_corpus(small, seed=0, log=QUIET), plan_corpus(more, seed=0, log=QUIET)
+    for split in ("dev", "test"):
+        assert [j for j in a if j["subset"] == split] == [j for j in b if j["subset"] == split]
+    assert sum(j["subset"] == "train" for j in b) == 3000
+    assert len({j["voice"].id for j in b if j["subset"] == "train"}) > len({j["voice"].id for j in a
+                                                                             if j["subset"] == "train"})
+
+
 def test_plan_is_deterministic_and_voice_table_is_consistent():
     assert plan_corpus("small", seed=1, log=QUIET) == plan_corpus("small", seed=1, log=QUIET)
     assert plan_corpus("small", seed=1, log=QUIET) != plan_corpus("small", seed=2, log=QUIET)

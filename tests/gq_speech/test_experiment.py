@@ -94,6 +94,27 @@ def test_variants_can_name_their_models_and_fine_tune_longer(tmp_path):
             recipe_mod.load_recipe(path)
 
 
+def test_seeds_run_a_variant_once_per_seed(tmp_path):
+    recipe = recipe_mod.load_recipe("tiny")
+    recipe["variants"]["float"]["seeds"] = [0, 3]
+    recipe["variants"]["gq_mixed"]["seeds"] = [1, 0]
+    got = recipe_mod.variants_of(recipe, "rnnt_tiny")
+    names = [n for n, _ in got]
+    assert names == ["float", "float_s3", "uniform8", "cluster16", "gq_mixed_s1", "gq_mixed", "gq_auto"]
+    by = dict(got)
+    assert by["float_s3"]["float_seed"] == 3 and "float_seed" not in by["float"]
+    assert recipe_mod.finetune_settings(recipe, by["gq_mixed_s1"], "rnnt_tiny")["seed"] == 1
+    assert "seed" not in by["gq_mixed"].get("finetune", {})  # the stage's own seed keeps the name and the key
+    assert {by[n]["group"] for n in ("gq_mixed", "gq_mixed_s1")} == {"gq_mixed"}
+    assert [n for n, _ in recipe_mod.variants_of(recipe, "rnnt_tiny", ["gq_mixed"])] == ["gq_mixed_s1", "gq_mixed"]
+    for bad in ([], [1, 1], [-1], "0,1", [True]):
+        broken = {**recipe, "variants": {"v": {"kind": "float", "seeds": bad}}}
+        path = tmp_path / "broken.json"
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match="expected 'seeds'"):
+            recipe_mod.load_recipe(path)
+
+
 def test_batches_pad_to_the_reduction_and_keep_everything():
     split = _toy_split(5)
     seen = []
@@ -198,6 +219,37 @@ def test_tiny_recipe_end_to_end(tmp_path):
     again = experiment.run_recipe("tiny", tmp_path, log=lambda m: None)
     assert [r["wer_keras_test"] for r in again] == [r["wer_keras_test"] for r in rows]
     assert {p: p.stat().st_mtime for p in stamps} == stamps
+
+
+def test_dev_only_selects_without_the_test_sets_and_seeds_are_summarized(tmp_path):
+    """``dev_only`` trains and scores on the dev sets (clean and far) and leaves the test sets alone; the
+    full run then reuses every trained stage and reports the seeds, the dev sets and how rows were chosen."""
+    recipe = recipe_mod.load_recipe("tiny")
+    recipe.update(name="tiny_seeds", variants={
+        "float": {"kind": "float", "seeds": [0, 3], "chosen": "the reference"},
+        "gq_mixed": {**recipe["variants"]["gq_mixed"], "seeds": [0, 1], "chosen": "by hand, before any run"}})
+    recipe["eval"] = {**recipe["eval"], "stream_utterances": 2}
+    path = tmp_path / "tiny_seeds.json"
+    path.write_text(json.dumps(recipe))
+    out = tmp_path / "run"
+    rows = experiment.run_recipe(path, out, dev_only=True, log=lambda m: None)
+    assert [r["variant"] for r in rows] == ["float", "float_s3", "gq_mixed", "gq_mixed_s1"]
+    for r in rows:
+        assert 0 <= r["wer_keras_dev"] <= 5 and 0 <= r["wer_keras_dev_far"] <= 5 and "wer_keras_test" not in r
+    assert not list(out.glob("rnnt_tiny/*/hyps_test*")) and not list(out.glob("rnnt_tiny/*/stream"))
+    assert not (out / "results.md").exists()
+    assert (out / "rnnt_tiny" / "float_model_s3" / "summary.json").is_file()  # its own float model
+    dev_md = (out / "dev_results.md").read_text()
+    assert "| gq_mixed_s1 |" in dev_md and "| gq_mixed | 0, 1 |" in dev_md and "were not touched" in dev_md
+    trained = {p: p.stat().st_mtime for p in out.glob("rnnt_tiny/*/ckpt/*")}
+    full = experiment.run_recipe(path, out, log=lambda m: None)
+    assert {p: p.stat().st_mtime for p in trained} == trained  # nothing trained again
+    for dev_row, row in zip(rows, full):
+        assert row["wer_keras_dev"] == dev_row["wer_keras_dev"] and 0 <= row["wer_tflite_test"] <= 5
+    md = (out / "results.md").read_text()
+    for part in ("## Seeds", "## Dev sets (selection)", "## How each row was chosen",
+                 "- `gq_mixed`: by hand, before any run", "| gq_mixed | 0, 1 |"):
+        assert part in md
 
 
 @pytest.mark.slow
@@ -374,6 +426,12 @@ def test_reports_give_wer_intervals_and_differences_to_float(tmp_path):
 def test_multicondition_training_takes_a_share_of_far_field_copies_from_other_rooms(tmp_path):
     recipe = {**recipe_mod.load_recipe("tiny"), "multicondition": {"share": 0.5, "seed": 7, "rooms": 4}}
     ctx = experiment.prepare(recipe, tmp_path, "rnnt_tiny", log=lambda m: None)
+    info = {sub: json.loads((tmp_path / "corpus" / f"farfield-{sub}.json").read_text())
+            for sub in ("train_far", "dev_far", "test_far")}
+    assert [info[s]["seed"] for s in ("train_far", "dev_far", "test_far")] == [7, 8, 0]
+    # The training rooms are drawn from other ranges than the test rooms.
+    assert info["train_far"]["config"]["rt60"] != info["test_far"]["config"]["rt60"]
+    assert info["train_far"]["config"]["n_rooms"] == 4
     clean = experiment.prepare({**recipe, "multicondition": None}, tmp_path, "rnnt_tiny", log=lambda m: None)
     train, base = ctx.data["train"], clean.data["train"]
     far = [i for i, uid in enumerate(train.ids) if uid != base.ids[i]]
@@ -381,10 +439,12 @@ def test_multicondition_training_takes_a_share_of_far_field_copies_from_other_ro
     assert all(np.array_equal(a, b) for a, b in zip(train.labels, base.labels))
     assert all(int(train.ids[i].split("-")[1]) >= 100 for i in far)  # far-field chapters: 100 + room
     assert all(not np.array_equal(train.features[i], base.features[i]) for i in far)
-    assert len(ctx.data["dev"]) == 2 * len(clean.data["dev"]) and "dev_far" not in ctx.data
-    info = {sub: json.loads((tmp_path / "corpus" / f"farfield-{sub}.json").read_text())
-            for sub in ("train_far", "dev_far", "test_far")}
-    assert [info[s]["seed"] for s in ("train_far", "dev_far", "test_far")] == [7, 8, 0]
+    # Validation loss on dev clean + far; the two dev sets are scored apart.
+    assert len(ctx.val) == 2 * len(clean.data["dev"]) and ctx.val.ids[:len(ctx.data["dev"])] == ctx.data["dev"].ids
+    assert len(ctx.data["dev_far"]) == len(ctx.data["dev"]) and clean.val is clean.data["dev"]
+    # Without multicondition the dev far field is still made (far-field selection), with the default seed.
+    assert "dev_far" in clean.data and "train_far" not in clean.data
+    assert json.loads((tmp_path / "corpus" / "farfield-dev_far.json").read_text())["seed"] == 1001
     assert experiment._float_key(ctx)["multicondition"] == {"share": 0.5, "seed": 7, "rooms": 4}
     assert "multicondition" not in experiment._float_key(clean)  # earlier runs keep their key
     for bad, match in (({"share": 0}, "share in"), ({"seed": 0}, "test seed 0"), ({"seed": -1}, ">= 0"),
