@@ -534,10 +534,18 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str, dev_only: boo
         row[f"wer_keras_{split}"] = metrics.wer(refs, hyps)
         atomic_write(vdir / f"hyps_{split}.txt", "".join(f"{i}\t{r}\t{h}\n" for i, r, h in zip(
             ctx.data[split].ids, refs, hyps)))
+    if kind == "float" and "dev" in ctx.data:
+        # Does the model listen? The dev WER when each utterance is decoded from another one's audio: a
+        # recognizer that leans on its prediction network alone scores about the same as with its own.
+        dev = ctx.data["dev"]
+        other = dataclasses.replace(dev, features=dev.features[1:] + dev.features[:1])
+        row["wer_keras_dev_other_audio"] = metrics.wer(dev.texts, dec.transcribe(other, ctx.tokenizer))
     if dev_only:
         atomic_json(result_path, row)
         far = f", far {row['wer_keras_dev_far']:.2%}" if "wer_keras_dev_far" in row else ""
-        ctx.log(f"[{ctx.model_name}/{name}] WER dev {row['wer_keras_dev']:.2%} (Keras){far}")
+        listen = (f"; from other utterances' audio {row['wer_keras_dev_other_audio']:.2%}"
+                  if "wer_keras_dev_other_audio" in row else "")
+        ctx.log(f"[{ctx.model_name}/{name}] WER dev {row['wer_keras_dev']:.2%} (Keras){far}{listen}")
         return row
     row["file_bytes"] = export.total_bytes
     row["packed_bytes"] = row.get("clustered_packed_bytes", export.total_bytes)
@@ -587,8 +595,15 @@ def auto_policy(ctx: Context, net, name: str):
     from gq_tf import allocation
 
     auto = auto_settings(ctx.recipe, name)
+    sizes = converters.deployed_sizes
     if "budget_kb" in auto:
         budget = int(round(auto["budget_kb"] * 1024))
+    elif "budget_bits" in auto:
+        sizes = allocation.bit_sizes
+        weights = sum(k.size for k in allocation.kernels(net))
+        budget = int(weights * auto["budget_bits"] // 8)
+        ctx.log(f"[{ctx.model_name}/{name}] budget: {auto['budget_bits']} bits a weight on average "
+                f"({budget:,} bytes of indices for {weights:,} weights)")
     else:
         like = parse_policy(ctx.recipe["variants"][auto["budget_like"]]["policy"])
         budget = allocation.policy_nbytes(net, like, sizes=converters.deployed_sizes)
@@ -597,8 +612,7 @@ def auto_policy(ctx: Context, net, name: str):
     sens = measure_sensitivity(ctx, net, auto, name)
     alloc = gq_tf.allocate_bits(net, None, budget_bytes=budget, candidates=auto["candidates"],
                                 min_bits=auto["min_bits"], max_bits=auto["max_bits"], fixed=auto["fixed"],
-                                keep_float=auto["keep_float"], sizes=converters.deployed_sizes,
-                                sensitivities=sens, progress=False)
+                                keep_float=auto["keep_float"], sizes=sizes, sensitivities=sens, progress=False)
     return alloc.policy, alloc
 
 

@@ -54,7 +54,7 @@ from gq_speech.audio import colored_noise, mix_at_snr
 from gq_speech.librispeech import MANIFEST, SAMPLE_RATE, Manifest, load_audio, write_utterance
 from gq_tf.fileio import remove_stale_tmp
 
-__all__ = ["FARFIELD_VERSION", "FarfieldConfig", "make_farfield", "reverberate", "rir_bank"]
+__all__ = ["FARFIELD_VERSION", "TRAINING_ROOMS", "FarfieldConfig", "make_farfield", "reverberate", "rir_bank"]
 
 FARFIELD_VERSION = 1
 _MARKER = ".farfield"  # marks a subset directory this module made (safe to replace)

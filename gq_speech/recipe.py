@@ -201,9 +201,11 @@ def finetune_settings(recipe: dict, spec: dict, model_name: str) -> dict:
 
 
 # What a variant's ``"auto"`` entry may hold (gq_tf.allocate_bits' settings):
-# the budget (``budget_kb``, or ``budget_like``: the deployed size of another
-# variant's hand-written GQ policy), the constraints, the estimator and the
-# calibration set (utterances drawn from the training split).
+# the budget (``budget_kb``; ``budget_like``: the deployed size of another
+# variant's hand-written GQ policy; or ``budget_bits``: at most this many bits
+# a weight on average), the constraints, the estimator and the calibration set
+# (utterances drawn from the training split).
+BUDGETS = ("budget_kb", "budget_like", "budget_bits")
 AUTO_DEFAULTS = {"min_bits": {}, "max_bits": {}, "fixed": {}, "keep_float": [],
                  "candidates": list(DEFAULT_CANDIDATES), "method": "loss", "calibration": 256, "batch_size": 16}
 
@@ -230,16 +232,21 @@ def auto_settings(recipe: dict, name: str) -> dict:
     auto = recipe["variants"][name].get("auto")
     if not isinstance(auto, dict):
         raise ValueError(f"{where}: expected an object (budget_kb or budget_like, constraints). Received {auto!r}.")
-    unknown = sorted(set(auto) - set(AUTO_DEFAULTS) - {"budget_kb", "budget_like"})
+    unknown = sorted(set(auto) - set(AUTO_DEFAULTS) - set(BUDGETS))
     if unknown:
-        raise ValueError(f"{where}: expected keys among {sorted(set(AUTO_DEFAULTS) | {'budget_kb', 'budget_like'})}."
+        raise ValueError(f"{where}: expected keys among {sorted(set(AUTO_DEFAULTS) | set(BUDGETS))}."
                          f" Received {unknown}.")
-    if ("budget_kb" in auto) == ("budget_like" in auto):
-        raise ValueError(f"{where}: expected exactly one of budget_kb and budget_like. Received keys {sorted(auto)}.")
+    if sum(b in auto for b in BUDGETS) != 1:
+        raise ValueError(f"{where}: expected exactly one of {', '.join(BUDGETS)}. Received keys {sorted(auto)}.")
     if "budget_kb" in auto:
         kb = auto["budget_kb"]
         if isinstance(kb, bool) or not isinstance(kb, (int, float)) or not kb > 0:
             raise ValueError(f"{where}: expected budget_kb > 0. Received {kb!r}.")
+    elif "budget_bits" in auto:
+        bits = auto["budget_bits"]
+        if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not 1 <= bits <= 8:
+            raise ValueError(f"{where}: expected budget_bits (the average bits a weight) in [1, 8]. "
+                             f"Received {bits!r}.")
     else:
         like = auto["budget_like"]
         other = recipe["variants"].get(like) if isinstance(like, str) else None

@@ -51,6 +51,7 @@ __all__ = [
     "Allocation",
     "kernels",
     "dense_sizes",
+    "bit_sizes",
     "gq_codebook",
     "sensitivity",
     "solve",
@@ -120,6 +121,14 @@ def dense_sizes(kernel_list, floats=frozenset()):
     del floats
     return {k.key: {**{b: reference.packed_nbytes(k.size, b) + 4 * 2**b for b in range(1, 9)},
                     FLOAT: 4 * k.size} for k in kernel_list}
+
+
+def bit_sizes(kernel_list, floats=frozenset()):
+    """Size model of an average-bits budget: ``ceil(n * b / 8)`` bytes at b bits (the indices alone, no
+    codebook or layout) and 4 bytes a weight kept float, so a budget of ``n_total * B / 8`` bytes is "at
+    most B bits a weight on average"."""
+    del floats
+    return {k.key: {**{b: -(-k.size * b // 8) for b in range(1, 9)}, FLOAT: 4 * k.size} for k in kernel_list}
 
 
 # ---------------------------------------------------------------------------

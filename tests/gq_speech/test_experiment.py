@@ -47,8 +47,9 @@ def test_recipes_load_and_name_real_configs():
 
 
 @pytest.mark.parametrize("auto, match", [
-    ({"budget_kb": 10, "budget_like": "gq_mixed"}, "exactly one of budget_kb and budget_like"),
-    ({}, "exactly one of budget_kb and budget_like"),
+    ({"budget_kb": 10, "budget_like": "gq_mixed"}, "exactly one of budget_kb, budget_like, budget_bits"),
+    ({}, "exactly one of budget_kb, budget_like, budget_bits"),
+    ({"budget_bits": 0.5}, r"budget_bits \(the average bits a weight\) in \[1, 8\]. Received 0.5"),
     ({"budget_kb": -1}, "budget_kb > 0. Received -1"),
     ({"budget_like": "nope"}, "another variant with a 'policy'. Received 'nope'"),
     ({"budget_kb": 5, "min_bits": {"joint_out": 9}}, r"min_bits\['joint_out'\]: expected bits in 1..8"),

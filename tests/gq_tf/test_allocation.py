@@ -183,6 +183,18 @@ def test_allocation_meets_the_budget_and_every_constraint(trained, sens):
     assert alloc.to_json()["total_bytes"] == alloc.total_bytes
 
 
+def test_an_average_bits_budget_keeps_the_weighted_mean_bits_under_it(trained, sens):
+    model, data = trained
+    ks = allocation.kernels(model)
+    n = {k.key: k.size for k in ks}
+    for target in (1.5, 2.5, 4.0):
+        budget = int(sum(n.values()) * target // 8)
+        alloc = gq_tf.allocate_bits(model, data, budget_bytes=budget, sizes=allocation.bit_sizes, sensitivities=sens,
+                                    progress=False)
+        mean = sum(n[c.key] * c.bits for c in alloc.choices) / sum(n.values())
+        assert mean <= target and mean > target - 1.0  # the budget is used, not just met
+
+
 def test_more_budget_never_costs_more(trained, sens):
     model, data = trained
     sizes = dense_sizes(allocation.kernels(model))
