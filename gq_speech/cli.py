@@ -250,8 +250,9 @@ def check_recipe(recipe_name, models=None, variants=None):
             if "auto" in spec:
                 if "policy" in spec:
                     raise ValueError(f"{vwhere}: expected either 'policy' or 'auto'. Received both.")
-                auto = recipe_mod.auto_settings(recipe, name)
+                auto = recipe_mod.auto_settings(recipe, spec.get("group", name))
                 budget = (f"{auto['budget_kb']:g} KiB" if "budget_kb" in auto
+                          else f"{auto['budget_bits']:g} bits a weight on average" if "budget_bits" in auto
                           else f"the size of variant {auto['budget_like']!r}")
                 entry["variants"].append((name, kind, f"{line}, automatic policy for {budget} "
                                                       f"({auto['method']} sensitivity, {auto['calibration']} "

@@ -481,7 +481,7 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str, dev_only: boo
         elif kind == "qat":
             if "auto" in spec:
                 with cluster.chief_first():  # the chief measures the sensitivities, the others read them
-                    policy, alloc = auto_policy(ctx, net, name)
+                    policy, alloc = auto_policy(ctx, net, spec.get("group", name))
                 if cluster.is_chief:
                     atomic_json(vdir / "allocation.json", alloc.to_json())
                 row["allocation"] = {"budget_bytes": alloc.budget_bytes, "total_bytes": alloc.total_bytes,

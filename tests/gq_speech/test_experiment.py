@@ -7,6 +7,7 @@ import pytest
 
 import gq_tf
 from gq_speech import experiment, models
+from gq_speech.cli import check_recipe
 from gq_speech import recipe as recipe_mod
 from gq_speech.text import Tokenizer
 from gq_speech.train import TrainConfig, annealing, batches, fit
@@ -78,10 +79,11 @@ def test_a_uniform_policy_is_no_budget_for_auto():
 def test_variants_can_name_their_models_and_fine_tune_longer(tmp_path):
     recipe = recipe_mod.load_recipe("full")
     assert [n for n, _ in recipe_mod.variants_of(recipe, "conformer")] == [
-        "float", "uniform8", "uniform4", "cluster16", "gq8", "gq5", "gq4", "gq_mixed"]
+        "float", "float_s1", "uniform8", "uniform4", "uniform4_s1", "cluster16", "gq8", "gq5", "gq4", "gq4_s1", "gq_mixed",
+        "gq_mixed_s1", "gq2", "gq_auto", "gq_auto_s1", "gq_auto_low"]
     rnnt = dict(recipe_mod.variants_of(recipe, "rnnt"))
     assert {"gq_mixed_long", "uniform4_long", "gq_mixed_top1", "gq_mixed_in1"} <= set(rnnt)
-    assert [n for n, _ in recipe_mod.variants_of(recipe, "rnnt", ["gq4", "gq_mixed_long"])] == ["gq4", "gq_mixed_long"]
+    assert [n for n, _ in recipe_mod.variants_of(recipe, "rnnt", ["gq4_s1", "gq_mixed_long"])] == ["gq4_s1", "gq_mixed_long"]
     base = recipe_mod.finetune_settings(recipe, rnnt["gq_mixed"], "rnnt")
     longer = recipe_mod.finetune_settings(recipe, rnnt["gq_mixed_long"], "rnnt")
     assert base["epoch_batches"] == 500 and longer == {**base, "epoch_batches": None}  # a whole epoch
@@ -99,9 +101,14 @@ def test_seeds_run_a_variant_once_per_seed(tmp_path):
     recipe = recipe_mod.load_recipe("tiny")
     recipe["variants"]["float"]["seeds"] = [0, 3]
     recipe["variants"]["gq_mixed"]["seeds"] = [1, 0]
+    recipe["variants"]["gq_auto"]["seeds"] = [0, 2]
     got = recipe_mod.variants_of(recipe, "rnnt_tiny")
     names = [n for n, _ in got]
-    assert names == ["float", "float_s3", "uniform8", "cluster16", "gq_mixed_s1", "gq_mixed", "gq_auto"]
+    assert names == ["float", "float_s3", "uniform8", "cluster16", "gq_mixed_s1", "gq_mixed", "gq_auto", "gq_auto_s2"]
+    path = tmp_path / "seeded.json"
+    path.write_text(json.dumps(recipe))
+    plan = check_recipe(str(path))  # a seeded automatic variant finds its group's settings
+    assert "gq_auto_s2" in [v[0] for v in plan["models"]["rnnt_tiny"]["variants"]]
     by = dict(got)
     assert by["float_s3"]["float_seed"] == 3 and "float_seed" not in by["float"]
     assert recipe_mod.finetune_settings(recipe, by["gq_mixed_s1"], "rnnt_tiny")["seed"] == 1
