@@ -7,8 +7,8 @@ import pytest
 
 import gq_tf
 from gq_speech import experiment, models
-from gq_speech.cli import check_recipe
 from gq_speech import recipe as recipe_mod
+from gq_speech.cli import check_recipe
 from gq_speech.text import Tokenizer
 from gq_speech.train import TrainConfig, annealing, batches, fit
 from gq_tf._keras import keras, tf
