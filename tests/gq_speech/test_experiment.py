@@ -79,11 +79,12 @@ def test_a_uniform_policy_is_no_budget_for_auto():
 def test_variants_can_name_their_models_and_fine_tune_longer(tmp_path):
     recipe = recipe_mod.load_recipe("full")
     assert [n for n, _ in recipe_mod.variants_of(recipe, "conformer")] == [
-        "float", "float_s1", "uniform8", "uniform4", "uniform4_s1", "cluster16", "gq8", "gq5", "gq4", "gq4_s1", "gq_mixed",
-        "gq_mixed_s1", "gq2", "gq_auto", "gq_auto_s1", "gq_auto_low"]
+        "float", "float_s1", "uniform8", "uniform4", "uniform4_s1", "cluster16", "gq8", "gq5", "gq4", "gq4_s1",
+        "gq_mixed", "gq_mixed_s1", "gq2", "gq_auto", "gq_auto_s1", "gq_auto_low"]
     rnnt = dict(recipe_mod.variants_of(recipe, "rnnt"))
     assert {"gq_mixed_long", "uniform4_long", "gq_mixed_top1", "gq_mixed_in1"} <= set(rnnt)
-    assert [n for n, _ in recipe_mod.variants_of(recipe, "rnnt", ["gq4_s1", "gq_mixed_long"])] == ["gq4_s1", "gq_mixed_long"]
+    picked = recipe_mod.variants_of(recipe, "rnnt", ["gq4_s1", "gq_mixed_long"])
+    assert [n for n, _ in picked] == ["gq4_s1", "gq_mixed_long"]
     base = recipe_mod.finetune_settings(recipe, rnnt["gq_mixed"], "rnnt")
     longer = recipe_mod.finetune_settings(recipe, rnnt["gq_mixed_long"], "rnnt")
     assert base["epoch_batches"] == 500 and longer == {**base, "epoch_batches": None}  # a whole epoch
