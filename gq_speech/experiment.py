@@ -1069,16 +1069,17 @@ def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, strea
     atomic_write(out / "results.md", "\n".join(lines))
 
 
-def _run_models_in_parallel(recipe_name, out: Path, models: list[str], variants, jobs: int, log,
-                            dev_only: bool = False) -> None:
-    """Trains and evaluates each model in its own process, ``jobs`` at a time.
+def _run_workers(recipe_name, out: Path, tasks: list[tuple[str, list[str]]], jobs: int, log,
+                 dev_only: bool = False) -> None:
+    """Runs ``tasks`` (``(label, the models/variants arguments)``) as worker processes, ``jobs`` at a time.
 
     Small LSTM/attention steps use a second core poorly (docs/ASR.md: the
     full RNN-T's step took 0.48-0.55 s on one core beside the Conformer, and
-    0.58-0.96 s on both cores shared with other jobs), so models train side
-    by side. Each worker gets its own CPUs (sched_setaffinity),
-    writes ``<out>/logs/<model>.log`` and skips the benchmark and the reports,
-    which the caller does once every row is on disk.
+    0.58-0.96 s on both cores shared with other jobs), so models (or, in a
+    one-model recipe, its fine-tunes) train side by side. Each worker gets its
+    own CPUs (sched_setaffinity), writes ``<out>/logs/<label>.log`` and skips
+    the benchmark and the reports, which the caller does once every row is on
+    disk.
     """
     import subprocess
     import sys
@@ -1087,38 +1088,38 @@ def _run_models_in_parallel(recipe_name, out: Path, models: list[str], variants,
     cpus = sorted(os.sched_getaffinity(0))
     per = max(1, len(cpus) // jobs)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    pending, running, failed = list(models), [], {}  # failed: model -> exit code
+    pending, running, failed = list(tasks), [], {}  # failed: label -> exit code
 
-    def pump(model, proc, logfile):
+    def pump(label, proc, logfile):
         with open(logfile, "a") as f:
             for line in proc.stdout:
                 f.write(line)
                 f.flush()
-                log(f"[{model}] {line.rstrip()}")
+                log(f"[{label}] {line.rstrip()}")
 
     while pending or running:
         while pending and len(running) < jobs:
-            model = pending.pop(0)
+            label, args = pending.pop(0)
             free = [c for c in cpus if all(c not in r[3] for r in running)]
             mine = set(free[:per]) or set(cpus)
-            cmd = [sys.executable, "-m", "gq_speech.cli", "run", str(recipe_name), "--out", str(out),
-                   "--models", model, "--worker"] + (["--variants", *variants] if variants else []) + (
-                   ["--dev-only"] if dev_only else [])
+            cmd = [sys.executable, "-m", "gq_speech.cli", "run", str(recipe_name), "--out", str(out), *args,
+                   "--worker"] + (["--dev-only"] if dev_only else [])
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     preexec_fn=lambda cpus=mine: os.sched_setaffinity(0, cpus))
-            t = threading.Thread(target=pump, args=(model, proc, out / "logs" / f"{model}.log"), daemon=True)
+            logfile = out / "logs" / f"{label.replace('/', '.')}.log"
+            t = threading.Thread(target=pump, args=(label, proc, logfile), daemon=True)
             t.start()
-            log(f"[{model}] worker pid {proc.pid} on CPU {sorted(mine)}, log {out / 'logs' / (model + '.log')}")
-            running.append((model, proc, t, mine))
+            log(f"[{label}] worker pid {proc.pid} on CPU {sorted(mine)}, log {logfile}")
+            running.append((label, proc, t, mine, logfile))
         time.sleep(1.0)
         for r in [r for r in running if r[1].poll() is not None]:
             running.remove(r)
             r[2].join()
             if r[1].returncode != 0:
-                failed[r[0]] = r[1].returncode
+                failed[r[0]] = (r[1].returncode, r[4])
     if failed:
-        named = [f"{m} (exit {failed[m]}, log {out / 'logs' / (m + '.log')})" for m in models if m in failed]
-        raise RuntimeError(f"Model workers failed: {', '.join(named)}. What they finished is kept; "
+        named = [f"{label} (exit {failed[label][0]}, log {failed[label][1]})" for label, _ in tasks if label in failed]
+        raise RuntimeError(f"Workers failed: {', '.join(named)}. What they finished is kept; "
                            "run the same command again to resume.")
 
 
@@ -1151,8 +1152,10 @@ def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, repor
     without it later reuses every trained stage.
 
     ``jobs`` models are trained at once in worker processes (default: one per
-    CPU, at most the number of models; see :func:`_run_models_in_parallel`). ``reports=False`` (a worker) skips the
-    benchmark and the report files.
+    CPU, at most the number of models; see :func:`_run_workers`); a one-model
+    recipe trains its float model first and then fine-tunes ``jobs`` variants
+    at once. ``reports=False`` (a worker) skips the benchmark and the report
+    files.
 
     ``cluster`` (``gq_speech.distribute.make_cluster``): every training stage
     runs under its strategy, one model after the other (``jobs`` is 1). With
@@ -1181,14 +1184,16 @@ def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, repor
                              f"model at a time). Received --jobs {jobs}.")
         jobs = 1
         check_global_batches(recipe, models, variants, cluster.replicas)
-    if jobs is None:
-        jobs = max(1, min(len(models), len(os.sched_getaffinity(0))))
+    if jobs is None:  # one per CPU, at most one per model (a one-model recipe: per variant)
+        units = len(models) if len(models) > 1 else len(variants_of(recipe, models[0], variants))
+        jobs = max(1, min(units, len(os.sched_getaffinity(0))))
     t0 = time.time()
     contexts = {}
     if jobs > 1 and len(models) > 1:
         # The shared data first (corpus, far field, feature cache), so the workers only read it.
         contexts[models[0]] = prepare(recipe, out, models[0], log=log)
-        _run_models_in_parallel(recipe_name, out, models, variants, jobs, log, dev_only=dev_only)
+        tasks = [(m, ["--models", m] + (["--variants", *variants] if variants else [])) for m in models]
+        _run_workers(recipe_name, out, tasks, jobs, log, dev_only=dev_only)
     rows = []
     ev = recipe.get("eval", {})
     n_stream = int(ev.get("stream_utterances", 50))
@@ -1198,7 +1203,13 @@ def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, repor
         if not dev_only:
             stream_utterances[model_name] = list(ctx.data["test"].features[:n_stream])
         train_float(ctx)
-        for name, spec in variants_of(recipe, model_name, variants):
+        todo = variants_of(recipe, model_name, variants)
+        if jobs > 1 and len(models) == 1 and len(todo) > 1 and reports and not cluster.distributed:
+            # One model: its variants fine-tune side by side, one worker process each, from the float
+            # model on disk; the loop below then reads their results.
+            _run_workers(recipe_name, out, [(f"{model_name}/{name}", ["--models", model_name, "--variants", name])
+                                            for name, _ in todo], jobs, log, dev_only=dev_only)
+        for name, spec in todo:
             row = run_variant(ctx, name, spec, command, dev_only=dev_only)
             if row is None:  # a worker that is not the chief
                 continue

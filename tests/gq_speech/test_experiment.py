@@ -283,8 +283,8 @@ def test_two_models_train_side_by_side_in_workers(tmp_path):
 
 def test_failed_workers_are_named_with_their_logs(tmp_path):
     with pytest.raises(RuntimeError, match=r"a \(exit 2, log .*a\.log\).*b \(exit 2"):
-        experiment._run_models_in_parallel(tmp_path / "missing.json", tmp_path, ["a", "b"], None, 2,
-                                           log=lambda m: None)
+        tasks = [("a", ["--models", "a"]), ("b", ["--models", "b"])]
+        experiment._run_workers(tmp_path / "missing.json", tmp_path, tasks, 2, log=lambda m: None)
     assert "error:" in (tmp_path / "logs" / "a.log").read_text()
     with pytest.raises(ValueError, match="Expected models of recipe 'tiny'"):
         experiment.run_recipe("tiny", tmp_path, models=["conformer"], log=lambda m: None)
