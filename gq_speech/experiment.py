@@ -51,6 +51,7 @@ import io
 import json
 import math
 import os
+import re
 import shlex
 import time
 from pathlib import Path
@@ -1069,6 +1070,10 @@ def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, strea
     atomic_write(out / "results.md", "\n".join(lines))
 
 
+# A line of TensorFlow's C++ logging (absl): "I0000 00:00:1796477870.417951   17340 loader.cc:236] ...".
+_TF_NATIVE_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w./-]+:\d+\] ")
+
+
 def _run_workers(recipe_name, out: Path, tasks: list[tuple[str, list[str]]], jobs: int, log,
                  dev_only: bool = False) -> None:
     """Runs ``tasks`` (``(label, the models/variants arguments)``) as worker processes, ``jobs`` at a time.
@@ -1095,7 +1100,9 @@ def _run_workers(recipe_name, out: Path, tasks: list[tuple[str, list[str]]], job
             for line in proc.stdout:
                 f.write(line)
                 f.flush()
-                log(f"[{label}] {line.rstrip()}")
+                # TensorFlow's own C++ log lines (a screen of them per .tflite export) stay in the log file.
+                if not _TF_NATIVE_LOG.match(line):
+                    log(f"[{label}] {line.rstrip()}")
 
     while pending or running:
         while pending and len(running) < jobs:
