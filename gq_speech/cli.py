@@ -46,7 +46,8 @@ def _parser():
     run.add_argument("--check", action="store_true",
                      help="only validate the recipe and print the plan (no corpus, no training)")
     run.add_argument("--models", nargs="*", help="only these model configs of the recipe")
-    run.add_argument("--variants", nargs="*", help="only these variants")
+    run.add_argument("--variants", nargs="*",
+                     help="only these variants (a variant with seeds: all of them; =NAME: exactly that run)")
     run.add_argument("--jobs", type=int, default=None,
                      help="models trained at once, one process each (default: one per CPU, up to the models)")
     run.add_argument("--strategy", choices=None, default=None, metavar="NAME",

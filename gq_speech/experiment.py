@@ -1214,7 +1214,7 @@ def run_recipe(recipe_name, out, *, models=None, variants=None, jobs=None, repor
         if jobs > 1 and len(models) == 1 and len(todo) > 1 and reports and not cluster.distributed:
             # One model: its variants fine-tune side by side, one worker process each, from the float
             # model on disk; the loop below then reads their results.
-            _run_workers(recipe_name, out, [(f"{model_name}/{name}", ["--models", model_name, "--variants", name])
+            _run_workers(recipe_name, out, [(f"{model_name}/{name}", ["--models", model_name, "--variants", f"={name}"])
                                             for name, _ in todo], jobs, log, dev_only=dev_only)
         for name, spec in todo:
             row = run_variant(ctx, name, spec, command, dev_only=dev_only)

@@ -151,7 +151,9 @@ def stage_settings(recipe: dict, stage: str, model_name: str) -> dict:
 def variants_of(recipe: dict, model_name: str, only=None) -> list[tuple[str, dict]]:
     """The recipe's variants that apply to ``model_name`` (a variant with
     ``"models": [...]`` is run for those models only), in recipe order,
-    restricted to the names in ``only`` if given.
+    restricted to the names in ``only`` if given: a recipe variant's name
+    selects all its seeds, ``=NAME`` exactly the run named (``=gq4`` is gq4's
+    first seed alone).
 
     A variant with ``"seeds": [a, b, ...]`` is run once per seed: the seed of
     its stage (the float stage's for a float variant, else the fine-tune's)
@@ -160,12 +162,15 @@ def variants_of(recipe: dict, model_name: str, only=None) -> list[tuple[str, dic
     float model trained with that seed). Each gets ``"group"`` (the recipe's
     name) and ``"seed"``.
     """
+    only = list(only or [])
+    exact = {o[1:] for o in only if o.startswith("=")}
+    named = {o for o in only if not o.startswith("=")}
     out = []
     for name, spec in recipe["variants"].items():
         if model_name not in spec.get("models", [model_name]):
             continue
         for vname, vspec in _seeded(recipe, name, spec, model_name):
-            if not only or name in only or vname in only:
+            if not only or vname in exact or vname in named or name in named:
                 out.append((vname, vspec))
     return out
 

@@ -116,6 +116,9 @@ def test_seeds_run_a_variant_once_per_seed(tmp_path):
     assert "seed" not in by["gq_mixed"].get("finetune", {})  # the stage's own seed keeps the name and the key
     assert {by[n]["group"] for n in ("gq_mixed", "gq_mixed_s1")} == {"gq_mixed"}
     assert [n for n, _ in recipe_mod.variants_of(recipe, "rnnt_tiny", ["gq_mixed"])] == ["gq_mixed_s1", "gq_mixed"]
+    # =NAME is that run alone (what a worker process is given), not its other seeds.
+    assert [n for n, _ in recipe_mod.variants_of(recipe, "rnnt_tiny", ["=float", "gq_auto_s2"])] == ["float",
+                                                                                                    "gq_auto_s2"]
     for bad in ([], [1, 1], [-1], "0,1", [True]):
         broken = {**recipe, "variants": {"v": {"kind": "float", "seeds": bad}}}
         path = tmp_path / "broken.json"
@@ -248,6 +251,9 @@ def test_dev_only_selects_without_the_test_sets_and_seeds_are_summarized(tmp_pat
     assert not list(out.glob("rnnt_tiny/*/hyps_test*")) and not list(out.glob("rnnt_tiny/*/stream"))
     assert not (out / "results.md").exists()
     assert (out / "rnnt_tiny" / "float_model_s3" / "summary.json").is_file()  # its own float model
+    # One recipe model: the variants ran side by side, one worker each, and each only its own run.
+    assert "float_s3" not in (out / "logs" / "rnnt_tiny.float.log").read_text()
+    assert "float_s3" in (out / "logs" / "rnnt_tiny.float_s3.log").read_text()
     dev_md = (out / "dev_results.md").read_text()
     assert "| gq_mixed_s1 |" in dev_md and "| gq_mixed | 0, 1 |" in dev_md and "were not touched" in dev_md
     trained = {p: p.stat().st_mtime for p in out.glob("rnnt_tiny/*/ckpt/*")}
