@@ -38,7 +38,7 @@ def test_public_names_are_pinned():
         voices: {"Voice", "CorpusConfig", "PRESETS", "all_voices", "preset_voices"},
         tts: {"synthesize", "tool_versions", "same_sounding"},
         audio: {"colored_noise", "mix_at_snr", "to_int16", "trim_silence"},
-        farfield: {"FarfieldConfig", "make_farfield", "rir_bank", "reverberate", "FARFIELD_VERSION"},
+        farfield: {"FarfieldConfig", "make_farfield", "rir_bank", "reverberate", "FARFIELD_VERSION", "TRAINING_ROOMS"},
         debian: {"ensure_debian_packages", "DebianPackageError", "install_command"},
     }
     for module, names in expected.items():
