@@ -1074,6 +1074,19 @@ def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, strea
 _TF_NATIVE_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w./-]+:\d+\] ")
 
 
+def _worker_setup(cpus) -> None:
+    """In a worker process before it starts: its CPUs, and death with its parent (Linux
+    PR_SET_PDEATHSIG), so a killed run leaves no worker writing on behind the next attempt."""
+    import ctypes
+    import signal
+
+    os.sched_setaffinity(0, cpus)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker outlives a killed parent
+        pass
+
+
 def _run_workers(recipe_name, out: Path, tasks: list[tuple[str, list[str]]], jobs: int, log,
                  dev_only: bool = False) -> None:
     """Runs ``tasks`` (``(label, the models/variants arguments)``) as worker processes, ``jobs`` at a time.
@@ -1112,7 +1125,7 @@ def _run_workers(recipe_name, out: Path, tasks: list[tuple[str, list[str]]], job
             cmd = [sys.executable, "-m", "gq_speech.cli", "run", str(recipe_name), "--out", str(out), *args,
                    "--worker"] + (["--dev-only"] if dev_only else [])
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    preexec_fn=lambda cpus=mine: os.sched_setaffinity(0, cpus))
+                                    preexec_fn=lambda cpus=mine: _worker_setup(cpus))
             logfile = out / "logs" / f"{label.replace('/', '.')}.log"
             t = threading.Thread(target=pump, args=(label, proc, logfile), daemon=True)
             t.start()

@@ -109,8 +109,9 @@ def test_run_check_prints_the_plan_and_writes_nothing(tmp_path, capsys):
         assert f"    {variant} " in out
     assert "automatic policy for the size of variant 'gq_mixed' (loss sensitivity, 8 calibration" in out
     assert not (tmp_path / "out").exists()
-    plan = cli.check_recipe("full", models=["conformer"], variants=["gq4"])
-    assert list(plan["models"]) == ["conformer"] and [v[0] for v in plan["models"]["conformer"]["variants"]] == ["gq4"]
+    plan = cli.check_recipe("full", models=["conformer"], variants=["gq4"])  # both of its seeds
+    assert list(plan["models"]) == ["conformer"]
+    assert [v[0] for v in plan["models"]["conformer"]["variants"]] == ["gq4", "gq4_s1"]
 
 
 @pytest.mark.parametrize("edit, message", [
