@@ -11,6 +11,8 @@
   ``--check`` only validates the recipe, its model configs, training
   settings and variants (each policy against the built model) and prints
   the plan, in seconds: no corpus, no training, nothing written.
+  ``--report`` writes ``results_so_far.md`` from the runs finished so far
+  (a long run's tables while it goes on; trains nothing).
 - ``gq-tf asr corpus --out DIR [--preset small]``: only the corpus.
 - ``gq-tf asr transcribe EXPORT_DIR AUDIO [AUDIO ...] [--stream] [--kernel K]
   [--threads N] [--json OUT]``: transcribes audio files (any rate and channel
@@ -61,6 +63,9 @@ def _parser():
     run.add_argument("--dev-only", action="store_true",
                      help="selection: train and score on the dev sets only (the test sets untouched, no export or "
                           "benchmark); writes dev_results.md, and the same command without it reuses the training")
+    run.add_argument("--report", action="store_true",
+                     help="write results_so_far.md from the runs finished so far (trains nothing; safe while the "
+                          "run goes on in another process)")
     run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one model, no bench/reports
     corpus = sub.add_parser("corpus", help="generate the built-in corpus only")
     corpus.add_argument("--out", required=True)
@@ -392,6 +397,11 @@ def main(argv=None):
             return 0
         if args.command == "transcribe":
             return _transcribe(args)
+        if args.command == "run" and args.report:
+            from gq_speech.experiment import report_so_far
+
+            report_so_far(args.recipe, args.out, models=args.models, variants=args.variants, log=log)
+            return 0
         from gq_speech.experiment import run_recipe
 
         if args.command == "demo":

@@ -1037,15 +1037,17 @@ def write_dev_report(rows: list[dict], out: Path, recipe: dict, command: str) ->
         statistics_table(rows, DEV_STAT_SPLITS), seeds_table(rows, DEV_STAT_SPLITS)]))
 
 
-def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, streaming: dict | None = None) -> None:
-    """Writes ``results.json``, ``results.png`` and ``results.md``; ``streaming``: :func:`stream_bench`'s
-    results, shown per model with their ratios."""
+def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, streaming: dict | None = None,
+                  stem: str = "results", preface: str | None = None) -> None:
+    """Writes ``<stem>.json``, ``<stem>.png`` and ``<stem>.md`` (default ``results``); ``streaming``:
+    :func:`stream_bench`'s results, shown per model with their ratios; ``preface``: a paragraph
+    under the title."""
     from gq_speech import streambench
 
     statistics(rows)
-    atomic_json(out / "results.json", {"recipe": recipe, "command": command, "rows": rows})
-    plot(rows, out / "results.png")
-    lines = [f"# ASR results: recipe `{recipe['name']}`", "",
+    atomic_json(out / f"{stem}.json", {"recipe": recipe, "command": command, "rows": rows})
+    plot(rows, out / f"{stem}.png")
+    lines = [f"# ASR results: recipe `{recipe['name']}`", "", *([preface, ""] if preface else []),
              f"Command: `{command}`", "",
              "WER on the clean and far-field test sets (unseen voices and sentences), in Keras and on "
              "the deployed streaming `.tflite` graphs (LiteRT + the GQ delegate); size = the three "
@@ -1053,7 +1055,7 @@ def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, strea
              "android_bench `--host` P50/P90 of one encoder chunk step and one prediction step; "
              "chunk P50/P90, UPL, RTF, mem = the whole streaming recognizer on test utterances "
              "(below); train min = float training + the variant's fine-tune.", "",
-             table(rows), "", "![WER vs size](results.png)", ""]
+             table(rows), "", f"![WER vs size]({stem}.png)", ""]
     stats = statistics_table(rows)
     if stats:
         lines += ["## How sure: intervals", "",
@@ -1084,7 +1086,75 @@ def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, strea
         for model, res in streaming.items():
             lines += [f"**{model}** ({res['settings']['utterances']} utterances, baseline {res['baseline']})", "",
                       streambench.table(res), ""]
-    atomic_write(out / "results.md", "\n".join(lines))
+    atomic_write(out / f"{stem}.md", "\n".join(lines))
+
+
+def _stage_matches(vdir: Path, recipe: dict, model_name: str, spec: dict) -> bool:
+    """Whether the variant folder's ``settings.json`` was written for this recipe's settings of it
+    (its spec, fine-tune and annealing, the float stage's training, corpus and multicondition; the
+    model config is not compared, since its feature statistics come from the data)."""
+    stamp = vdir / "settings.json"
+    try:
+        got = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return False
+    want = {"spec": {k: v for k, v in spec.items() if k not in SPEC_NOTES}}
+    if spec.get("kind", "qat") != "float":
+        want.update(finetune=finetune_settings(recipe, spec, model_name), annealing=recipe.get("annealing", {}))
+    float_want = {"train": stage_settings(recipe, "float", model_name), "corpus": recipe["corpus"]}
+    if recipe.get("multicondition") is not None:
+        float_want["multicondition"] = multicondition_settings(recipe)
+    got_float = got.get("float") or {}
+
+    def same(value, stored):  # as text: a policy's patterns must also be in the same order
+        return json.dumps(_stamp_form(value), default=str) == json.dumps(stored, default=str)
+
+    return (all(same(v, got.get(k)) for k, v in want.items())
+            and all(same(v, got_float.get(k)) for k, v in float_want.items())
+            and set(got_float) - {"model"} == set(float_want))
+
+
+def report_so_far(recipe_name, out, *, models=None, variants=None, log=print) -> list[dict]:
+    """Writes ``results_so_far.md`` (``.json``, ``.png``) from the variants a run of the recipe into
+    ``out`` has finished so far (their ``result.json``, else a ``--dev-only`` run's ``dev.json``),
+    with the same tables and intervals as ``results.md``; returns those rows.
+
+    Trains, exports and benchmarks nothing, and only reads the run's files, so it is safe beside
+    the run while it goes on: the latency and streaming columns stay empty until the run's own
+    benchmark at its end. A variant folder made with other settings than the recipe's now counts
+    as not done (the run will make it again).
+    """
+    recipe = load_recipe(recipe_name)
+    out = Path(out)
+    if not out.is_dir():
+        raise FileNotFoundError(f"Expected a run directory of recipe {recipe['name']!r}. Received {out}, which "
+                                "does not exist.")
+    models = list(models or recipe["models"])
+    unknown = [m for m in models if m not in recipe["models"]]
+    if unknown:
+        raise ValueError(f"Expected models of recipe {recipe['name']!r} ({recipe['models']}). Received {unknown}.")
+    rows, waiting = [], []
+    for model_name in models:
+        for name, spec in variants_of(recipe, model_name, variants):
+            vdir = out / model_name / name
+            path = next((p for p in (vdir / "result.json", vdir / "dev.json") if p.is_file()), None)
+            if path is None or not _stage_matches(vdir, recipe, model_name, spec):
+                waiting.append(f"{model_name}/{name}")
+                continue
+            rows.append({**json.loads(path.read_text()), "dir": str(vdir)})
+    total = len(rows) + len(waiting)
+    if not rows:
+        log(f"{out}: none of the {total} runs of recipe {recipe['name']!r} has finished yet; nothing written")
+        return rows
+    words = [str(recipe_name), "--out", str(out)]
+    dev_rows = sum("wer_keras_test" not in r for r in rows)
+    preface = (f"**So far: {len(rows)} of {total} runs** ({time.strftime('%Y-%m-%d %H:%M')}"
+               + (f"; {dev_rows} scored on the dev sets only" if dev_rows else "")
+               + "). Latency, UPL and memory come with the run's benchmark at its end (results.md). Not done yet: "
+               + (", ".join(waiting) if waiting else "none") + ".")
+    write_reports(rows, out, recipe, "gq-tf asr run " + shlex.join(words), stem="results_so_far", preface=preface)
+    log(f"{len(rows)} of {total} runs done; wrote {out / 'results_so_far.md'}")
+    return rows
 
 
 # A line of TensorFlow's C++ logging (absl): "I0000 00:00:1796477870.417951   17340 loader.cc:236] ...".

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gq_tf
-from gq_speech import experiment, models
+from gq_speech import cli, experiment, models
 from gq_speech import recipe as recipe_mod
 from gq_speech.cli import check_recipe
 from gq_speech.text import Tokenizer
@@ -256,6 +256,11 @@ def test_dev_only_selects_without_the_test_sets_and_seeds_are_summarized(tmp_pat
     assert "float_s3" in (out / "logs" / "rnnt_tiny.float_s3.log").read_text()
     dev_md = (out / "dev_results.md").read_text()
     assert "| gq_mixed_s1 |" in dev_md and "| gq_mixed | 0, 1 |" in dev_md and "were not touched" in dev_md
+    # The runs so far, while nothing else is done: the dev-only rows, marked so.
+    assert cli.main(["run", str(path), "--out", str(out), "--report"]) == 0
+    so_far = (out / "results_so_far.md").read_text()
+    assert "**So far: 4 of 4 runs**" in so_far and "4 scored on the dev sets only" in so_far
+    assert "| gq_mixed_s1 |" in so_far and "## Dev sets (selection)" in so_far
     trained = {p: p.stat().st_mtime for p in out.glob("rnnt_tiny/*/ckpt/*")}
     full = experiment.run_recipe(path, out, log=lambda m: None)
     assert {p: p.stat().st_mtime for p in trained} == trained  # nothing trained again
@@ -265,6 +270,17 @@ def test_dev_only_selects_without_the_test_sets_and_seeds_are_summarized(tmp_pat
     for part in ("## Seeds", "## Dev sets (selection)", "## How each row was chosen",
                  "- `gq_mixed`: by hand, before any run", "| gq_mixed | 0, 1 |"):
         assert part in md
+    # --report reads the finished runs back: the same intervals as results.md, nothing trained.
+    so_far = experiment.report_so_far(path, out, log=lambda m: None)
+    assert [r["wer_tflite_test"] for r in so_far] == [r["wer_tflite_test"] for r in full]
+    section = lambda text: text.split("## How sure: intervals")[1].split("## How each row")[0]  # noqa: E731
+    assert section((out / "results_so_far.md").read_text()) == section(md)
+    # A recipe edited since: the fine-tunes made with the old settings count as not done.
+    recipe["finetune"] = {**recipe["finetune"], "lr": recipe["finetune"]["lr"] / 2}
+    path.write_text(json.dumps(recipe))
+    assert [r["variant"] for r in experiment.report_so_far(path, out, log=lambda m: None)] == ["float", "float_s3"]
+    assert "Not done yet: rnnt_tiny/gq_mixed, rnnt_tiny/gq_mixed_s1." in (out / "results_so_far.md").read_text()
+    assert {p: p.stat().st_mtime for p in trained} == trained
 
 
 @pytest.mark.slow
@@ -285,6 +301,14 @@ def test_two_models_train_side_by_side_in_workers(tmp_path):
         assert "WER test" in (tmp_path / "run" / "logs" / f"{model}.log").read_text()
     md = (tmp_path / "run" / "results.md").read_text()
     assert "**rnnt_tiny**" in md and "**conformer_tiny**" in md
+
+
+def test_report_of_a_run_not_started(tmp_path, capsys):
+    assert cli.main(["run", "tiny", "--out", str(tmp_path / "nowhere"), "--report"]) == 2
+    assert "Expected a run directory of recipe 'tiny'" in capsys.readouterr().err
+    said = []
+    assert experiment.report_so_far("tiny", tmp_path, log=said.append) == []
+    assert "none of the 5 runs" in said[0] and not (tmp_path / "results_so_far.md").exists()
 
 
 def test_failed_workers_are_named_with_their_logs(tmp_path):
