@@ -61,6 +61,9 @@ class TrainConfig:
     freq_width: float = 0.15  # widest mask, as a fraction of the mel bins
     time_masks: int = 2
     time_width: float = 0.05  # widest mask, as a fraction of the utterance
+    # Vocal tract length perturbation (Jaitly & Hinton, 2013): each training utterance's frequency
+    # axis is scaled by a factor drawn from U(1 - vtlp, 1 + vtlp) (see vtlp_warp); 0 = off.
+    vtlp: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -69,6 +72,8 @@ class TrainConfig:
             raise ValueError(f"Expected TrainConfig keys {sorted(f.name for f in dataclasses.fields(cls))}. "
                              f"Received unknown {sorted(unknown)}.")
         cfg = cls(**d)
+        if not 0.0 <= cfg.vtlp < 0.5:
+            raise ValueError(f"Expected vtlp (the largest frequency scaling, +-) in [0, 0.5). Received {cfg.vtlp!r}.")
         if cfg.epoch_batches is not None and (not isinstance(cfg.epoch_batches, int) or cfg.epoch_batches < 1):
             raise ValueError("Expected epoch_batches to be a positive integer or null. "
                              f"Received {cfg.epoch_batches!r}.")
@@ -296,14 +301,61 @@ def distributed_batches(cluster, split: Split, batch_size: int, **kwargs):
 # ----------------------------------------------------------------- trainer
 
 
-def spec_augment(x, lengths, fill, *, rng, freq_masks=2, freq_width=0.15, time_masks=2, time_width=0.05):
-    """SpecAugment's frequency and time masks, per utterance (numpy, in the input pipeline).
+def vtlp_warp(x, alpha, centers_hz, fmax):
+    """Log-mel features as if the speaker's vocal tract were ``1 / alpha`` as long.
+
+    Vocal tract length perturbation (Jaitly & Hinton, 2013) on the mel bins:
+    the spectrum is read at warped frequencies, ``S'(f) = S(g^-1(f))`` with the
+    piecewise-linear warp ``g(f) = alpha * f`` up to ``f0 = 0.8 * fmax /
+    max(alpha, 1)`` and then linear up to ``g(fmax) = fmax`` (the band's top
+    stays where it is); each bin takes the linear interpolation of its two
+    neighbouring source bins on the mel scale (edge bins are held).
+
+    Args:
+      x: [B, T, F] log-mel features (not changed).
+      alpha: [B] warp factors (1 = unchanged; > 1 moves formants up).
+      centers_hz: [F] the mel bins' centre frequencies, increasing (equally spaced in mel).
+      fmax: the top of the mel band in Hz.
+
+    Returns:
+      The warped features, a new float32 array.
+    """
+    x = np.asarray(x, np.float32)
+    alpha = np.asarray(alpha, np.float64)[:, None]
+    c = np.asarray(centers_hz, np.float64)[None, :]
+    f0 = 0.8 * fmax / np.maximum(alpha, 1.0)
+    src = np.where(c <= alpha * f0, c / alpha, f0 + (c - alpha * f0) * (fmax - f0) / (fmax - alpha * f0))
+    mel = np.log1p(np.asarray(centers_hz, np.float64) / 700.0)
+    idx = np.interp(np.log1p(src / 700.0), mel, np.arange(len(mel), dtype=np.float64))  # [B, F], clamped
+    lo = np.minimum(np.floor(idx).astype(np.int64), x.shape[2] - 2)
+    t = (idx - lo).astype(np.float32)[:, None, :]
+    lo = np.broadcast_to(lo[:, None, :], x.shape)
+    a = np.take_along_axis(x, lo, axis=2)
+    b = np.take_along_axis(x, lo + 1, axis=2)
+    return a + t * (b - a)
+
+
+def mel_centers_hz(n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Centre frequencies of ``n_mels`` HTK-mel bins between ``fmin`` and ``fmax`` (as ``log_mel``'s
+    ``tf.signal.linear_to_mel_weight_matrix``: ``n_mels + 2`` edges equally spaced in mel)."""
+    lo, hi = (1127.0 * np.log1p(f / 700.0) for f in (fmin, fmax))
+    mel = np.linspace(lo, hi, n_mels + 2)[1:-1]
+    return 700.0 * np.expm1(mel / 1127.0)
+
+
+def spec_augment(x, lengths, fill, *, rng, freq_masks=2, freq_width=0.15, time_masks=2, time_width=0.05,
+                 vtlp=0.0, mel_band=None):
+    """SpecAugment's frequency and time masks, per utterance (numpy, in the input pipeline),
+    after an optional vocal tract length perturbation.
 
     Each of ``freq_masks`` masks covers ``w ~ U{0..freq_width * F}``
     consecutive mel bins at a uniform position; each of ``time_masks``
     covers ``w ~ U{0..time_width * length}`` frames inside the utterance.
     Masked values become ``fill`` (the feature mean: zero after the
-    model's normalization).
+    model's normalization). ``vtlp`` > 0: each utterance is first warped
+    (:func:`vtlp_warp`) by a factor drawn from ``U(1 - vtlp, 1 + vtlp)``
+    after the masks' draws (so ``vtlp=0`` draws the same masks as before it
+    existed); ``mel_band``: ``(fmin, fmax)`` of the features' mel bins.
 
     Args:
       x: [B, T, F] features (not changed).
@@ -329,6 +381,11 @@ def spec_augment(x, lengths, fill, *, rng, freq_masks=2, freq_width=0.15, time_m
         mask |= band(np.full((b, 1), freq_width * f), np.full((b, 1), float(f)), f)[:, None, :]
     for _ in range(time_masks):
         mask |= band(time_width * lengths, lengths, t)[:, :, None]
+    if vtlp > 0:
+        if mel_band is None:
+            raise ValueError("Expected mel_band=(fmin, fmax) with vtlp > 0. Received none.")
+        alpha = rng.uniform(1.0 - vtlp, 1.0 + vtlp, size=b)
+        x = vtlp_warp(x, alpha, mel_centers_hz(f, *mel_band), mel_band[1]).astype(x.dtype)
     return np.where(mask, np.asarray(fill, x.dtype)[None, None, :], x)
 
 
@@ -725,11 +782,15 @@ def fit(net, model_cfg, train: Split, dev: Split | None, cfg: TrainConfig, run_d
     steps_per_epoch = cfg.steps_per_epoch(train)
     schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, steps_per_epoch * cfg.epochs, cfg.min_lr_fraction)
     augment = None
-    if cfg.freq_masks or cfg.time_masks:
+    if cfg.freq_masks or cfg.time_masks or cfg.vtlp:
+        from gq_speech.features import FeatureConfig
         from gq_speech.modelconfig import feature_fill
 
-        augment = ({k: getattr(cfg, k) for k in ("freq_masks", "freq_width", "time_masks", "time_width")},
-                   np.asarray(feature_fill(model_cfg), np.float32))
+        settings = {k: getattr(cfg, k) for k in ("freq_masks", "freq_width", "time_masks", "time_width")}
+        if cfg.vtlp:
+            band = FeatureConfig(n_mels=model_cfg.n_mels)  # the front-end's mel band (gq_speech.features)
+            settings.update(vtlp=cfg.vtlp, mel_band=(band.fmin, band.fmax))
+        augment = (settings, np.asarray(feature_fill(model_cfg), np.float32))
     with cluster.scope():
         trainer = RNNTTrainer(net, model_cfg, ctc_weight=cfg.ctc_weight)
         trainer.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=cfg.clipnorm))

@@ -442,6 +442,36 @@ def test_spec_augment_masks_bands_inside_each_utterance():
     assert (y == 0).any()
 
 
+def test_vtlp_moves_formants_by_the_warp_factor_on_the_mel_scale():
+    from gq_speech.features import FeatureConfig, _mel_matrix
+    from gq_speech.train import TrainConfig, mel_centers_hz, spec_augment, vtlp_warp
+
+    cfg = FeatureConfig(n_mels=80)
+    centers = mel_centers_hz(80, cfg.fmin, cfg.fmax)
+    # The centres are the front-end's: each mel filter peaks there (to the FFT's 7.8 Hz bins).
+    peaks = np.linspace(0, cfg.sample_rate / 2, cfg.fft_length // 2 + 1)[_mel_matrix(cfg).numpy().argmax(0)]
+    assert np.abs(peaks - centers).max() < 16
+    x = np.random.default_rng(0).normal(size=(2, 30, 80)).astype(np.float32)
+    np.testing.assert_allclose(vtlp_warp(x, [1.0, 1.0], centers, cfg.fmax), x, atol=1e-6)
+    # A formant at bin 20 (657 Hz) moves to about 1.1 x / 0.9 x its frequency; the band's top stays put.
+    one = np.zeros((2, 1, 80), np.float32)
+    one[:, 0, 20] = 1.0
+    moved = vtlp_warp(one, [1.1, 0.9], centers, cfg.fmax)[:, 0]
+    assert abs(centers[moved[0].argmax()] / (1.1 * centers[20]) - 1) < 0.06
+    assert abs(centers[moved[1].argmax()] / (0.9 * centers[20]) - 1) < 0.06
+    top = np.zeros((1, 1, 80), np.float32)
+    top[0, 0, 79] = 1.0
+    assert 0.5 < vtlp_warp(top, [1.1], centers, cfg.fmax)[0, 0, 79] <= 1.0  # moves by less than a bin
+    # Off by default, and off draws the same masks as before it existed; on, every utterance is warped.
+    masks = spec_augment(x, [30, 20], np.zeros(80), rng=np.random.default_rng(3))
+    same = spec_augment(x, [30, 20], np.zeros(80), rng=np.random.default_rng(3), vtlp=0.0, mel_band=(20, 7600))
+    warped = spec_augment(x, [30, 20], np.zeros(80), rng=np.random.default_rng(3), vtlp=0.2, mel_band=(20, 7600))
+    assert np.array_equal(masks, same) and np.array_equal(warped == 0, masks == 0) and not np.allclose(warped, masks)
+    assert TrainConfig().vtlp == 0.0
+    with pytest.raises(ValueError, match=r"Expected vtlp .* in \[0, 0.5\)\. Received 0.7"):
+        TrainConfig.from_dict({"vtlp": 0.7})
+
+
 def test_reports_give_wer_intervals_and_differences_to_float(tmp_path):
     rows = []
     refs = [f"turn on light {i % 7}".replace("0", "zero") for i in range(60)]
