@@ -907,7 +907,7 @@ RESAMPLES = 2000
 
 
 def _scored_hyps(row: dict, split: str):
-    """(references, hypotheses) a row's WER on ``split`` was computed from, read back from its
+    """(ids, references, hypotheses) a row's WER on ``split`` was computed from, read back from its
     ``hyps_<split>.txt``: the .tflite transcripts of a test set, the Keras ones of a dev set; or None."""
     folder = row.get("dir") or (str(Path(row["stream_dir"]).parent) if row.get("stream_dir") else None)
     if folder is None:
@@ -920,10 +920,10 @@ def _scored_hyps(row: dict, split: str):
         n = row.get(f"tflite_utterances_{split}")
         if not n or len(lines) < n or any(len(f) < 4 for f in lines[:n]):
             return None
-        return [f[1] for f in lines[:n]], [f[3] for f in lines[:n]]
+        return [f[0] for f in lines[:n]], [f[1] for f in lines[:n]], [f[3] for f in lines[:n]]
     if not lines or any(len(f) < 3 for f in lines):
         return None
-    return [f[1] for f in lines], [f[2] for f in lines]
+    return [f[0] for f in lines], [f[1] for f in lines], [f[2] for f in lines]
 
 
 def statistics(rows: list[dict], splits=STAT_SPLITS + DEV_STAT_SPLITS) -> None:
@@ -942,11 +942,11 @@ def statistics(rows: list[dict], splits=STAT_SPLITS + DEV_STAT_SPLITS) -> None:
                 got = _scored_hyps(r, split)
                 if got is None:
                     continue
-                refs, hyps = got
+                _, refs, hyps = got
                 stat = {"wer": metrics.wer_interval(refs, hyps, resamples=RESAMPLES)}
                 base_got = _scored_hyps(base, split) if base is not None and base is not r else None
-                if base_got is not None and base_got[0] == refs:
-                    stat["vs_float"] = metrics.relative_difference(refs, base_got[1], hyps, resamples=RESAMPLES)
+                if base_got is not None and base_got[1] == refs:
+                    stat["vs_float"] = metrics.relative_difference(refs, base_got[2], hyps, resamples=RESAMPLES)
                 r.setdefault("stats", {})[split] = stat
 
 
@@ -1014,6 +1014,48 @@ def seeds_table(rows: list[dict], splits=STAT_SPLITS) -> str:
     return "\n".join(out)
 
 
+def engine_table(rows: list[dict], corpus_dir: Path, splits=STAT_SPLITS) -> str:
+    """Markdown: per model, each variant's WER on ``splits`` per TTS engine of the utterances' voices
+    (the built-in corpus's manifest in ``corpus_dir``): the unseen voices of one engine are not as hard
+    as another's. Empty when there is no such manifest or no transcripts on disk."""
+    from gq_speech import metrics
+    from gq_speech.librispeech import Manifest
+
+    try:
+        entries = Manifest.load(corpus_dir).entries
+    except FileNotFoundError:
+        return ""
+    engine = {e["id"]: e.get("engine") for e in entries}
+    voices, count = {}, {}  # (split, engine) -> voices, utterances
+    for e in entries:
+        voices.setdefault((e["subset"], e.get("engine")), set()).add(e.get("voice"))
+        count[(e["subset"], e.get("engine"))] = count.get((e["subset"], e.get("engine")), 0) + 1
+    engines = sorted({x for x in engine.values() if x})
+    if not engines:
+        return ""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        table_rows, used = [], [s for s, _ in splits if any(_scored_hyps(r, s) for r in rows if r["model"] == model)]
+        for r in (r for r in rows if r["model"] == model):
+            cells = [r["variant"]]
+            for split in used:
+                got = _scored_hyps(r, split)
+                for eng in engines:
+                    pairs = [(ref, hyp) for i, ref, hyp in zip(*got) if engine.get(i) == eng] if got else []
+                    cells.append(f"{100 * metrics.wer(*zip(*pairs)):.1f}" if pairs else "-")
+            table_rows.append("| " + " | ".join(cells) + " |")
+        if not used:
+            continue
+        names = dict(splits)
+        def head(split, eng):
+            n = len(voices.get((split, eng), ()))
+            return f"{names[split]}: {eng} ({n} voice{'' if n == 1 else 's'}, {count.get((split, eng), 0)} utt.)"
+
+        heads = ["variant"] + [head(s, eng) for s in used for eng in engines]
+        out += [f"**{model}**", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads), *table_rows, ""]
+    return "\n".join(out)
+
+
 def chosen_notes(rows: list[dict]) -> str:
     """Markdown list: how each variant was chosen (its recipe's ``"chosen"``), one line per variant."""
     seen, lines = set(), []
@@ -1068,6 +1110,10 @@ def write_reports(rows: list[dict], out: Path, recipe: dict, command: str, strea
     if seeds:
         lines += ["## Seeds", "", "Variants fine-tuned (float: trained) with several seeds, on the test sets: the "
                   "spread of one variant's WER over seeds, and its difference to float per seed.", "", seeds]
+    engines = engine_table(rows, out / "corpus")
+    if engines:
+        lines += ["## By voice engine", "", "WER % of the `.tflite` transcripts on each test set, per TTS engine of "
+                  "the utterances' voices (all unseen in training; how many in the heading).", "", engines]
     dev = statistics_table(rows, DEV_STAT_SPLITS)
     if dev:
         lines += ["## Dev sets (selection)", "", "Keras WER on the dev sets, clean and far field, with the same "

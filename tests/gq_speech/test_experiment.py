@@ -268,7 +268,8 @@ def test_dev_only_selects_without_the_test_sets_and_seeds_are_summarized(tmp_pat
         assert row["wer_keras_dev"] == dev_row["wer_keras_dev"] and 0 <= row["wer_tflite_test"] <= 5
     md = (out / "results.md").read_text()
     for part in ("## Seeds", "## Dev sets (selection)", "## How each row was chosen",
-                 "- `gq_mixed`: by hand, before any run", "| gq_mixed | 0, 1 |"):
+                 "- `gq_mixed`: by hand, before any run", "| gq_mixed | 0, 1 |", "## By voice engine",
+                 "| clean: espeak (1 voice, 3 utt.) | clean: flite (1 voice, 3 utt.) |"):
         assert part in md
     # --report reads the finished runs back: the same intervals as results.md, nothing trained.
     so_far = experiment.report_so_far(path, out, log=lambda m: None)
