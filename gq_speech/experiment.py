@@ -333,10 +333,24 @@ def _prepare(recipe: dict, out: Path, model_name: str, log, workers: int = 2) ->
 
 
 def _float_key(ctx: Context) -> dict:
-    key = {"train": stage_settings(ctx.recipe, "float", ctx.model_name), "model": ctx.cfg.to_dict(),
-           "corpus": ctx.recipe["corpus"]}
-    if ctx.recipe.get("multicondition") is not None:  # absent: the key of runs made before it existed
-        key["multicondition"] = multicondition_settings(ctx.recipe)
+    return _float_stage_key(ctx.recipe, ctx.model_name, ctx.cfg.to_dict())
+
+
+def _float_stage_key(recipe: dict, model_name: str, model: dict) -> dict:
+    """The float stage's stamp: its training settings, the model config (``model``, with its feature
+    statistics), the corpus and the multicondition settings."""
+    key = {"train": stage_settings(recipe, "float", model_name), "model": model, "corpus": recipe["corpus"]}
+    if recipe.get("multicondition") is not None:  # absent: the key of runs made before it existed
+        key["multicondition"] = multicondition_settings(recipe)
+    return key
+
+
+def _variant_key(recipe: dict, model_name: str, spec: dict, float_key: dict) -> dict:
+    """A variant's stamp: its spec (without the notes), the float stage's key and, for a fine-tune,
+    its settings and the annealing."""
+    key = {"spec": {k: v for k, v in spec.items() if k not in SPEC_NOTES}, "float": float_key}
+    if spec.get("kind", "qat") != "float":  # the float row does not fine-tune
+        key.update(finetune=finetune_settings(recipe, spec, model_name), annealing=recipe.get("annealing", {}))
     return key
 
 
@@ -358,6 +372,12 @@ def _stamp_text(key: dict) -> str:
     return json.dumps(_stamp_form(key), default=str)
 
 
+def _older_stamp_of(text: str | None, key: dict) -> bool:
+    """Whether ``text`` is ``key``'s stamp as an older gq-tf wrote it (every key sorted, a policy's
+    patterns included)."""
+    return text == json.dumps(key, sort_keys=True, default=str)
+
+
 def _forget_if_changed(folder: Path, key: dict, log) -> None:
     """Keeps ``folder`` (checkpoints, results) only if it was made with ``key``.
 
@@ -373,7 +393,7 @@ def _forget_if_changed(folder: Path, key: dict, log) -> None:
     text = _stamp_text(key)
     if folder.exists():
         old = stamp.read_text(errors="replace") if stamp.exists() else None
-        if old != text and old == json.dumps(key, sort_keys=True, default=str):
+        if old != text and _older_stamp_of(old, key):
             log(f"  {folder}: settings.json written by an older version (sorted, without the order of the policy's "
                 "patterns); same settings, kept; written again with the order")
         elif old != text:
@@ -447,11 +467,8 @@ def run_variant(ctx: Context, name: str, spec: dict, command: str, dev_only: boo
 
     vdir = ctx.out / ctx.model_name / name
     result_path = vdir / ("dev.json" if dev_only else "result.json")
-    key = {"spec": {k: v for k, v in spec.items() if k not in SPEC_NOTES}, "float": _float_key(ctx)}
+    key = _variant_key(ctx.recipe, ctx.model_name, spec, _float_key(ctx))
     settings = finetune_settings(ctx.recipe, spec, ctx.model_name)
-    if spec.get("kind", "qat") != "float":  # the float row does not fine-tune
-        key.update(finetune=settings,
-                   annealing=ctx.recipe.get("annealing", {}))
     cluster = _cluster(ctx)
     _forget_on_chief(cluster, vdir, key, ctx.log)
     if _chief_says(cluster, result_path.exists(), f"{result_path} exists"):
@@ -1139,25 +1156,13 @@ def _stage_matches(vdir: Path, recipe: dict, model_name: str, spec: dict) -> boo
     """Whether the variant folder's ``settings.json`` was written for this recipe's settings of it
     (its spec, fine-tune and annealing, the float stage's training, corpus and multicondition; the
     model config is not compared, since its feature statistics come from the data)."""
-    stamp = vdir / "settings.json"
     try:
-        got = json.loads(stamp.read_text())
-    except (OSError, ValueError):
+        text = (vdir / "settings.json").read_text()
+        model = (json.loads(text).get("float") or {}).get("model")
+    except (OSError, ValueError, AttributeError):
         return False
-    want = {"spec": {k: v for k, v in spec.items() if k not in SPEC_NOTES}}
-    if spec.get("kind", "qat") != "float":
-        want.update(finetune=finetune_settings(recipe, spec, model_name), annealing=recipe.get("annealing", {}))
-    float_want = {"train": stage_settings(recipe, "float", model_name), "corpus": recipe["corpus"]}
-    if recipe.get("multicondition") is not None:
-        float_want["multicondition"] = multicondition_settings(recipe)
-    got_float = got.get("float") or {}
-
-    def same(value, stored):  # as text: a policy's patterns must also be in the same order
-        return json.dumps(_stamp_form(value), default=str) == json.dumps(stored, default=str)
-
-    return (all(same(v, got.get(k)) for k, v in want.items())
-            and all(same(v, got_float.get(k)) for k, v in float_want.items())
-            and set(got_float) - {"model"} == set(float_want))
+    key = _variant_key(recipe, model_name, spec, _float_stage_key(recipe, model_name, model))
+    return text == _stamp_text(key) or _older_stamp_of(text, key)
 
 
 def report_so_far(recipe_name, out, *, models=None, variants=None, log=print) -> list[dict]:
