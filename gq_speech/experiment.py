@@ -294,7 +294,7 @@ def _prepare(recipe: dict, out: Path, model_name: str, log, workers: int = 2) ->
         roles["test_far"] = f"{roles['test']}_far"
         farfield.make_farfield(corpus_dir, roles["test"], roles["test_far"], seed=far.get("seed", 0),
                                workers=workers, log=log)
-    mc = multicondition_settings(recipe)
+    mc = multicondition_settings(recipe, model_name=model_name)
     if mc is not None and "librispeech" in c:
         log("multicondition: made only for the built-in corpus; LibriSpeech trains on its own audio")
         mc = None
@@ -341,7 +341,7 @@ def _float_stage_key(recipe: dict, model_name: str, model: dict) -> dict:
     statistics), the corpus and the multicondition settings."""
     key = {"train": stage_settings(recipe, "float", model_name), "model": model, "corpus": recipe["corpus"]}
     if recipe.get("multicondition") is not None:  # absent: the key of runs made before it existed
-        key["multicondition"] = multicondition_settings(recipe)
+        key["multicondition"] = multicondition_settings(recipe, model_name=model_name)
     return key
 
 

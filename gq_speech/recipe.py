@@ -61,18 +61,22 @@ def load_recipe(name_or_path) -> dict:
 MULTICONDITION_DEFAULTS = {"share": 0.5, "seed": 1000, "rooms": 32}
 
 
-def multicondition_settings(recipe: dict, where: str = "Recipe") -> dict | None:
-    """The recipe's ``"multicondition"`` with defaults, or None when it has none.
+def multicondition_settings(recipe: dict, where: str = "Recipe", model_name: str | None = None) -> dict | None:
+    """The recipe's ``"multicondition"`` with defaults (for ``model_name``: with its
+    ``per_model`` share, if any), or None when it has none.
 
     ``share``: the fraction of training utterances replaced by their far-field
     copy (simulated rooms and noise); ``seed``: the rooms, noise and which
     utterances (the dev copy uses ``seed + 1``); ``rooms``: the size of the
     room bank. The seeds must differ from the far-field test set's, so the
-    training rooms are not the test rooms.
+    training rooms are not the test rooms. ``per_model``: ``{model: {"share":
+    s}}``, another share for that model (the models share one far-field copy
+    of the training set, so only the share may differ).
 
     Raises:
-      ValueError: unknown keys, a share outside (0, 1], a bad room count, or
-        a seed that would draw the test set's rooms.
+      ValueError: unknown keys, a share outside (0, 1], a bad room count, a
+        seed that would draw the test set's rooms, or a ``per_model`` entry for
+        a model the recipe does not have or with other keys than ``share``.
     """
     mc = recipe.get("multicondition")
     if mc is None:
@@ -80,11 +84,26 @@ def multicondition_settings(recipe: dict, where: str = "Recipe") -> dict | None:
     if not isinstance(mc, dict):
         raise ValueError(f"{where}: expected 'multicondition' to be an object with keys "
                          f"{sorted(MULTICONDITION_DEFAULTS)}. Received {mc!r}.")
+    mc = dict(mc)
+    per_model = mc.pop("per_model", {})
     unknown = sorted(set(mc) - set(MULTICONDITION_DEFAULTS))
     if unknown:
-        raise ValueError(f"{where}: expected 'multicondition' keys {sorted(MULTICONDITION_DEFAULTS)}. "
-                         f"Received unknown {unknown}.")
-    out = {**MULTICONDITION_DEFAULTS, **mc}
+        raise ValueError(f"{where}: expected 'multicondition' keys {sorted(MULTICONDITION_DEFAULTS)} (and "
+                         f"'per_model'). Received unknown {unknown}.")
+    models = recipe.get("models")
+    if not isinstance(per_model, dict) or any(
+            not isinstance(v, dict) or set(v) != {"share"} or (models is not None and m not in models)
+            for m, v in per_model.items()):
+        raise ValueError(f"{where}: expected multicondition 'per_model' to map models of the recipe "
+                         f"({models}) to {{\"share\": s}}. Received {per_model!r}.")
+    for m, v in per_model.items():
+        _check_multicondition({**MULTICONDITION_DEFAULTS, **mc, **v}, recipe, f"{where} (per_model {m!r})")
+    out = {**MULTICONDITION_DEFAULTS, **mc, **per_model.get(model_name, {})}
+    return _check_multicondition(out, recipe, where)
+
+
+def _check_multicondition(out: dict, recipe: dict, where: str) -> dict:
+    """``out`` (multicondition settings with every key) if valid, else ValueError naming the key."""
     if isinstance(out["share"], bool) or not isinstance(out["share"], (int, float)) or not 0 < out["share"] <= 1:
         raise ValueError(f"{where}: expected multicondition share in (0, 1]. Received {out['share']!r}.")
     for key in ("seed", "rooms"):

@@ -523,6 +523,21 @@ def test_multicondition_training_takes_a_share_of_far_field_copies_from_other_ro
             recipe_mod.multicondition_settings({"multicondition": bad, "farfield": {"seed": 0}})
 
 
+def test_multicondition_share_per_model():
+    recipe = {"models": ["rnnt", "conformer"], "farfield": {"seed": 0},
+              "multicondition": {"share": 0.5, "seed": 1000, "per_model": {"rnnt": {"share": 0.25}}}}
+    settings = recipe_mod.multicondition_settings
+    assert settings(recipe, model_name="rnnt") == {"share": 0.25, "seed": 1000, "rooms": 32}
+    # The other model's settings (and so its stamps) are those of a recipe without per_model.
+    plain = {**recipe, "multicondition": {"share": 0.5, "seed": 1000}}
+    assert settings(recipe, model_name="conformer") == settings(plain, model_name="conformer") == settings(plain)
+    for per_model, match in (({"lstm": {"share": 0.2}}, "per_model"), ({"rnnt": {"seed": 5}}, "per_model"),
+                             ({"rnnt": {"share": 0}}, r"per_model 'rnnt'.*share in \(0, 1\]"),
+                             ({"rnnt": 0.2}, "per_model")):
+        with pytest.raises(ValueError, match=match):
+            settings({**recipe, "multicondition": {"share": 0.5, "per_model": per_model}})
+
+
 def test_recipe_on_a_librispeech_tree(tmp_path):
     from gq_speech.librispeech import write_utterance
 
