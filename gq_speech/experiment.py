@@ -1052,11 +1052,14 @@ def engine_table(rows: list[dict], corpus_dir: Path, splits=STAT_SPLITS) -> str:
         return ""
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        table_rows, used = [], [s for s, _ in splits if any(_scored_hyps(r, s) for r in rows if r["model"] == model)]
-        for r in (r for r in rows if r["model"] == model):
+        mine = [r for r in rows if r["model"] == model]
+        scored = {(id(r), split): _scored_hyps(r, split) for r in mine for split, _ in splits}  # each file read once
+        used = [s for s, _ in splits if any(scored[(id(r), s)] for r in mine)]
+        table_rows = []
+        for r in mine:
             cells = [r["variant"]]
             for split in used:
-                got = _scored_hyps(r, split)
+                got = scored[(id(r), split)]
                 for eng in engines:
                     pairs = [(ref, hyp) for i, ref, hyp in zip(*got) if engine.get(i) == eng] if got else []
                     cells.append(f"{100 * metrics.wer(*zip(*pairs)):.1f}" if pairs else "-")
